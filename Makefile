@@ -1,0 +1,26 @@
+# Everything goes through .venv; torch is pinned by constraints.txt (torch==2.13.0 is the local CPU
+# wheel on our machines; an unpinned torch would download GBs of CUDA packages).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DEMO_DIR ?= experiments/demo
+
+.PHONY: demo test test-all chaos bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python train_iterative.py --output_dir $(DEMO_DIR) --num_iterations 3 \
+		--resume_from auto --resume_from_iteration auto --disable_tqdm true
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) experiments .pytest_cache

@@ -1,0 +1,3 @@
+from itertrain.cli import main
+
+raise SystemExit(main())

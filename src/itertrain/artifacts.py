@@ -1,0 +1,86 @@
+"""What an artifact on disk is, as the planner sees it. Pure data: no torch, no I/O.
+
+An artifact is one directory directly under --output_dir:
+  checkpoint-N   full HF Trainer state at global optimizer step N (kind "checkpoint")
+  iter_K         weights-only model produced by iteration K    (kind "iteration")
+  base_model     the seed system's iteration-0 model            (kind "iteration", K=0, unverified)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+CHECKPOINT = "checkpoint"
+ITERATION = "iteration"
+
+# States. One definition of "usable" serves discovery, fallback and rotation: see `usable`.
+COMPLETE = "complete"  # our manifest parses and every listed file has its listed size
+UNVERIFIED = "unverified"  # no manifest, but complete by its own format's rules (plain HF)
+INCOMPLETE = "incomplete"  # no manifest and not complete by its format's rules
+CORRUPT = "corrupt"  # manifest unreadable, a listed file missing or of the wrong size, or bad checksum
+
+MANIFEST_NAME = "itertrain.json"
+SEED_BASE_MODEL = "base_model"  # the seed system's name for the iteration-0 model
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_ITERATION_RE = re.compile(r"^iter_(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step}"
+
+
+def iteration_name(k: int) -> str:
+    return f"iter_{k}"
+
+
+def parse_name(name: str) -> tuple[str, int] | None:
+    """('checkpoint', N) / ('iteration', K) for an artifact directory name, else None."""
+    if m := _CHECKPOINT_RE.match(name):
+        return CHECKPOINT, int(m.group(1))
+    if m := _ITERATION_RE.match(name):
+        return ITERATION, int(m.group(1))
+    if name == SEED_BASE_MODEL:
+        return ITERATION, 0
+    return None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str  # directory name relative to --output_dir
+    kind: str  # CHECKPOINT or ITERATION
+    state: str
+    iteration: int  # checkpoint: the iteration being trained; iteration model: K
+    global_step: int  # checkpoint: N; iteration model: global step at the end of iteration K
+    local_step: int | None = None  # step within its iteration (checkpoints)
+    iteration_steps: int | None = None  # optimizer steps of that iteration (--max_steps then)
+    why: str = ""  # reason it is not COMPLETE, or a note (e.g. "config.json missing")
+    size: int = 0  # bytes, all files
+    started_from: str | None = None
+    needs_config: bool = False  # iteration model without config.json: one is created from --model_name
+
+    @property
+    def usable(self) -> bool:
+        return self.state in (COMPLETE, UNVERIFIED)
+
+    @property
+    def is_last_step(self) -> bool:
+        """A checkpoint taken at its iteration's last step (its training is finished)."""
+        return (
+            self.kind == CHECKPOINT
+            and self.local_step is not None
+            and self.iteration_steps is not None
+            and self.local_step >= self.iteration_steps
+        )
+
+    def contents(self) -> str:
+        if self.kind == CHECKPOINT:
+            return "model weights + optimizer + scheduler states"
+        return "model weights only (no optimizer/scheduler)"
+
+    def sort_key(self) -> tuple[int, int, int]:
+        # Newest by step or iteration number, never by mtime. Our iter_K beats the seed's base_model.
+        if self.kind == CHECKPOINT:
+            return (self.global_step, 0, 0)
+        return (self.iteration, 0 if self.name == SEED_BASE_MODEL else 1, 0)

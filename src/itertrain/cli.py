@@ -1,0 +1,49 @@
+"""Entry points: `itertrain train|status`, `python -m itertrain`, and train_iterative.py.
+
+Thin: parse, build, run. Bad input is one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = "usage: itertrain {train,status} ...   (itertrain train --help, itertrain status --help)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "status":
+        from itertrain.status import main as status_main
+
+        return status_main(argv[1:])
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    elif argv and not argv[0].startswith("-"):
+        print(f"itertrain: error: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    return train_main(argv)
+
+
+def train_main(argv: list[str]) -> int:
+    from itertrain.config import UsageError, parse
+    from itertrain.lock import LockedError
+    from itertrain.restore import RecoveryError
+
+    try:
+        cfg = parse(argv)
+        from itertrain import run
+
+        return run.train(cfg)
+    except UsageError as e:
+        _error(e)
+        return 2
+    except (RecoveryError, LockedError) as e:
+        _error(e)
+        return 1
+
+
+def _error(e: Exception) -> None:
+    from itertrain import dist
+
+    if dist.is_main():
+        print(f"itertrain: error: {e}", file=sys.stderr, flush=True)

@@ -1,0 +1,116 @@
+"""Command-line configuration: our own flags plus every HF TrainingArguments option.
+
+The defaults are the tuned CPU demo: `train_iterative.py --output_dir D` with nothing else trains
+the built-in tiny model on the built-in task. Errors are UsageError: one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from itertrain.selectors import (
+    Selector, SelectorError, parse_checkpoint_selector, parse_iteration_selector,
+)
+
+
+class UsageError(ValueError):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+@dataclass
+class IterArguments:
+    model_name: str | None = field(default=None, metadata={
+        "help": "Local HF causal-LM directory to start from. Default: a tiny Llama and a character "
+                "tokenizer made from --seed and written to <output_dir>/base."})
+    resume_from: str = field(default="none", metadata={
+        "help": "Trainer checkpoint to resume (full state): none, auto (newest complete) or N (checkpoint-N)."})
+    resume_from_iteration: str = field(default="none", metadata={
+        "help": "Iteration model to resume (weights only): none, auto (newest complete) or iter_K."})
+    strict_resume: bool = field(default=False, metadata={
+        "help": "Turn every fallback (a skipped or unloadable artifact) into an error exit."})
+    dry_run: bool = field(default=False, metadata={
+        "help": "Print the recovery banner and the plan as one JSON line, write nothing, exit."})
+    num_iterations: int = field(default=3, metadata={"help": "Number of iterations (iter_0 .. iter_{N-1})."})
+    carry_optimizer_state: bool = field(default=False, metadata={
+        "help": "Carry optimizer and LR-scheduler state from one iteration to the next (one schedule over "
+                "the whole experiment) instead of a fresh optimizer each iteration."})
+    num_gold: int = field(default=2000, metadata={"help": "Training examples of the built-in task."})
+    num_eval: int = field(default=200, metadata={"help": "Held-out prompts evaluated after each iteration."})
+
+
+@dataclass
+class IterTrainingArguments(TrainingArguments):
+    """HF TrainingArguments with the demo's defaults. --max_steps / --num_train_epochs are per iteration."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "The experiment directory (required)."})
+    max_steps: int = field(default=60, metadata={"help": "Optimizer steps of each iteration."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate."})
+    warmup_steps: float = field(default=5, metadata={"help": "Warm-up steps of each iteration's schedule."})
+    save_steps: float = field(default=20, metadata={"help": "Commit a trainer checkpoint every N steps."})
+    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
+
+
+@dataclass(frozen=True)
+class Config:
+    it: IterArguments
+    train: IterTrainingArguments
+    resume_from: Selector
+    resume_from_iteration: Selector
+
+    @property
+    def output_dir(self) -> str:
+        return self.train.output_dir
+
+    def iteration_steps(self, world_size: int) -> int:
+        """Optimizer steps of one iteration, as HF Trainer will count them."""
+        a = self.train
+        if a.max_steps > 0:
+            return a.max_steps
+        per_rank = math.ceil(self.it.num_gold / world_size)
+        batches = math.ceil(per_rank / a.per_device_train_batch_size)
+        return max(1, math.ceil(a.num_train_epochs * max(batches // a.gradient_accumulation_steps, 1)))
+
+
+def parser() -> HfArgumentParser:
+    return HfArgumentParser((IterArguments, IterTrainingArguments))
+
+
+def parse(argv: list[str]) -> Config:
+    try:
+        it, train = parser().parse_args_into_dataclasses(args=argv)
+    except (ValueError, TypeError) as e:  # TrainingArguments.__post_init__ checks
+        raise UsageError(str(e).strip().splitlines()[0]) from None
+    return validate(it, train)
+
+
+def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
+    if not train.output_dir:
+        raise UsageError("--output_dir is required (the experiment directory)")
+    try:
+        ckpt_sel = parse_checkpoint_selector(it.resume_from)
+        iter_sel = parse_iteration_selector(it.resume_from_iteration)
+    except SelectorError as e:
+        raise UsageError(str(e)) from None
+    if it.num_iterations < 1:
+        raise UsageError(f"--num_iterations must be at least 1, got {it.num_iterations}")
+    if it.num_gold < 1 or it.num_eval < 0:
+        raise UsageError("--num_gold must be at least 1 and --num_eval at least 0")
+    if train.max_steps <= 0 and train.num_train_epochs <= 0:
+        raise UsageError("set --max_steps (> 0) or --num_train_epochs (> 0) for each iteration's training")
+    if train.save_only_model:
+        raise UsageError("--save_only_model is not supported: checkpoints must hold the full training state")
+    if train.load_best_model_at_end:
+        raise UsageError("--load_best_model_at_end is not supported by iterative training")
+    if it.model_name is not None:
+        if not os.path.isdir(it.model_name):
+            raise UsageError(f"--model_name {it.model_name}: not a local directory (nothing is downloaded "
+                             "from a hub; give a local HF model directory)")
+        if not os.path.isfile(os.path.join(it.model_name, "config.json")):
+            raise UsageError(f"--model_name {it.model_name}: no config.json (not an HF model directory)")
+    return Config(it, train, ckpt_sel, iter_sel)

@@ -1,0 +1,158 @@
+"""The iteration loop: for each iteration, start -> train -> evaluate -> save iter_K.
+
+Every iteration starts through the same function whether the run is fresh, uninterrupted or
+resumed, so an uninterrupted run and a resumed one take the same code path to the same bytes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
+
+from itertrain import commit, dist, inventory, manifest
+from itertrain.artifacts import COMPLETE, ITERATION, checkpoint_name, iteration_name
+from itertrain.config import Config, UsageError
+from itertrain.data import Collator, encode
+from itertrain.evaluate import greedy_accuracy
+from itertrain.plan import BOTH, TRAINER, Plan
+from itertrain.tasks import addition
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class Start:
+    """Where one iteration's training starts."""
+
+    iteration: int
+    weights: str  # directory to load the model from
+    resume: str | None  # directory given to trainer.train(resume_from_checkpoint=...)
+    step_offset: int  # global step before this iteration's first step
+    started_from: str  # provenance recorded in manifests
+    loss_sum: float = 0.0
+    training_finished: bool = False
+    view_of: tuple[str, str] | None = None  # (iteration model, checkpoint) for a "both" view
+
+
+def first_start(cfg: Config, plan: Plan, base_dir: str, steps: int) -> Start:
+    out = cfg.output_dir
+    if plan.strategy == TRAINER:
+        m = manifest.read(os.path.join(out, plan.state_from)) if _has_manifest(out, plan.state_from) else {}
+        local = m.get("local_step", plan.next_step - plan.next_iteration * steps)
+        return Start(plan.next_iteration, os.path.join(out, plan.state_from), os.path.join(out, plan.state_from),
+                     plan.next_step - local, m.get("started_from") or "unknown",
+                     loss_sum=m.get("extra", {}).get("loss_sum", 0.0), training_finished=plan.training_finished)
+    if plan.strategy == BOTH:
+        return Start(plan.next_iteration, os.path.join(out, plan.weights_from), None, plan.next_step,
+                     plan.weights_from, view_of=(plan.weights_from, plan.state_from))
+    if plan.weights_from:  # iteration
+        return Start(plan.next_iteration, os.path.join(out, plan.weights_from), None, plan.next_step, plan.weights_from)
+    return Start(0, base_dir, None, 0, "base")
+
+
+def next_start(cfg: Config, done: int, global_step: int) -> Start:
+    """Iteration done+1 of an uninterrupted run: the same starts a resume would make."""
+    prev = iteration_name(done)
+    weights = os.path.join(cfg.output_dir, prev)
+    if cfg.it.carry_optimizer_state:
+        return Start(done + 1, weights, None, global_step, prev, view_of=(prev, checkpoint_name(global_step)))
+    return Start(done + 1, weights, None, global_step, prev)
+
+
+def _has_manifest(out: str, name: str) -> bool:
+    return os.path.exists(os.path.join(out, name, "itertrain.json"))
+
+
+def both_view(cfg: Config, start: Start, targs, steps: int) -> str:
+    """A checkpoint directory that HF's own resume path reads as: weights and config from the
+    iteration model, optimizer/scheduler/RNG from the checkpoint, and a fresh trainer state (step 0
+    of the new iteration). Symlinks; built by rank 0 in staging."""
+    it_name, ckpt_name = start.view_of
+    view = commit.staging_path(cfg.output_dir, "resume-view")
+    if dist.is_main():
+        view = commit.fresh_staging(cfg.output_dir, "resume-view")
+        it_dir, ck_dir = os.path.join(cfg.output_dir, it_name), os.path.join(cfg.output_dir, ckpt_name)
+        for f in os.listdir(it_dir):
+            if f.startswith("model") or f == "config.json":
+                os.symlink(os.path.abspath(os.path.join(it_dir, f)), os.path.join(view, f))
+        for f in os.listdir(ck_dir):
+            if f in ("optimizer.pt", "scheduler.pt", "scaler.pt") or f.startswith("rng_state"):
+                os.symlink(os.path.abspath(os.path.join(ck_dir, f)), os.path.join(view, f))
+        state = TrainerState()
+        state.compute_steps(targs, steps)
+        state.save_to_json(os.path.join(view, "trainer_state.json"))
+    dist.barrier()
+    return view
+
+
+def load_model(path: str):
+    try:
+        return AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UsageError(f"cannot load a causal LM from {path}: {str(e).splitlines()[0]}") from None
+
+
+def write_metrics(output_dir: str, max_steps: int) -> list[dict]:
+    """metrics.jsonl is derived from the committed iteration manifests, rewritten atomically."""
+    artifacts, _ = inventory.scan(output_dir, max_steps)
+    rows = []
+    for a in sorted((a for a in artifacts if a.kind == ITERATION and a.state == COMPLETE), key=lambda a: a.iteration):
+        metrics = manifest.read(os.path.join(output_dir, a.name)).get("extra", {}).get("metrics")
+        if metrics:
+            rows.append(metrics)
+    commit.atomic_write_bytes(os.path.join(output_dir, METRICS),
+                              "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    return rows
+
+
+def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str) -> None:
+    from itertrain.trainer import IterTrainer  # heavy import, only when training
+
+    steps = cfg.iteration_steps(dist.world_size())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    gold, held_out = addition.make_splits(cfg.train.seed, cfg.it.num_gold, cfg.it.num_eval)
+    features = encode(gold, tokenizer)
+    protect = {plan.weights_from, plan.state_from} - {None}
+    start = first_start(cfg, plan, base_dir, steps)
+    for k in range(plan.next_iteration, cfg.it.num_iterations):
+        dist.log0(f"▶️  iteration {k}: from {start.started_from}, global steps {start.step_offset + 1}-"
+                  f"{start.step_offset + steps}")
+        targs = copy.deepcopy(cfg.train)
+        targs.output_dir = commit.staging_path(cfg.output_dir, "trainer")
+        targs.max_steps, targs.save_total_limit = steps, None
+        model = load_model(start.weights)
+        trainer = IterTrainer(
+            model=model, args=targs, train_dataset=features, data_collator=Collator(tokenizer.pad_token_id),
+            processing_class=tokenizer, experiment_dir=cfg.output_dir, iteration=k,
+            step_offset=start.step_offset, iteration_steps=steps, started_from=start.started_from,
+            save_total_limit=cfg.train.save_total_limit, protect=protect,
+            schedule_steps=steps * cfg.it.num_iterations if cfg.it.carry_optimizer_state else None,
+            loss_sum=start.loss_sum,
+        )
+        if not start.training_finished:
+            resume = both_view(cfg, start, targs, steps) if start.view_of else start.resume
+            trainer.train(resume_from_checkpoint=resume)
+        train_loss = trainer.mean_loss_sum() / steps
+        accuracy = None
+        if dist.is_main():
+            accuracy = greedy_accuracy(trainer.model, tokenizer, held_out, addition.is_correct)
+        accuracy = dist.broadcast(accuracy)
+        global_step = start.step_offset + steps
+        metrics = {"iteration": k, "eval_accuracy": accuracy, "train_loss": train_loss,
+                   "global_step": global_step, "num_train_samples": len(features)}
+        dist.log0(f"✅ iteration {k}: eval_accuracy={accuracy:.3f} train_loss={train_loss:.4f} step={global_step}")
+        if dist.is_main():
+            name = iteration_name(k)
+            staged = commit.fresh_staging(cfg.output_dir, name)
+            trainer.model.save_pretrained(staged)
+            tokenizer.save_pretrained(staged)
+            commit.commit_dir(staged, os.path.join(cfg.output_dir, name), failpoint=("iteration.write", k),
+                              kind=ITERATION, name=name, iteration=k, global_step=global_step,
+                              started_from=start.started_from, extra={"metrics": metrics})
+            write_metrics(cfg.output_dir, steps)
+        dist.barrier()
+        start = next_start(cfg, k, global_step)

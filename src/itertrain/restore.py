@@ -1,0 +1,149 @@
+"""Turning a plan into a verified starting point: checksums, agreed fallback, renames, config.json.
+
+Rank 0 takes the inventory and plans; every rank verifies what the plan selected; one failing rank
+makes all fall back together (the bad artifact is renamed aside by rank 0 after a barrier, then the
+plan is made again). Nothing here loads weights into a model.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import torch
+from safetensors import safe_open
+
+from itertrain import commit, dist, inventory, manifest
+from itertrain.artifacts import CORRUPT, INCOMPLETE, MANIFEST_NAME, Artifact
+from itertrain.config import Config, UsageError
+from itertrain.plan import SCRATCH, Plan, PlanError, Request, make_plan
+from itertrain.selectors import AUTO, Selector
+
+
+class RecoveryError(RuntimeError):
+    """The experiment cannot be resumed as asked (exit 1); the message lists why."""
+
+
+def request(cfg: Config) -> Request:
+    return Request(cfg.resume_from, cfg.resume_from_iteration, cfg.it.num_iterations,
+                   cfg.it.carry_optimizer_state)
+
+
+def verify(output_dir: str, name: str) -> str | None:
+    """Why `name` cannot be loaded, or None. Manifest: sizes and checksums. No manifest (plain HF
+    or weights-only): every weight and state file must open."""
+    path = os.path.join(output_dir, name)
+    try:
+        if os.path.exists(os.path.join(path, MANIFEST_NAME)):
+            return manifest.checksum_problem(path, manifest.read(path))
+        for f in sorted(os.listdir(path)):
+            full = os.path.join(path, f)
+            if f.endswith(".safetensors"):
+                with safe_open(full, "pt") as st:
+                    for key in st.keys():
+                        st.get_slice(key)
+            elif f.endswith((".pt", ".pth", ".bin")) and f != "training_args.bin":
+                torch.load(full, map_location="cpu", weights_only=True, mmap=True)
+            elif f.endswith(".json"):
+                with open(full, encoding="utf-8") as fh:
+                    json.load(fh)
+    except manifest.ManifestError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - any failure to open is the verdict, reported with its reason
+        return f"{f} unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return None
+
+
+def _plan_rank0(cfg: Config, req: Request, max_steps: int):
+    try:
+        inv, names = inventory.scan(cfg.output_dir, max_steps)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        return "ok", inv, make_plan(inv, req, existing=names, stamp=stamp)
+    except PlanError as e:
+        return "usage", None, str(e)
+
+
+def _free_name(output_dir: str, name: str, suffix: str) -> str:
+    to, n = f"{name}.{suffix}", 1
+    while os.path.lexists(os.path.join(output_dir, to)):
+        to, n = f"{name}.{suffix}.{n}", n + 1
+    return to
+
+
+def resolve(cfg: Config, max_steps: int) -> tuple[list[Artifact], Plan]:
+    """The agreed, verified plan (dry run and finished experiments: planned only)."""
+    req = request(cfg)
+    failures: list[str] = []
+    while True:
+        status, inv, plan = dist.broadcast(_plan_rank0(cfg, req, max_steps) if dist.is_main() else None)
+        if status == "usage":
+            raise UsageError(plan)
+        if failures:
+            plan.warnings[:0] = [f"fallback: {f}" for f in failures]
+            if plan.strategy == SCRATCH:
+                raise RecoveryError("no artifact of this experiment loads, refusing to restart from scratch "
+                                    "over it: " + "; ".join(failures))
+        if cfg.it.dry_run or plan.done:
+            return inv, plan
+        if cfg.it.strict_resume:
+            broken = [s for s in plan.skipped if s["why"].startswith((CORRUPT, INCOMPLETE))]
+            if broken:
+                raise RecoveryError("--strict_resume: " + "; ".join(f"{s['artifact']} {s['why']}" for s in broken))
+        selected = sorted({plan.weights_from, plan.state_from} - {None})
+        verdicts = dist.gather({n: verify(cfg.output_dir, n) for n in selected})
+        bad = {}
+        for rank, verdict in enumerate(verdicts):
+            for n, why in verdict.items():
+                if why and n not in bad:
+                    bad[n] = why if len(verdicts) == 1 else f"{why} (rank {rank})"
+        if not bad:
+            return inv, plan
+        for n, why in bad.items():
+            to = _free_name(cfg.output_dir, n, "corrupt")
+            failures.append(f"{n} failed to load ({why}): renamed to {to}")
+            if dist.is_main():
+                commit.rename_aside(cfg.output_dir, n, to)
+        dist.barrier()
+        if cfg.it.strict_resume:
+            raise RecoveryError("--strict_resume: " + "; ".join(failures))
+        if req.resume_from.explicit or req.resume_from_iteration.explicit:
+            raise RecoveryError("the artifact you asked for cannot be loaded: " + "; ".join(failures))
+        if req.resume_from.mode != req.resume_from_iteration.mode:  # then the other kind
+            req = Request(Selector(AUTO), Selector(AUTO), req.num_iterations, req.carry_optimizer_state)
+
+
+def shape_problem(weights_dir: str, config_dir: str) -> str | None:
+    """Do the weights in weights_dir fit the architecture in config_dir? Read from headers only."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for f in sorted(os.listdir(weights_dir)):
+        if f.endswith(".safetensors"):
+            with safe_open(os.path.join(weights_dir, f), "pt") as st:
+                for key in st.keys():
+                    shape = tuple(st.get_slice(key).get_shape())
+                    if key in expected and expected[key] != shape:
+                        return f"{key} has shape {shape} in {weights_dir}, {expected[key]} in {config_dir}'s config"
+    return None
+
+
+def apply(cfg: Config, plan: Plan, model_source: str) -> None:
+    """Rank 0: the plan's renames and config.json creation; every rank learns the outcome."""
+    error = None
+    if dist.is_main():
+        for name in plan.create_config:
+            if problem := shape_problem(os.path.join(cfg.output_dir, name), model_source):
+                error = f"{name} does not fit --model_name: {problem}"
+                break
+        else:
+            for r in plan.renames:
+                commit.rename_aside(cfg.output_dir, r.artifact, r.to)
+            for name in plan.create_config:
+                with open(os.path.join(model_source, "config.json"), "rb") as f:
+                    commit.atomic_write_bytes(os.path.join(cfg.output_dir, name, "config.json"), f.read())
+    error = dist.broadcast(error)
+    if error:
+        raise UsageError(error)

@@ -1,0 +1,22 @@
+"""--save_total_limit: which committed checkpoints may go. Runs only after a commit."""
+
+from __future__ import annotations
+
+from itertrain import commit, dist, inventory
+from itertrain.artifacts import CHECKPOINT, Artifact
+
+
+def doomed(artifacts: list[Artifact], keep: int, protect: set[str]) -> list[str]:
+    """Names to delete: all but the newest `keep` usable checkpoints (at least one is kept), never a
+    protected one (the artifact being resumed from), never anything not usable (that is evidence,
+    renamed aside by the planner, not ours to delete)."""
+    usable = sorted((a for a in artifacts if a.kind == CHECKPOINT and a.usable), key=Artifact.sort_key)
+    kept = usable[-max(keep, 1):]
+    return [a.name for a in usable if a not in kept and a.name not in protect]
+
+
+def rotate(output_dir: str, keep: int, protect: set[str], max_steps: int) -> None:
+    artifacts, _ = inventory.scan(output_dir, max_steps)
+    for name in doomed(artifacts, keep, protect):
+        dist.log0(f"🗑  save_total_limit={keep}: deleting {name}")
+        commit.remove_committed(output_dir, name)

@@ -1,0 +1,83 @@
+"""One training run, start to end: lock, plan, banner, (dry run: JSON and stop), renames, train."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from rich.console import Console
+from rich.table import Table
+
+from itertrain import banner, commit, dist, lock, manifest, tinymodel
+from itertrain.config import Config, UsageError
+from itertrain.restore import apply, resolve
+
+BASE = "base"  # the built-in base model's directory under --output_dir
+
+
+def ensure_base(cfg: Config) -> str:
+    """--model_name, or the built-in tiny base model (written once, committed like any artifact)."""
+    if cfg.it.model_name:
+        return cfg.it.model_name
+    base = os.path.join(cfg.output_dir, BASE)
+    if dist.is_main():
+        ok = os.path.isdir(base) and manifest.checksum_problem(base, _read(base)) is None if os.path.isdir(base) else False
+        if not ok:
+            if os.path.lexists(base):
+                commit.rename_aside(cfg.output_dir, BASE, f"{BASE}.corrupt-{os.getpid()}")
+            staged = commit.fresh_staging(cfg.output_dir, BASE)
+            tinymodel.write_base(staged, cfg.train.seed)
+            commit.commit_dir(staged, base, failpoint=("base.write", 0), kind="base", name=BASE,
+                              iteration=0, global_step=0, extra={"seed": cfg.train.seed})
+    dist.barrier()
+    return base
+
+
+def _read(path: str) -> dict:
+    try:
+        return manifest.read(path)
+    except manifest.ManifestError:
+        return {"files": {"<manifest>": {"size": -1, "xxh3_64": ""}}}
+
+
+def train(cfg: Config) -> int:
+    out = cfg.output_dir
+    if not cfg.it.dry_run:
+        if dist.is_main():
+            try:
+                os.makedirs(out, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"--output_dir {out}: cannot create it ({e.strerror})") from None
+            if not os.access(out, os.W_OK):
+                raise UsageError(f"--output_dir {out}: not writable")
+            handle = lock.acquire(out)  # held until the process exits  # noqa: F841
+            commit.clear_staging(out)
+        dist.barrier()
+    steps = cfg.iteration_steps(dist.world_size())
+    inv, plan = resolve(cfg, steps)
+    dist.log0(banner.render(out, inv, plan, cfg.it.model_name or f"built-in tiny model ({out}/{BASE})"))
+    if cfg.it.dry_run:
+        dist.log0(json.dumps(plan.to_json()))
+        return 0
+    if plan.done:
+        dist.log0("✅ every requested iteration is already complete: nothing to do")
+        return 0
+    base = ensure_base(cfg)
+    apply(cfg, plan, base)
+    from itertrain.loop import run_iterations, write_metrics
+
+    if dist.is_main():
+        write_metrics(out, steps)  # renames may have set iterations aside
+    run_iterations(cfg, plan, base, base)
+    if dist.is_main():
+        show_metrics(write_metrics(out, steps))
+    return 0
+
+
+def show_metrics(rows: list[dict]) -> None:
+    table = Table(title="itertrain: per-iteration results")
+    for col in ("iteration", "eval_accuracy", "train_loss", "global_step"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["iteration"]), f"{r['eval_accuracy']:.3f}", f"{r['train_loss']:.4f}", str(r["global_step"]))
+    Console().print(table)
