@@ -11,6 +11,7 @@ from rich.table import Table
 from itertrain import banner, commit, dist, lock, manifest, tinymodel
 from itertrain.config import Config, UsageError
 from itertrain.restore import apply, resolve
+from itertrain.status import SAVED_CONFIG
 
 BASE = "base"  # the built-in base model's directory under --output_dir
 
@@ -64,6 +65,8 @@ def train(cfg: Config) -> int:
         return 0
     base = ensure_base(cfg)
     apply(cfg, plan, base)
+    if dist.is_main():
+        save_settings(cfg, steps)
     from itertrain.loop import run_iterations, write_metrics
 
     if dist.is_main():
@@ -72,6 +75,15 @@ def train(cfg: Config) -> int:
     if dist.is_main():
         show_metrics(write_metrics(out, steps))
     return 0
+
+
+def save_settings(cfg: Config, steps: int) -> None:
+    """The resolved configuration, for `itertrain status` and for comparing later resumes."""
+    settings = {"num_iterations": cfg.it.num_iterations, "iteration_steps": steps,
+                "carry_optimizer_state": cfg.it.carry_optimizer_state, "model_name": cfg.it.model_name,
+                "seed": cfg.train.seed, "learning_rate": cfg.train.learning_rate,
+                "world_size": dist.world_size()}
+    commit.atomic_write_json(os.path.join(cfg.output_dir, SAVED_CONFIG), settings)
 
 
 def show_metrics(rows: list[dict]) -> None:
