@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
+from transformers.trainer_callback import ExportableState
 
 from itertrain import commit, dist, inventory, manifest
 from itertrain.artifacts import COMPLETE, ITERATION, checkpoint_name, iteration_name
@@ -67,7 +68,7 @@ def _has_manifest(out: str, name: str) -> bool:
     return os.path.exists(os.path.join(out, name, "itertrain.json"))
 
 
-def both_view(cfg: Config, start: Start, targs, steps: int) -> str:
+def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:
     """A checkpoint directory that HF's own resume path reads as: weights and config from the
     iteration model, optimizer/scheduler/RNG from the checkpoint, and a fresh trainer state (step 0
     of the new iteration). Symlinks; built by rank 0 in staging."""
@@ -82,8 +83,10 @@ def both_view(cfg: Config, start: Start, targs, steps: int) -> str:
         for f in os.listdir(ck_dir):
             if f in ("optimizer.pt", "scheduler.pt", "scaler.pt") or f.startswith("rng_state"):
                 os.symlink(os.path.abspath(os.path.join(ck_dir, f)), os.path.join(view, f))
-        state = TrainerState()
-        state.compute_steps(targs, steps)
+        callbacks = trainer.callback_handler.callbacks + [trainer.control]
+        state = TrainerState(train_batch_size=trainer.args.train_batch_size,
+                             stateful_callbacks=[cb for cb in callbacks if isinstance(cb, ExportableState)])
+        state.compute_steps(trainer.args, steps)
         state.save_to_json(os.path.join(view, "trainer_state.json"))
     dist.barrier()
     return view
@@ -134,7 +137,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str) -
             loss_sum=start.loss_sum,
         )
         if not start.training_finished:
-            resume = both_view(cfg, start, targs, steps) if start.view_of else start.resume
+            resume = both_view(cfg, start, trainer, steps) if start.view_of else start.resume
             trainer.train(resume_from_checkpoint=resume)
         train_loss = trainer.mean_loss_sum() / steps
         accuracy = None
