@@ -82,6 +82,10 @@ def parser() -> HfArgumentParser:
 
 
 def parse(argv: list[str]) -> Config:
+    if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv) and not any(
+            a in ("-h", "--help") for a in argv):
+        # HF would quietly default to ./trainer_output: an experiment directory is never guessed.
+        raise UsageError("--output_dir is required (the experiment directory)")
     try:
         it, train = parser().parse_args_into_dataclasses(args=argv)
     except (ValueError, TypeError) as e:  # TrainingArguments.__post_init__ checks

@@ -1,0 +1,98 @@
+"""Bad input: one line, exit 2, no traceback. Plus the other entry points, status, and the lock."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, copy_experiment, run_cli
+
+MALFORMED = [("--resume_from", v) for v in ("latest", "-3", "1.5", "../x", "")] + [
+    ("--resume_from_iteration", v) for v in ("iter_x", "iter_-1", "../x", "", "3")]
+
+
+@pytest.mark.parametrize("flag,value", MALFORMED)
+def test_malformed_selector_exits_2_one_line(tmp_path, flag, value):
+    from itertrain.cli import main
+
+    proc = subprocess.run([sys.executable, "-c", "import sys; from itertrain.cli import main; "
+                           f"sys.exit(main(['--output_dir', {str(tmp_path / 'x')!r}, {flag!r}, {value!r}]))"],
+                          capture_output=True, text=True, cwd=REPO) if value in ("latest", "iter_x") else None
+    if proc is not None:  # a real process for two of them: no traceback, one line
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert main(["--output_dir", str(tmp_path / "x"), flag, value]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_error_message_is_one_line(tmp_path, capsys):
+    from itertrain.cli import main
+
+    assert main(["--output_dir", str(tmp_path), "--resume_from", "latest"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["itertrain: error: --resume_from 'latest' is not valid: use 'none', 'auto' or a step "
+                   "number N (for checkpoint-N)"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    ([], "--output_dir is required"),
+    (["--output_dir", "X", "--model_name", "/nonexistent/model"], "not a local directory"),
+    (["--output_dir", "X", "--num_iterations", "0"], "--num_iterations must be at least 1"),
+    (["--output_dir", "X", "--save_only_model", "true"], "--save_only_model is not supported"),
+])
+def test_bad_arguments(tmp_path, capsys, argv, needle):
+    from itertrain.cli import main
+
+    argv = [str(tmp_path / "o") if a == "X" else a for a in argv]
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_explicit_missing_artifact_lists_what_exists(tmp_path, reference):
+    out = copy_experiment(reference, tmp_path / "exp")
+    proc = run_cli(out, "--resume_from", "7", "--resume_from_iteration", "none")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "checkpoint-7 does not exist; usable here: checkpoint-3, checkpoint-6, checkpoint-9, checkpoint-12" in proc.stderr
+    proc = run_cli(out, "--resume_from", "none", "--resume_from_iteration", "iter_5")
+    assert proc.returncode == 2 and "iter_5 does not exist; usable here: iter_0, iter_1" in proc.stderr
+
+
+@pytest.mark.slow
+def test_status_json_and_table(tmp_path, crashed_in_iter1):
+    proc = subprocess.run([str(REPO / ".venv/bin/itertrain"), "status", str(crashed_in_iter1), "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    states = {a["name"]: (a["kind"], a["iteration"], a["global_step"], a["state"]) for a in d["artifacts"]}
+    assert states == {"checkpoint-3": ("checkpoint", 0, 3, "complete"), "checkpoint-6": ("checkpoint", 0, 6, "complete"),
+                      "checkpoint-9": ("checkpoint", 1, 9, "complete"), "iter_0": ("iteration", 0, 6, "complete")}
+    assert d["plan"]["strategy"] == "trainer" and d["plan"]["state_from"] == "checkpoint-9"
+    proc = subprocess.run([sys.executable, "-m", "itertrain", "status", str(crashed_in_iter1)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "checkpoint-9" in proc.stdout and "trainer" in proc.stdout
+
+
+@pytest.mark.slow
+def test_second_run_on_same_dir_refuses(tmp_path, crashed_in_iter1):
+    from itertrain import lock
+
+    out = copy_experiment(crashed_in_iter1, tmp_path / "exp")
+    held = lock.acquire(str(out))
+    try:
+        proc = run_cli(out, "--resume_from", "auto", "--resume_from_iteration", "auto")
+    finally:
+        held.close()
+    assert proc.returncode == 1 and "in use by another itertrain run" in proc.stderr
+    assert not (out / "iter_1").exists()
+
+
+@pytest.mark.slow
+def test_console_script_and_module_entry_points(tmp_path):
+    for i, entry in enumerate([(str(REPO / ".venv/bin/itertrain"), "train"), (sys.executable, "-m", "itertrain")]):
+        out = tmp_path / f"e{i}"
+        proc = subprocess.run([*entry, "--output_dir", str(out), "--dry_run"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["strategy"] == "scratch"
+        assert "CHECKPOINT RECOVERY SYSTEM" in proc.stdout
