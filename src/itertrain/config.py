@@ -86,6 +86,13 @@ def parse(argv: list[str]) -> Config:
             a in ("-h", "--help") for a in argv):
         # HF would quietly default to ./trainer_output: an experiment directory is never guessed.
         raise UsageError("--output_dir is required (the experiment directory)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not any(a.startswith("--use_cpu") for a in argv):
+        import torch
+
+        if not torch.cuda.is_available():
+            # torchrun on a machine without an accelerator: accelerate only forms a gloo process
+            # group when told the run is on CPU (else every rank thinks it is alone).
+            argv = [*argv, "--use_cpu", "true"]
     try:
         it, train = parser().parse_args_into_dataclasses(args=argv)
     except (ValueError, TypeError) as e:  # TrainingArguments.__post_init__ checks

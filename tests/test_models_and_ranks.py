@@ -1,0 +1,65 @@
+"""A second architecture (GPT-2) as --model_name, retention, and two ranks under torchrun (gloo)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, SMALL, max_diff, resume_until_done, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from itertrain.tinymodel import make_tokenizer
+
+    d = tmp_path_factory.mktemp("gpt2")
+    tok = make_tokenizer()
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    GPT2LMHeadModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_gpt2_model_dir_crash_and_resume(tmp_path, gpt2_dir):
+    ref, out = tmp_path / "ref", tmp_path / "exp"
+    assert run_cli(ref, "--model_name", str(gpt2_dir)).returncode == 0
+    assert run_cli(out, "--model_name", str(gpt2_dir), failpoints="train.step=10").returncode == 137
+    resume_until_done(out, "--model_name", str(gpt2_dir))
+    assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
+    assert json.loads((out / "iter_1" / "config.json").read_text())["model_type"] == "gpt2"
+    assert not (out / "base").exists()  # --model_name given: no built-in base written
+
+
+def test_save_total_limit_rotates_after_commit_and_resumes(tmp_path, reference):
+    out = tmp_path / "exp"
+    assert run_cli(out, "--save_total_limit", "1", failpoints="train.step=10").returncode == 137
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-9"]
+    resume_until_done(out, "--save_total_limit", "1")
+    # checkpoint-9 was resumed from, so this run never deletes it; the newest is kept too.
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-9"]
+    assert max_diff(out / "iter_1", reference / "iter_1") == 0.0
+
+
+def torchrun(out, *extra, failpoints=None):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    return run_cli(out, *extra, failpoints=failpoints, launcher=launcher, timeout=600)
+
+
+def test_two_ranks_crash_and_resume_bit_identical(tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "exp"
+    proc = torchrun(ref)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("CHECKPOINT RECOVERY SYSTEM") == 1  # rank 0 prints, once
+    assert (ref / "checkpoint-6" / "rng_state_1.pth").exists()
+    crashed = torchrun(out, failpoints="train.step=10")
+    assert crashed.returncode != 0
+    proc = torchrun(out, "--resume_from", "auto", "--resume_from_iteration", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint-9 was saved while training iteration 1" in proc.stdout
+    assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
