@@ -20,7 +20,7 @@ demo: $(STAMP)
 		--resume_from auto --resume_from_iteration auto --disable_tqdm true
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 tests
 
 clean:
 	rm -rf $(VENV) experiments .pytest_cache

@@ -47,12 +47,12 @@ class IterTrainingArguments(TrainingArguments):
     """HF TrainingArguments with the demo's defaults. --max_steps / --num_train_epochs are per iteration."""
 
     output_dir: str | None = field(default=None, metadata={"help": "The experiment directory (required)."})
-    max_steps: int = field(default=60, metadata={"help": "Optimizer steps of each iteration."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device."})
+    max_steps: int = field(default=300, metadata={"help": "Optimizer steps of each iteration."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
     learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate."})
     warmup_steps: float = field(default=5, metadata={"help": "Warm-up steps of each iteration's schedule."})
-    save_steps: float = field(default=20, metadata={"help": "Commit a trainer checkpoint every N steps."})
-    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
+    save_steps: float = field(default=100, metadata={"help": "Commit a trainer checkpoint every N steps."})
+    logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
 
@@ -93,6 +93,8 @@ def parse(argv: list[str]) -> Config:
             # torchrun on a machine without an accelerator: accelerate only forms a gloo process
             # group when told the run is on CPU (else every rank thinks it is alone).
             argv = [*argv, "--use_cpu", "true"]
+    if any(a.startswith("--num_train_epochs") for a in argv) and not any(a.startswith("--max_steps") for a in argv):
+        argv = [*argv, "--max_steps", "-1"]  # epochs asked for: the demo's step default must not override them
     try:
         it, train = parser().parse_args_into_dataclasses(args=argv)
     except (ValueError, TypeError) as e:  # TrainingArguments.__post_init__ checks
@@ -122,6 +124,11 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
         if not os.path.isdir(it.model_name):
             raise UsageError(f"--model_name {it.model_name}: not a local directory (nothing is downloaded "
                              "from a hub; give a local HF model directory)")
-        if not os.path.isfile(os.path.join(it.model_name, "config.json")):
+        present = set(os.listdir(it.model_name))
+        if "config.json" not in present:
             raise UsageError(f"--model_name {it.model_name}: no config.json (not an HF model directory)")
+        if not any(f.endswith((".safetensors", ".bin", ".index.json")) for f in present):
+            raise UsageError(f"--model_name {it.model_name}: no model weights (*.safetensors or *.bin)")
+        if not present & {"tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model"}:
+            raise UsageError(f"--model_name {it.model_name}: no tokenizer files (save the tokenizer with the model)")
     return Config(it, train, ckpt_sel, iter_sel)

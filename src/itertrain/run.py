@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 from rich.console import Console
 from rich.table import Table
@@ -22,8 +23,7 @@ def ensure_base(cfg: Config) -> str:
         return cfg.it.model_name
     base = os.path.join(cfg.output_dir, BASE)
     if dist.is_main():
-        ok = os.path.isdir(base) and manifest.checksum_problem(base, _read(base)) is None if os.path.isdir(base) else False
-        if not ok:
+        if not _intact(base):
             if os.path.lexists(base):
                 commit.rename_aside(cfg.output_dir, BASE, f"{BASE}.corrupt-{os.getpid()}")
             staged = commit.fresh_staging(cfg.output_dir, BASE)
@@ -34,15 +34,25 @@ def ensure_base(cfg: Config) -> str:
     return base
 
 
-def _read(path: str) -> dict:
+def _intact(path: str) -> bool:
     try:
-        return manifest.read(path)
+        return os.path.isdir(path) and manifest.checksum_problem(path, manifest.read(path)) is None
     except manifest.ManifestError:
-        return {"files": {"<manifest>": {"size": -1, "xxh3_64": ""}}}
+        return False
+
+
+def quiet_library_noise() -> None:
+    """HF's per-file load/save progress bars and torch's pin_memory-without-GPU warning say nothing
+    useful here; the Trainer's own progress bar stays (--disable_tqdm controls it)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator is found.*")
 
 
 def train(cfg: Config) -> int:
     out = cfg.output_dir
+    quiet_library_noise()
     if not cfg.it.dry_run:
         if dist.is_main():
             try:
