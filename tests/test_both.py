@@ -32,13 +32,13 @@ def test_both_loads_weights_from_iteration_and_state_from_checkpoint(tmp_path, r
     from itertrain.config import parse
     from itertrain.data import Collator, encode
     from itertrain.loop import Start, both_view
-    from itertrain.tasks import addition
+    from itertrain.tasks import load_task
     from itertrain.trainer import IterTrainer
 
     out = copy_experiment(reference, tmp_path / "exp")
     cfg = parse([*SMALL, "--output_dir", str(out)])
     tok = AutoTokenizer.from_pretrained(str(out / "base"))
-    gold, _ = addition.make_splits(cfg.train.seed, cfg.it.num_gold, 0)
+    gold = load_task(cfg.it, cfg.train.seed).gold
     targs = copy.deepcopy(cfg.train)
     targs.output_dir = str(out / ".staging" / "trainer")
     start = Start(1, str(out / "iter_0"), None, 9, "iter_0", view_of=("iter_0", "checkpoint-9"))

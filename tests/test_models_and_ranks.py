@@ -51,12 +51,14 @@ def torchrun(out, *extra, failpoints=None):
     return run_cli(out, *extra, failpoints=failpoints, launcher=launcher, timeout=600)
 
 
-def test_two_ranks_crash_and_resume_bit_identical(tmp_path):
+def test_two_ranks_crash_and_resume_bit_identical(tmp_path, reference):
     ref, out = tmp_path / "ref", tmp_path / "exp"
     proc = torchrun(ref)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("CHECKPOINT RECOVERY SYSTEM") == 1  # rank 0 prints, once
     assert (ref / "checkpoint-6" / "rng_state_1.pth").exists()
+    # Sharded generation over 2 ranks gives exactly the one-process samples (same base model).
+    assert (ref / "samples_0" / "generated.jsonl").read_text() == (reference / "samples_0" / "generated.jsonl").read_text()
     crashed = torchrun(out, failpoints="train.step=10")
     assert crashed.returncode != 0
     proc = torchrun(out, "--resume_from", "auto", "--resume_from_iteration", "auto")

@@ -21,7 +21,7 @@ def test_1_scratch(tmp_path, reference):
     assert not out.exists()  # --dry_run writes nothing
     assert sorted(p.name for p in reference.iterdir() if not p.name.startswith(".")) == [
         "base", "checkpoint-12", "checkpoint-3", "checkpoint-6", "checkpoint-9", "iter_0", "iter_1",
-        "itertrain_config.json", "metrics.jsonl"]
+        "itertrain_config.json", "metrics.jsonl", "samples_0", "samples_1"]
     rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     assert [(r["iteration"], r["global_step"]) for r in rows] == [(0, 6), (1, 12)]
 

@@ -28,13 +28,14 @@ def train_main(argv: list[str]) -> int:
     from itertrain.config import UsageError, parse
     from itertrain.lock import LockedError
     from itertrain.restore import RecoveryError
+    from itertrain.tasks import TaskError
 
     try:
         cfg = parse(argv)
         from itertrain import run
 
         return run.train(cfg)
-    except UsageError as e:
+    except (UsageError, TaskError) as e:
         _error(e)
         return 2
     except (RecoveryError, LockedError) as e:

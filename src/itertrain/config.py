@@ -38,8 +38,27 @@ class IterArguments:
     carry_optimizer_state: bool = field(default=False, metadata={
         "help": "Carry optimizer and LR-scheduler state from one iteration to the next (one schedule over "
                 "the whole experiment) instead of a fresh optimizer each iteration."})
-    num_gold: int = field(default=2000, metadata={"help": "Training examples of the built-in task."})
-    num_eval: int = field(default=200, metadata={"help": "Held-out prompts evaluated after each iteration."})
+    task: str = field(default="addition", metadata={
+        "help": "Built-in task name (addition) or package.module:make_task returning an itertrain.tasks.Task."})
+    train_prompts: str | None = field(default=None, metadata={
+        "help": "JSONL of {\"prompt\", \"answer\"} to generate for (with --eval_prompts and --verifier)."})
+    eval_prompts: str | None = field(default=None, metadata={"help": "JSONL of held-out {\"prompt\", \"answer\"}."})
+    sft_data: str | None = field(default=None, metadata={
+        "help": "JSONL of gold {\"prompt\", \"answer\"} examples trained on (see --gold_iterations)."})
+    verifier: str = field(default="exact", metadata={"help": "exact, numeric or package.module:function(example, completion)."})
+    num_samples: int = field(default=4, metadata={"help": "Completions sampled per training prompt."})
+    max_per_prompt: int = field(default=1, metadata={"help": "Correct completions kept per prompt (deduplicated)."})
+    reuse_previous: bool = field(default=True, metadata={"help": "Also train on earlier iterations' kept samples."})
+    gold_iterations: int = field(default=-1, metadata={
+        "help": "Mix gold data into the first N iterations' training (-1: every iteration, 0: never)."})
+    train_from: str = field(default="previous", metadata={
+        "help": "Fine-tune each iteration from the previous iteration's model (previous) or from the base (base)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the generate phase."})
+    max_new_tokens: int = field(default=8, metadata={"help": "Longest completion generated or evaluated."})
+    generation_batch_size: int = field(default=256, metadata={"help": "Prompts per generate call."})
+    num_gold: int = field(default=700, metadata={"help": "Built-in task: gold (supervised) examples."})
+    num_prompts: int = field(default=2000, metadata={"help": "Built-in task: unlabelled training prompts."})
+    num_eval: int = field(default=500, metadata={"help": "Built-in task: held-out prompts."})
 
 
 @dataclass
@@ -67,12 +86,15 @@ class Config:
     def output_dir(self) -> str:
         return self.train.output_dir
 
-    def iteration_steps(self, world_size: int) -> int:
-        """Optimizer steps of one iteration, as HF Trainer will count them."""
+    def iteration_steps(self, world_size: int, num_examples: int | None = None) -> int:
+        """Optimizer steps of one iteration, as HF Trainer will count them: --max_steps, or with
+        --num_train_epochs, from the size of that iteration's training set (an estimate when the
+        size is not known yet: only used to place foreign checkpoints without a manifest)."""
         a = self.train
         if a.max_steps > 0:
             return a.max_steps
-        per_rank = math.ceil(self.it.num_gold / world_size)
+        n = num_examples if num_examples is not None else self.it.num_gold + self.it.num_prompts
+        per_rank = math.ceil(max(n, 1) / world_size)
         batches = math.ceil(per_rank / a.per_device_train_batch_size)
         return max(1, math.ceil(a.num_train_epochs * max(batches // a.gradient_accumulation_steps, 1)))
 
@@ -112,8 +134,17 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
         raise UsageError(str(e)) from None
     if it.num_iterations < 1:
         raise UsageError(f"--num_iterations must be at least 1, got {it.num_iterations}")
-    if it.num_gold < 1 or it.num_eval < 0:
-        raise UsageError("--num_gold must be at least 1 and --num_eval at least 0")
+    if min(it.num_gold, it.num_prompts, it.num_eval) < 0 or it.num_gold + it.num_prompts < 1:
+        raise UsageError("--num_gold, --num_prompts and --num_eval must be >= 0, and some training data is needed")
+    if it.num_samples < 1 or it.max_per_prompt < 1 or it.generation_batch_size < 1 or it.max_new_tokens < 1:
+        raise UsageError("--num_samples, --max_per_prompt, --generation_batch_size and --max_new_tokens must be >= 1")
+    if not it.temperature > 0:
+        raise UsageError(f"--temperature must be > 0, got {it.temperature}")
+    if it.train_from not in ("previous", "base"):
+        raise UsageError(f"--train_from {it.train_from!r}: use previous or base")
+    if it.train_from == "base" and it.carry_optimizer_state:
+        raise UsageError("--train_from base with --carry_optimizer_state is not supported (the carried "
+                         "optimizer state belongs to the previous iteration's weights)")
     if train.max_steps <= 0 and train.num_train_epochs <= 0:
         raise UsageError("set --max_steps (> 0) or --num_train_epochs (> 0) for each iteration's training")
     if train.save_only_model:

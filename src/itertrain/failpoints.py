@@ -27,12 +27,14 @@ def _armed() -> dict[str, str | None]:
     return out
 
 
-def hit(name: str, value: int | None = None) -> None:
+def hit(name: str, value: int | None = None, *, at_least: bool = False) -> None:
+    """Die here if `name` is armed for `value` (or for any value; with at_least, for any armed
+    value <= `value`, for counters that move in steps)."""
     armed = _armed()
     if name not in armed:
         return
     want = armed[name]
-    if want is None or (value is not None and str(value) == want):
+    if want is None or (value is not None and (str(value) == want or (at_least and value >= int(want)))):
         sys.stdout.flush()
         sys.stderr.write(f"itertrain: failpoint {name}={value} hit: exiting with 137\n")
         sys.stderr.flush()

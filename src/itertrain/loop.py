@@ -20,7 +20,8 @@ from itertrain.config import Config, UsageError
 from itertrain.data import Collator, encode
 from itertrain.evaluate import greedy_accuracy
 from itertrain.plan import BOTH, TRAINER, Plan
-from itertrain.tasks import addition
+from itertrain import samples
+from itertrain.tasks import Task, TaskError
 
 METRICS = "metrics.jsonl"
 
@@ -112,27 +113,42 @@ def write_metrics(output_dir: str, max_steps: int) -> list[dict]:
     return rows
 
 
-def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str) -> None:
+def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, task: Task) -> None:
     from itertrain.trainer import IterTrainer  # heavy import, only when training
 
-    steps = cfg.iteration_steps(dist.world_size())
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    gold, held_out = addition.make_splits(cfg.train.seed, cfg.it.num_gold, cfg.it.num_eval)
-    features = encode(gold, tokenizer)
+    kept: dict[int, list] = {}
     protect = {plan.weights_from, plan.state_from} - {None}
-    start = first_start(cfg, plan, base_dir, steps)
+    start = first_start(cfg, plan, base_dir, cfg.iteration_steps(dist.world_size()))
     for k in range(plan.next_iteration, cfg.it.num_iterations):
-        dist.log0(f"▶️  iteration {k}: from {start.started_from}, global steps {start.step_offset + 1}-"
-                  f"{start.step_offset + steps}")
+        # 1-2. generate with model_K (the base for K=0, else iter_{K-1}), verify and select
+        source = "base" if k == 0 else iteration_name(k - 1)
+        model_k = base_dir if k == 0 else os.path.join(cfg.output_dir, source)
+        for j in range(k):  # earlier iterations' selections (committed; never generated again here)
+            if cfg.it.reuse_previous and j not in kept:
+                kept[j] = samples.committed_kept(cfg.output_dir, j)
+        found = samples.ensure(cfg, k, model_k, source, task, tokenizer, load_model)
+        kept[k] = found.kept
+        train_set = samples.training_set(k, kept, task.gold, reuse_previous=cfg.it.reuse_previous,
+                                         gold_iterations=cfg.it.gold_iterations)
+        if not train_set:
+            raise TaskError(f"iteration {k} has nothing to train on: no completion passed the verifier and "
+                            "no gold data is mixed in (--sft_data, --gold_iterations)")
+        features = encode(train_set, tokenizer)
+        steps = cfg.iteration_steps(dist.world_size(), len(features))
+        # 3. train
+        if cfg.it.train_from == "base" and start.resume is None and start.view_of is None:
+            start.weights, start.started_from = base_dir, "base"
+        dist.log0(f"▶️  iteration {k}: training on {len(features)} examples from {start.started_from}, "
+                  f"global steps {start.step_offset + 1}-{start.step_offset + steps}")
         targs = copy.deepcopy(cfg.train)
         targs.output_dir = commit.staging_path(cfg.output_dir, "trainer")
         targs.max_steps, targs.save_total_limit = steps, None
-        model = load_model(start.weights)
         trainer = IterTrainer(
-            model=model, args=targs, train_dataset=features, data_collator=Collator(tokenizer.pad_token_id),
-            processing_class=tokenizer, experiment_dir=cfg.output_dir, iteration=k,
-            step_offset=start.step_offset, iteration_steps=steps, started_from=start.started_from,
-            save_total_limit=cfg.train.save_total_limit, protect=protect,
+            model=load_model(start.weights), args=targs, train_dataset=features,
+            data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+            experiment_dir=cfg.output_dir, iteration=k, step_offset=start.step_offset, iteration_steps=steps,
+            started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=protect,
             schedule_steps=steps * cfg.it.num_iterations if cfg.it.carry_optimizer_state else None,
             loss_sum=start.loss_sum,
         )
@@ -140,14 +156,19 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str) -
             resume = both_view(cfg, start, trainer, steps) if start.view_of else start.resume
             trainer.train(resume_from_checkpoint=resume)
         train_loss = trainer.mean_loss_sum() / steps
+        # 4. evaluate
         accuracy = None
         if dist.is_main():
-            accuracy = greedy_accuracy(trainer.model, tokenizer, held_out, addition.is_correct)
+            accuracy = greedy_accuracy(trainer.model, tokenizer, task.eval_prompts, task.verify,
+                                       max_new_tokens=cfg.it.max_new_tokens)
         accuracy = dist.broadcast(accuracy)
         global_step = start.step_offset + steps
-        metrics = {"iteration": k, "eval_accuracy": accuracy, "train_loss": train_loss,
-                   "global_step": global_step, "num_train_samples": len(features)}
-        dist.log0(f"✅ iteration {k}: eval_accuracy={accuracy:.3f} train_loss={train_loss:.4f} step={global_step}")
+        metrics = {"iteration": k, "eval_accuracy": accuracy, "acceptance_rate": found.stats["acceptance_rate"],
+                   "pass_at_k": found.stats["pass_at_k"], "num_generated": found.stats["num_generated"],
+                   "num_train_samples": len(features), "train_loss": train_loss, "global_step": global_step}
+        dist.log0(f"✅ iteration {k}: eval_accuracy={accuracy:.3f} acceptance_rate="
+                  f"{found.stats['acceptance_rate']:.3f} train_loss={train_loss:.4f} step={global_step}")
+        # 5. save iter_K
         if dist.is_main():
             name = iteration_name(k)
             staged = commit.fresh_staging(cfg.output_dir, name)

@@ -13,6 +13,7 @@ from itertrain import banner, commit, dist, lock, manifest, tinymodel
 from itertrain.config import Config, UsageError
 from itertrain.restore import apply, resolve
 from itertrain.status import SAVED_CONFIG
+from itertrain.tasks import load_task
 
 BASE = "base"  # the built-in base model's directory under --output_dir
 
@@ -53,6 +54,7 @@ def quiet_library_noise() -> None:
 def train(cfg: Config) -> int:
     out = cfg.output_dir
     quiet_library_noise()
+    task = load_task(cfg.it, cfg.train.seed)  # bad task input fails here, before anything is written
     if not cfg.it.dry_run:
         if dist.is_main():
             try:
@@ -81,7 +83,7 @@ def train(cfg: Config) -> int:
 
     if dist.is_main():
         write_metrics(out, steps)  # renames may have set iterations aside
-    run_iterations(cfg, plan, base, base)
+    run_iterations(cfg, plan, base, base, task)
     if dist.is_main():
         show_metrics(write_metrics(out, steps))
     return 0

@@ -7,22 +7,16 @@ it goes, which a tiny model learns in seconds on a CPU.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+
+from itertrain.tasks import Example, Task, exact
 
 
 def answer(a: int, b: int) -> str:
     return str(a + b)[::-1]
 
 
-@dataclass(frozen=True)
-class Example:
-    prompt: str
-    answer: str
-
-
-def _pairs(rng: random.Random, n: int, max_digits: int, exclude: set) -> list[tuple[int, int]]:
+def _pairs(rng: random.Random, n: int, max_digits: int, seen: set) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
-    seen = set(exclude)
     while len(out) < n:
         a = rng.randrange(10 ** rng.randint(1, max_digits))
         b = rng.randrange(10 ** rng.randint(1, max_digits))
@@ -32,14 +26,14 @@ def _pairs(rng: random.Random, n: int, max_digits: int, exclude: set) -> list[tu
     return out
 
 
-def make_splits(seed: int, num_gold: int, num_eval: int, max_digits: int = 2) -> tuple[list[Example], list[Example]]:
-    """(gold training examples, held-out evaluation examples), disjoint, fixed by the seed."""
+def make_task(seed: int, num_gold: int = 700, num_prompts: int = 2000, num_eval: int = 500,
+              max_digits: int = 2) -> Task:
+    """Held-out, gold and unlabelled prompts: disjoint, fixed by the seed."""
     rng = random.Random(f"addition/{seed}")
-    held_out = _pairs(rng, num_eval, max_digits, set())
-    gold = _pairs(rng, num_gold, max_digits, set(held_out))
-    as_examples = lambda pairs: [Example(f"{a}+{b}=", answer(a, b)) for a, b in pairs]  # noqa: E731
-    return as_examples(gold), as_examples(held_out)
+    seen: set = set()
+    held_out, gold, prompts = (_pairs(rng, n, max_digits, seen) for n in (num_eval, num_gold, num_prompts))
 
+    def examples(pairs):
+        return [Example(f"{a}+{b}=", answer(a, b)) for a, b in pairs]
 
-def is_correct(example: Example, completion: str) -> bool:
-    return completion.strip() == example.answer
+    return Task(examples(prompts), examples(held_out), exact, gold=examples(gold), name="addition")

@@ -1,0 +1,48 @@
+"""The generate phase: sample completions with HF `generate` (batched, KV cache).
+
+Prompts are cut into batches by their global index, and batch b is sampled under a seed derived
+from (--seed, iteration, b). Under torchrun rank r runs batches r, r+W, r+2W, ... and rank 0
+gathers them in order, so no prompt is dropped or duplicated and the samples are the same with
+one process or several, and again after a resume.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import xxhash
+
+from itertrain import dist, failpoints
+
+
+def batch_seed(seed: int, iteration: int, batch: int) -> int:
+    return xxhash.xxh3_64_intdigest(f"itertrain/generate/{seed}/{iteration}/{batch}".encode()) & (2**63 - 1)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], *, num_samples: int, seed: int, iteration: int,
+           batch_size: int, max_new_tokens: int, temperature: float) -> list[list[str]]:
+    """completions[i][s]: sample s for prompt i, identical on every rank."""
+    model.eval()
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    rank, world = dist.state().process_index, dist.world_size()
+    mine: dict[int, list[list[str]]] = {}
+    produced = 0
+    for b in range(rank, math.ceil(len(prompts) / batch_size), world):
+        chunk = prompts[b * batch_size:(b + 1) * batch_size]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(batch_seed(seed, iteration, b))
+            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=None, top_p=None,
+                                 num_return_sequences=num_samples, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        mine[b] = [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(chunk))]
+        produced += len(texts)
+        failpoints.hit("generate", produced, at_least=True)
+    merged: dict[int, list[list[str]]] = {}
+    for part in dist.gather(mine):
+        merged.update(part)
+    return [row for b in sorted(merged) for row in merged[b]]

@@ -1,0 +1,167 @@
+"""Iteration K's generated and selected samples: a complete-or-absent artifact `samples_K/`.
+
+It records which model generated it (a digest of model_K's weights) and the sampling settings; a
+samples_K that does not match the current model_K and settings is renamed aside and generated
+again, so a branch never trains on another branch's samples. Selection and the training set are
+pure functions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass
+
+from itertrain import commit, dist, manifest
+from itertrain.artifacts import MANIFEST_NAME
+from itertrain.tasks import Example, Task, TaskError
+
+GENERATED, SELECTED = "generated.jsonl", "selected.jsonl"
+
+
+def samples_name(k: int) -> str:
+    return f"samples_{k}"
+
+
+@dataclass
+class Samples:
+    kept: list[Example]  # (prompt, completion) pairs that passed the verifier
+    stats: dict  # num_generated, num_kept, acceptance_rate, pass_at_k
+
+
+def select(prompts: list[Example], completions: list[list[str]], verify, max_per_prompt: int,
+           verifier_name: str = "verifier") -> tuple[list[Example], list[list[bool]], dict]:
+    """Keep correct completions, deduplicated, at most max_per_prompt per prompt."""
+    kept, verdicts, solved = [], [], 0
+    for ex, outs in zip(prompts, completions):
+        row, seen = [], set()
+        for text in outs:
+            try:
+                ok = bool(verify(ex, text))
+            except Exception as e:  # noqa: BLE001 - the user's verifier: name it and what it raised
+                raise TaskError(f"{verifier_name} raised {type(e).__name__}: {e} (prompt {ex.prompt!r}, "
+                                f"completion {text!r})") from None
+            row.append(ok)
+            if ok and text not in seen and len(seen) < max_per_prompt:
+                seen.add(text)
+                kept.append(Example(ex.prompt, text))
+        solved += any(row)
+        verdicts.append(row)
+    generated = sum(len(o) for o in completions)
+    stats = {"num_generated": generated, "num_kept": len(kept),
+             "acceptance_rate": len(kept) / generated if generated else 0.0,
+             "pass_at_k": solved / len(prompts) if prompts else 0.0}
+    return kept, verdicts, stats
+
+
+def training_set(k: int, kept: dict[int, list[Example]], gold: list[Example], *, reuse_previous: bool,
+                 gold_iterations: int) -> list[Example]:
+    """Iteration k's training examples: its own kept samples, earlier ones if reused, and gold
+    while k < gold_iterations (-1: every iteration); deduplicated, in a fixed order."""
+    sources = [kept.get(j, []) for j in range(k + 1) if j == k or reuse_previous]
+    if gold_iterations < 0 or k < gold_iterations:
+        sources.insert(0, gold)
+    out, seen = [], set()
+    for ex in (e for src in sources for e in src):
+        if (ex.prompt, ex.answer) not in seen:
+            seen.add((ex.prompt, ex.answer))
+            out.append(ex)
+    return out
+
+
+def weights_digest(model_dir: str) -> str:
+    """Identity of a model's weights: from its manifest if it has one, else hashed now."""
+    path = os.path.join(model_dir, MANIFEST_NAME)
+    files = {}
+    if os.path.exists(path):
+        files = {f: m["xxh3_64"] for f, m in manifest.read(model_dir)["files"].items()}
+    names = sorted(f for f in os.listdir(model_dir) if f.startswith(("model", "pytorch_model")))
+    return ",".join(f"{f}:{files.get(f) or manifest.file_digest(os.path.join(model_dir, f))}" for f in names)
+
+
+def _read_kept(directory: str) -> list[Example]:
+    with open(os.path.join(directory, SELECTED), encoding="utf-8") as f:
+        return [Example(r["prompt"], r["completion"]) for r in map(json.loads, f)]
+
+
+def committed_kept(output_dir: str, k: int) -> list[Example]:
+    """An earlier iteration's kept samples (for --reuse_previous); empty if samples_K is gone."""
+    d = os.path.join(output_dir, samples_name(k))
+    return _read_kept(d) if os.path.exists(os.path.join(d, MANIFEST_NAME)) else []
+
+
+def load(output_dir: str, k: int, source_digest: str, settings: dict) -> Samples | None:
+    """samples_K if it is complete, intact and made by this model with these settings."""
+    d = os.path.join(output_dir, samples_name(k))
+    if not os.path.isdir(d):
+        return None
+    try:
+        m = manifest.read(d)
+        problem = manifest.checksum_problem(d, m)
+    except manifest.ManifestError as e:
+        problem, m = str(e), {}
+    extra = m.get("extra", {})
+    if problem is None and extra.get("source_digest") == source_digest and extra.get("settings") == settings:
+        return Samples(_read_kept(d), extra["stats"])
+    if dist.is_main():
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        suffix = "corrupt" if problem else f"superseded-{stamp}"
+        why = problem or "made by other weights or settings"
+        dist.log0(f"⏭️  {samples_name(k)}: {why}: renamed aside ({samples_name(k)}.{suffix})")
+        commit.rename_aside(output_dir, samples_name(k), f"{samples_name(k)}.{suffix}")
+    dist.barrier()
+    return None
+
+
+def save(output_dir: str, k: int, prompts: list[Example], completions: list[list[str]],
+         verdicts: list[list[bool]], kept: list[Example], stats: dict, source: str, source_digest: str,
+         settings: dict) -> None:
+    name = samples_name(k)
+    staged = commit.fresh_staging(output_dir, name)
+    with open(os.path.join(staged, GENERATED), "w", encoding="utf-8") as f:
+        for i, (ex, outs, oks) in enumerate(zip(prompts, completions, verdicts)):
+            for s, (text, ok) in enumerate(zip(outs, oks)):
+                f.write(json.dumps({"i": i, "s": s, "prompt": ex.prompt, "completion": text, "correct": ok}) + "\n")
+    with open(os.path.join(staged, SELECTED), "w", encoding="utf-8") as f:
+        for ex in kept:
+            f.write(json.dumps({"prompt": ex.prompt, "completion": ex.answer}) + "\n")
+    commit.commit_dir(staged, os.path.join(output_dir, name), failpoint=("samples.write", k), kind="samples",
+                      name=name, iteration=k, global_step=0, started_from=source,
+                      extra={"source_digest": source_digest, "settings": settings, "stats": stats})
+
+
+def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load_model) -> Samples:
+    """Iteration k's samples: reused when committed, else generated (every rank) and committed."""
+    from itertrain.generate import sample
+
+    it = cfg.it
+    settings = {"num_samples": it.num_samples, "temperature": it.temperature, "seed": cfg.train.seed,
+                "max_new_tokens": it.max_new_tokens, "batch_size": it.generation_batch_size,
+                "max_per_prompt": it.max_per_prompt, "num_prompts": len(task.train_prompts)}
+    digest = dist.broadcast(weights_digest(model_dir) if dist.is_main() else None)
+    if (found := load(cfg.output_dir, k, digest, settings)) is not None:
+        dist.log0(f"♻️  iteration {k}: reusing committed {samples_name(k)} ({found.stats['num_kept']} kept)")
+        return found
+    if not task.train_prompts:
+        return Samples([], {"num_generated": 0, "num_kept": 0, "acceptance_rate": 0.0, "pass_at_k": 0.0})
+    dist.log0(f"🎲 iteration {k}: generating {it.num_samples} samples for each of {len(task.train_prompts)} "
+              f"prompts with {source}")
+    model = load_model(model_dir)
+    completions = sample(model, tokenizer, [e.prompt for e in task.train_prompts], num_samples=it.num_samples,
+                         seed=cfg.train.seed, iteration=k, batch_size=it.generation_batch_size,
+                         max_new_tokens=it.max_new_tokens, temperature=it.temperature)
+    del model
+    result = None
+    if dist.is_main():
+        try:
+            kept, verdicts, stats = select(task.train_prompts, completions, task.verify, it.max_per_prompt,
+                                           f"--verifier {it.verifier}" if it.train_prompts else "the task's verifier")
+            save(cfg.output_dir, k, task.train_prompts, completions, verdicts, kept, stats, source, digest, settings)
+            result = ("ok", kept, stats)
+        except TaskError as e:
+            result = ("error", str(e), None)
+    status, kept, stats = dist.broadcast(result)
+    if status == "error":
+        raise TaskError(kept)
+    return Samples(kept, stats)
