@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python train_iterative.py --output_dir $(DEMO_DIR) --num_iterations 3 \
+	$(BIN)/python train_iterative.py --output_dir $(DEMO_DIR) --num_iterations 5 \
 		--resume_from auto --resume_from_iteration auto --disable_tqdm true
 
 test: $(STAMP)

@@ -34,7 +34,7 @@ class IterArguments:
         "help": "Turn every fallback (a skipped or unloadable artifact) into an error exit."})
     dry_run: bool = field(default=False, metadata={
         "help": "Print the recovery banner and the plan as one JSON line, write nothing, exit."})
-    num_iterations: int = field(default=3, metadata={"help": "Number of iterations (iter_0 .. iter_{N-1})."})
+    num_iterations: int = field(default=5, metadata={"help": "Number of iterations (iter_0 .. iter_{N-1})."})
     carry_optimizer_state: bool = field(default=False, metadata={
         "help": "Carry optimizer and LR-scheduler state from one iteration to the next (one schedule over "
                 "the whole experiment) instead of a fresh optimizer each iteration."})

@@ -100,8 +100,10 @@ def save_settings(cfg: Config, steps: int) -> None:
 
 def show_metrics(rows: list[dict]) -> None:
     table = Table(title="itertrain: per-iteration results")
-    for col in ("iteration", "eval_accuracy", "train_loss", "global_step"):
-        table.add_column(col, justify="right")
+    cols = {"iteration": "iter", "eval_accuracy": "eval acc", "acceptance_rate": "accepted", "pass_at_k": "pass@k",
+            "num_train_samples": "train set", "train_loss": "loss", "global_step": "step"}
+    for header in cols.values():
+        table.add_column(header, justify="right")
     for r in rows:
-        table.add_row(str(r["iteration"]), f"{r['eval_accuracy']:.3f}", f"{r['train_loss']:.4f}", str(r["global_step"]))
+        table.add_row(*(f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols))
     Console().print(table)

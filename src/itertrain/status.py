@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
         print(f"itertrain status: error: {args.output_dir} is not a directory", file=sys.stderr)
         return 2
     saved = saved_settings(args.output_dir)
-    max_steps = args.max_steps or saved.get("iteration_steps") or 60
+    max_steps = args.max_steps or saved.get("iteration_steps") or 300
     artifacts, names = inventory.scan(args.output_dir, max_steps)
     try:
         plan = make_plan(artifacts, req, existing=names, stamp="<time>").to_json()
@@ -68,7 +68,7 @@ def _request(args) -> Request:
     saved = saved_settings(args.output_dir) if os.path.isdir(args.output_dir) else {}
     carry = args.carry_optimizer_state if args.carry_optimizer_state is not None else saved.get("carry_optimizer_state", False)
     return Request(parse_checkpoint_selector(args.resume_from), parse_iteration_selector(args.resume_from_iteration),
-                   args.num_iterations or saved.get("num_iterations") or 3, bool(carry))
+                   args.num_iterations or saved.get("num_iterations") or 5, bool(carry))
 
 
 def _show(output_dir: str, rows: list[dict], plan: dict) -> None:
