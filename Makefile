@@ -22,5 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
 
+# Every file event of a short 2-iteration run, killed and resumed (tests/chaos_harness.py); about
+# 30 minutes per mode on 2 cores.
+chaos: $(STAMP)
+	$(BIN)/python tests/chaos_harness.py --events all --jobs 2 --json chaos-kill.json
+	$(BIN)/python tests/chaos_harness.py --events all --torn --jobs 2 --json chaos-torn.json
+
 clean:
 	rm -rf $(VENV) experiments .pytest_cache

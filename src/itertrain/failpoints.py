@@ -6,7 +6,11 @@ os._exit(137), as a kill -9 would: no finally blocks, no flushing, no atexit.
   checkpoint.write[=N] half way through committing a checkpoint (of global step N, or the first)
   iteration.write[=K] half way through committing iteration model K (or the first)
   generate=K          after K generated samples
-A bare name matches any value.
+  file.event=N[:torn] at the N-th file event under --output_dir (open for write, rename, mkdir,
+                      remove, rmdir, rmtree, symlink, truncate; Python audit events, so before the
+                      operation happens); with :torn, the file last opened for writing is first cut
+                      to half its size (a write that did not reach the disk)
+A bare name matches any value. ITERTRAIN_CHAOS_LOG=path appends every file event to `path`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import os
 import sys
 
 ENV = "ITERTRAIN_FAILPOINTS"
+LOG_ENV = "ITERTRAIN_CHAOS_LOG"
+_PATH_EVENTS = {"os.rename": 0, "os.remove": 0, "os.mkdir": 0, "os.rmdir": 0, "shutil.rmtree": 0,
+                "os.symlink": 1, "os.truncate": 0}
 
 
 def _armed() -> dict[str, str | None]:
@@ -39,3 +46,48 @@ def hit(name: str, value: int | None = None, *, at_least: bool = False) -> None:
         sys.stderr.write(f"itertrain: failpoint {name}={value} hit: exiting with 137\n")
         sys.stderr.flush()
         os._exit(137)
+
+
+def install_file_events(root: str) -> None:
+    """Arm `file.event` and the event log for paths under `root` (tests and the chaos harness)."""
+    spec = _armed().get("file.event")
+    log_path = os.environ.get(LOG_ENV)
+    if spec is None and not log_path:
+        return
+    target, _, mode = (spec or "0").partition(":")
+    target_n, torn = int(target), mode == "torn"
+    root = os.path.realpath(root) + os.sep
+    state = {"n": 0, "last_written": None}
+
+    def hook(event, args):
+        if event == "open":
+            path, mode_, flags = args
+            if not (isinstance(mode_, str) and any(c in mode_ for c in "wax+")) and not (
+                    isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+                return
+        elif event in _PATH_EVENTS:
+            path = args[_PATH_EVENTS[event]]
+        else:
+            return
+        if isinstance(path, bytes):
+            path = path.decode(errors="replace")
+        if not isinstance(path, (str, os.PathLike)):
+            return
+        full = os.path.realpath(os.fspath(path))
+        if not full.startswith(root):
+            return
+        state["n"] += 1
+        if log_path:
+            with open(log_path, "a", encoding="utf-8") as f:  # outside root: not an event itself
+                f.write(f"{state['n']}\t{event}\t{os.path.relpath(full, root)}\n")
+        if state["n"] == target_n:
+            victim = state["last_written"]
+            if torn and victim and os.path.isfile(victim):
+                os.truncate(victim, os.path.getsize(victim) // 2)
+            sys.stderr.write(f"itertrain: failpoint file.event={spec} hit at {event} {full}: exiting with 137\n")
+            sys.stderr.flush()
+            os._exit(137)
+        if event == "open":
+            state["last_written"] = full
+
+    sys.addaudithook(hook)

@@ -9,7 +9,7 @@ import warnings
 from rich.console import Console
 from rich.table import Table
 
-from itertrain import banner, commit, dist, lock, manifest, tinymodel
+from itertrain import banner, commit, dist, failpoints, lock, manifest, tinymodel
 from itertrain.config import Config, UsageError
 from itertrain.restore import apply, resolve
 from itertrain.status import SAVED_CONFIG
@@ -56,6 +56,7 @@ def train(cfg: Config) -> int:
     quiet_library_noise()
     task = load_task(cfg.it, cfg.train.seed)  # bad task input fails here, before anything is written
     if not cfg.it.dry_run:
+        failpoints.install_file_events(out)
         if dist.is_main():
             try:
                 os.makedirs(out, exist_ok=True)

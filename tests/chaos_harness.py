@@ -1,0 +1,138 @@
+"""Kill at every file event: the harness behind `make chaos` (and a sample of it in `make test`).
+
+For a short 2-iteration run it counts the file events under the output directory (failpoints.py:
+open for write, rename, mkdir, remove, rmtree, symlink), then for each chosen event runs a copy
+that dies at that exact event with os._exit(137), as kill -9 does (optionally cutting the file last
+opened for writing to half: a torn write), resumes it with `auto auto` until done, and compares the
+final iteration model and metrics with an uninterrupted run. Verdicts:
+  PASS               identical weights (max abs diff 0.0) and metrics
+  HARD_FAIL          a resume exited with an error, or never finished
+  SILENT_DIVERGENCE  finished, but weights or metrics differ
+  LOST_WORK          the resume started from an older point than the newest usable artifact
+Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--jobs 2] [--json out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--num_iterations", "2", "--max_steps", "6", "--save_steps", "3", "--num_gold", "64",
+         "--num_prompts", "24", "--num_samples", "2", "--generation_batch_size", "8", "--num_eval", "8",
+         "--per_device_train_batch_size", "8", "--disable_tqdm", "true"]
+AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
+
+
+def _run(out: Path, *extra: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("ITERTRAIN_FAILPOINTS", "ITERTRAIN_CHAOS_LOG")}
+    env.update(env_extra or {})
+    cmd = [sys.executable, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *extra]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def reference(work: Path) -> tuple[Path, list[str]]:
+    """An uninterrupted run, and the list of its file events."""
+    out, log = work / "reference", work / "events.log"
+    proc = _run(out, env_extra={"ITERTRAIN_CHAOS_LOG": str(log)})
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return out, log.read_text().splitlines()
+
+
+def _progress(a: dict) -> float:
+    return a["global_step"] + (0.5 if a["kind"] == "iteration" else 0)
+
+
+def _status(out: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "itertrain", "status", str(out), "--max_steps", "6",
+                           "--num_iterations", "2", "--json"], cwd=REPO, capture_output=True, text=True)
+    return json.loads(proc.stdout)
+
+
+def _weights(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def trial(ref: Path, work: Path, event: int, torn: bool) -> dict:
+    out = work / f"e{event}{'t' if torn else ''}"
+    spec = f"file.event={event}{':torn' if torn else ''}"
+    crashed = _run(out, env_extra={"ITERTRAIN_FAILPOINTS": spec})
+    result = {"event": event, "torn": torn, "crash_rc": crashed.returncode}
+    lost = None
+    for attempt in range(4):
+        if attempt == 0 and crashed.returncode == 137:
+            st = _status(out)
+            usable = [a for a in st["artifacts"] if a["state"] in ("complete", "unverified")]
+            plan = st["plan"]
+            start = plan.get("state_from") if plan.get("strategy") == "trainer" else plan.get("weights_from")
+            if usable and not torn:
+                best = max(usable, key=_progress)
+                if start != best["name"]:
+                    lost = f"newest usable {best['name']}, plan starts from {start}"
+        proc = _run(out, *AUTO)
+        if proc.returncode == 0:
+            break
+        if proc.returncode != 137:
+            return {**result, "verdict": "HARD_FAIL", "why": proc.stderr.strip().splitlines()[-1:]}
+    else:
+        return {**result, "verdict": "HARD_FAIL", "why": "did not finish in 4 resumes"}
+    a, b = _weights(out / "iter_1"), _weights(ref / "iter_1")
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    same_metrics = (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+    if diff != 0.0 or not same_metrics:
+        return {**result, "verdict": "SILENT_DIVERGENCE", "why": f"max abs diff {diff}, metrics same: {same_metrics}"}
+    if lost:
+        return {**result, "verdict": "LOST_WORK", "why": lost}
+    shutil.rmtree(out, ignore_errors=True)
+    return {**result, "verdict": "PASS"}
+
+
+def sweep(events: list[int], torn: bool, jobs: int, work: Path, ref: Path) -> list[dict]:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda n: trial(ref, work, n, torn), events))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", default="all")
+    p.add_argument("--torn", action="store_true")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="itertrain-chaos-"))
+    ref, log = reference(work)
+    n = len(log)
+    if args.events == "all":
+        events = list(range(1, n + 1))
+    elif args.events.startswith("sample:"):
+        k = int(args.events.split(":")[1])
+        events = sorted({1 + (i * (n - 1)) // max(k - 1, 1) for i in range(k)})
+    else:
+        events = [int(x) for x in args.events.split(",")]
+    results = sweep(events, args.torn, args.jobs, work, ref)
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+        if r["verdict"] != "PASS":
+            print(f"{r['verdict']}: event {r['event']} ({log[r['event'] - 1]}): {r.get('why')}")
+    print(f"{len(results)} crash points ({'torn writes' if args.torn else 'kill'}) of {n} file events: "
+          + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"file_events": n, "torn": args.torn, "counts": counts,
+                                               "results": results}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if set(counts) == {"PASS"} else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

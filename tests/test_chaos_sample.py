@@ -1,0 +1,21 @@
+"""A fast sample of the kill-at-every-file-event sweep (`make chaos` runs all of them)."""
+
+import pytest
+
+from chaos_harness import reference, trial
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    return reference(tmp_path_factory.mktemp("chaosref"))
+
+
+@pytest.mark.parametrize("fraction,torn", [(0.1, False), (0.35, False), (0.6, False), (0.85, False),
+                                           (0.5, True), (0.95, True)])
+def test_crash_at_file_event_resumes_exactly(tmp_path, ref, fraction, torn):
+    out, events = ref
+    event = max(1, int(len(events) * fraction))
+    result = trial(out, tmp_path, event, torn)
+    assert result["verdict"] == "PASS", (events[event - 1], result)
