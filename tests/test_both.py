@@ -65,6 +65,9 @@ def test_both_loads_weights_from_iteration_and_state_from_checkpoint(tmp_path, r
             assert torch.equal(seen["optimizer"]["state"][i][name], t), (i, name)
     sched = torch.load(out / "checkpoint-9" / "scheduler.pt", weights_only=True)
     assert seen["scheduler"]["last_epoch"] == sched["last_epoch"] == 3
-    rng = torch.load(out / "checkpoint-9" / "rng_state.pth", weights_only=False)
+    from transformers.trainer_pt_utils import safe_globals
+
+    with safe_globals():
+        rng = torch.load(out / "checkpoint-9" / "rng_state.pth", weights_only=True)
     assert seen["python_rng"] == rng["python"]
     assert seen["local_step"] == 0 and trainer.step_offset == 9  # global step continues from 9

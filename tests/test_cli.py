@@ -96,3 +96,11 @@ def test_console_script_and_module_entry_points(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert json.loads(proc.stdout.strip().splitlines()[-1])["strategy"] == "scratch"
         assert "CHECKPOINT RECOVERY SYSTEM" in proc.stdout
+
+
+def test_no_load_path_unpickles_arbitrary_objects():
+    src = REPO / "src" / "itertrain"
+    for f in src.rglob("*.py"):
+        text = f.read_text()
+        assert "weights_only=False" not in text, f
+        assert "pickle.load" not in text, f

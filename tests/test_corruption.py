@@ -70,7 +70,8 @@ def test_manifest_deleted_is_unverified_but_accepted(tmp_path, crashed_in_iter1,
     proc = run_cli(out, "--resume_from", "auto", "--resume_from_iteration", "auto", "--dry_run")
     plan = plan_of(proc)
     assert plan["state_from"] == "checkpoint-9" and "UNVERIFIED" in proc.stdout
-    resume_until_done(out)
+    proc = resume_until_done(out)
+    assert "fallback" not in proc.stdout and "checkpoint-9 was saved while training" in proc.stdout
     assert max_diff(out / "iter_1", reference / "iter_1") == 0.0
 
 
@@ -87,4 +88,44 @@ def test_weights_only_iteration_model_gets_config(tmp_path, reference):
     proc = run_cli(out, "--resume_from", "none", "--resume_from_iteration", "auto")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "iter_0" / "config.json").read_text())["model_type"] == "llama"
+    assert max_diff(out / "iter_1", reference / "iter_1") == 0.0
+
+
+class Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {PWNED}",))
+
+
+PWNED = "/tmp/itertrain-pwned-marker"
+
+
+@pytest.mark.parametrize("victim,manifest", [("optimizer.pt", True), ("rng_state.pth", False)])
+def test_hostile_pickle_is_refused_and_never_runs(tmp_path, crashed_in_iter1, reference, victim, manifest):
+    import os
+    import pickle
+
+    from itertrain import manifest as mf
+
+    if os.path.exists(PWNED):
+        os.unlink(PWNED)
+    out = copy_experiment(crashed_in_iter1, tmp_path / "exp")
+    ck = out / "checkpoint-9"
+    if manifest:
+        import torch
+
+        torch.save({"state": Payload()}, ck / victim)  # the format HF writes, with a payload
+    else:
+        (ck / victim).write_bytes(pickle.dumps({"state": Payload()}))  # a raw pickle
+    if manifest:  # an attacker who also rewrites the manifest: the checksums match
+        m = mf.build(str(ck), kind="checkpoint", name="checkpoint-9", iteration=1, global_step=9,
+                     local_step=3, iteration_steps=6)
+        (ck / "itertrain.json").write_text(json.dumps(m))
+    else:
+        (ck / "itertrain.json").unlink()
+    proc = resume_until_done(out)
+    assert f"{victim} refused: it is not plain tensor data" in proc.stdout, proc.stdout[-3000:]
+    assert not os.path.exists(PWNED)
+    assert len(list(out.glob("checkpoint-9.corrupt*"))) == 1
     assert max_diff(out / "iter_1", reference / "iter_1") == 0.0

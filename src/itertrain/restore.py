@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pickle
 
 import torch
 from safetensors import safe_open
+from transformers.trainer_pt_utils import safe_globals
 
 from itertrain import commit, dist, inventory, manifest
 from itertrain.artifacts import CORRUPT, INCOMPLETE, MANIFEST_NAME, Artifact
@@ -31,28 +33,48 @@ def request(cfg: Config) -> Request:
 
 
 def verify(output_dir: str, name: str) -> str | None:
-    """Why `name` cannot be loaded, or None. Manifest: sizes and checksums. No manifest (plain HF
-    or weights-only): every weight and state file must open."""
+    """Why `name` cannot be loaded, or None. With a manifest: sizes and checksums. Then, for every
+    artifact, every pickle-based file (optimizer, scheduler, RNG) must load with weights_only=True
+    (memory-mapped, so cheap): a crafted pickle is refused here and its payload never runs. Without
+    a manifest, safetensors headers and JSON files must parse too."""
     path = os.path.join(output_dir, name)
+    has_manifest = os.path.exists(os.path.join(path, MANIFEST_NAME))
+    f = MANIFEST_NAME
     try:
-        if os.path.exists(os.path.join(path, MANIFEST_NAME)):
-            return manifest.checksum_problem(path, manifest.read(path))
+        if has_manifest and (problem := manifest.checksum_problem(path, manifest.read(path))):
+            return problem
         for f in sorted(os.listdir(path)):
             full = os.path.join(path, f)
-            if f.endswith(".safetensors"):
+            if f.endswith((".pt", ".pth")) or (f.endswith(".bin") and f != "training_args.bin"):
+                _safe_load(full)
+            elif has_manifest:
+                continue
+            elif f.endswith(".safetensors"):
                 with safe_open(full, "pt") as st:
                     for key in st.keys():
                         st.get_slice(key)
-            elif f.endswith((".pt", ".pth", ".bin")) and f != "training_args.bin":
-                torch.load(full, map_location="cpu", weights_only=True, mmap=True)
             elif f.endswith(".json"):
                 with open(full, encoding="utf-8") as fh:
                     json.load(fh)
     except manifest.ManifestError as e:
         return str(e)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"{f} refused: it is not plain tensor data (weights_only load failed: {first[:200]})"
     except Exception as e:  # noqa: BLE001 - any failure to open is the verdict, reported with its reason
-        return f"{f} unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"{f} unreadable ({type(e).__name__}: {first[:200]})"
     return None
+
+
+def _safe_load(path: str) -> None:
+    with safe_globals():
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) file
 
 
 def _plan_rank0(cfg: Config, req: Request, max_steps: int):
