@@ -35,7 +35,6 @@ def test_newest_checkpoint_damaged_falls_back(tmp_path, crashed_in_iter1, refere
     hurt(out / "checkpoint-9")
     proc = resume_until_done(out)
     assert reason in proc.stdout, proc.stdout[-3000:]
-    assert not (out / "checkpoint-9.corrupt").exists() or True
     aside = list(out.glob("checkpoint-9.corrupt*"))
     assert len(aside) == 1, list(out.iterdir())
     # Fell back to iter_0 + fresh iteration 1 (checkpoint-6 belongs to iteration 0): still exact.

@@ -1,12 +1,11 @@
 """A second architecture (GPT-2) as --model_name, retention, and two ranks under torchrun (gloo)."""
 
 import json
-import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, SMALL, max_diff, resume_until_done, run_cli
+from conftest import max_diff, resume_until_done, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -102,7 +102,7 @@ def test_every_flag_form_over_every_crash_point():
                 assert "usable here" in str(e)
                 continue
             expected = {(False, False): SCRATCH, (True, False): TRAINER, (False, True): ITERATION_STRATEGY}
-            has_c, has_i = plan.state_from is not None, plan.weights_from is not None
+            has_c = plan.state_from is not None
             if rf.explicit:
                 assert plan.state_from == f"checkpoint-{rf.number}"
             if ri.explicit:

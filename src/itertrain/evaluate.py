@@ -21,6 +21,6 @@ def greedy_accuracy(model, tokenizer, examples, is_correct, batch_size: int = 25
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        correct += sum(is_correct(e, t) for e, t in zip(chunk, texts))
+        correct += sum(is_correct(e, t) for e, t in zip(chunk, texts, strict=True))
     model.train(was_training)
     return correct / len(examples)

@@ -34,7 +34,7 @@ def select(prompts: list[Example], completions: list[list[str]], verify, max_per
            verifier_name: str = "verifier") -> tuple[list[Example], list[list[bool]], dict]:
     """Keep correct completions, deduplicated, at most max_per_prompt per prompt."""
     kept, verdicts, solved = [], [], 0
-    for ex, outs in zip(prompts, completions):
+    for ex, outs in zip(prompts, completions, strict=True):
         row, seen = [], set()
         for text in outs:
             try:
@@ -120,8 +120,8 @@ def save(output_dir: str, k: int, prompts: list[Example], completions: list[list
     name = samples_name(k)
     staged = commit.fresh_staging(output_dir, name)
     with open(os.path.join(staged, GENERATED), "w", encoding="utf-8") as f:
-        for i, (ex, outs, oks) in enumerate(zip(prompts, completions, verdicts)):
-            for s, (text, ok) in enumerate(zip(outs, oks)):
+        for i, (ex, outs, oks) in enumerate(zip(prompts, completions, verdicts, strict=True)):
+            for s, (text, ok) in enumerate(zip(outs, oks, strict=True)):
                 f.write(json.dumps({"i": i, "s": s, "prompt": ex.prompt, "completion": text, "correct": ok}) + "\n")
     with open(os.path.join(staged, SELECTED), "w", encoding="utf-8") as f:
         for ex in kept:
