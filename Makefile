@@ -27,6 +27,8 @@ test: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --events all --jobs 2 --json chaos-kill.json
 	$(BIN)/python tests/chaos_harness.py --events all --torn --jobs 2 --json chaos-torn.json
+	$(BIN)/python tests/chaos_harness.py --random 200 --jobs 2 --json chaos-random.json
+	$(BIN)/python tests/chaos_harness.py --random 20 --ranks 2 --jobs 1 --json chaos-random-2ranks.json
 
 clean:
 	rm -rf $(VENV) experiments .pytest_cache

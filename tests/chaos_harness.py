@@ -9,7 +9,10 @@ final iteration model and metrics with an uninterrupted run. Verdicts:
   HARD_FAIL          a resume exited with an error, or never finished
   SILENT_DIVERGENCE  finished, but weights or metrics differ
   LOST_WORK          the resume started from an older point than the newest usable artifact
+Random kills (--random N): each trial SIGKILLs the whole process group (every rank, under torchrun
+with --ranks 2) at 1-3 random moments of a run, resuming with `auto auto` after each, then compares.
 Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--jobs 2] [--json out]
+       python tests/chaos_harness.py --random 200 [--ranks 2] [--jobs 2] [--json out]
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,20 +36,71 @@ SMALL = ["--num_iterations", "2", "--max_steps", "6", "--save_steps", "3", "--nu
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
 
-def _run(out: Path, *extra: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def _cmd(out: Path, ranks: int, *extra: str) -> list[str]:
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+                                   if ranks > 1 else [])
+    return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *extra]
+
+
+def _env(env_extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("ITERTRAIN_FAILPOINTS", "ITERTRAIN_CHAOS_LOG")}
     env.update(env_extra or {})
-    cmd = [sys.executable, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *extra]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return env
 
 
-def reference(work: Path) -> tuple[Path, list[str]]:
+def _run(out: Path, *extra: str, env_extra: dict | None = None, ranks: int = 1) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(out, ranks, *extra), cwd=REPO, env=_env(env_extra), capture_output=True,
+                          text=True, timeout=600)
+
+
+def reference(work: Path, ranks: int = 1) -> tuple[Path, list[str]]:
     """An uninterrupted run, and the list of its file events."""
-    out, log = work / "reference", work / "events.log"
-    proc = _run(out, env_extra={"ITERTRAIN_CHAOS_LOG": str(log)})
+    out, log = work / f"reference{ranks}", work / f"events{ranks}.log"
+    proc = _run(out, env_extra={"ITERTRAIN_CHAOS_LOG": str(log)}, ranks=ranks)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return out, log.read_text().splitlines()
+
+
+def _compare(out: Path, ref: Path) -> str | None:
+    a, b = _weights(out / "iter_1"), _weights(ref / "iter_1")
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    same_metrics = (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+    return None if diff == 0.0 and same_metrics else f"max abs diff {diff}, metrics same: {same_metrics}"
+
+
+def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: int = 3) -> dict:
+    """SIGKILL every process of the run at 1..max_kills random moments, resuming after each."""
+    rng = random.Random(seed)
+    kills = rng.randint(1, max_kills)
+    out = work / f"r{seed}"
+    result = {"seed": seed, "ranks": ranks, "kills": kills, "killed_at": []}
+    err_path = work / f"r{seed}.stderr"
+    for _ in range(kills + 5):
+        with open(err_path, "w") as err:  # a file, not a pipe: a full pipe would stall the run
+            p = subprocess.Popen(_cmd(out, ranks, *AUTO), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                                 stderr=err, start_new_session=True)
+            if len(result["killed_at"]) < kills:
+                t = round(rng.uniform(0.5, 14.0 if ranks == 1 else 25.0), 2)
+                try:
+                    p.wait(timeout=t)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)  # every rank, the launcher too: as a node dying
+                    p.wait()
+                    result["killed_at"].append(t)
+                    continue
+            else:
+                p.wait(timeout=600)
+        if p.returncode == 0:  # finished (possibly before a planned kill: fewer kills, still a trial)
+            break
+        if p.returncode not in (0, 137):
+            return {**result, "verdict": "HARD_FAIL", "why": err_path.read_text()[-500:]}
+    else:
+        return {**result, "verdict": "HARD_FAIL", "why": "did not finish"}
+    if why := _compare(out, ref):
+        return {**result, "verdict": "SILENT_DIVERGENCE", "why": why}
+    shutil.rmtree(out, ignore_errors=True)
+    return {**result, "verdict": "PASS"}
 
 
 def _progress(a: dict) -> float:
@@ -86,11 +142,8 @@ def trial(ref: Path, work: Path, event: int, torn: bool) -> dict:
             return {**result, "verdict": "HARD_FAIL", "why": proc.stderr.strip().splitlines()[-1:]}
     else:
         return {**result, "verdict": "HARD_FAIL", "why": "did not finish in 4 resumes"}
-    a, b = _weights(out / "iter_1"), _weights(ref / "iter_1")
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    same_metrics = (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
-    if diff != 0.0 or not same_metrics:
-        return {**result, "verdict": "SILENT_DIVERGENCE", "why": f"max abs diff {diff}, metrics same: {same_metrics}"}
+    if why := _compare(out, ref):
+        return {**result, "verdict": "SILENT_DIVERGENCE", "why": why}
     if lost:
         return {**result, "verdict": "LOST_WORK", "why": lost}
     shutil.rmtree(out, ignore_errors=True)
@@ -108,8 +161,12 @@ def main() -> int:
     p.add_argument("--torn", action="store_true")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--random", type=int, default=0, help="random-kill trials instead of the event sweep")
+    p.add_argument("--ranks", type=int, default=1)
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="itertrain-chaos-"))
+    if args.random:
+        return _random_main(args, work)
     ref, log = reference(work)
     n = len(log)
     if args.events == "all":
@@ -129,6 +186,25 @@ def main() -> int:
           + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
     if args.json:
         Path(args.json).write_text(json.dumps({"file_events": n, "torn": args.torn, "counts": counts,
+                                               "results": results}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if set(counts) == {"PASS"} else 1
+
+
+def _random_main(args, work: Path) -> int:
+    ref, _ = reference(work, args.ranks)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(lambda s: random_trial(ref, work, s, args.ranks), range(args.random)))
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+        if r["verdict"] != "PASS":
+            print(f"{r['verdict']}: seed {r['seed']} killed at {r['killed_at']}: {r.get('why')}")
+    kills = sum(len(r["killed_at"]) for r in results)
+    print(f"{len(results)} runs with {kills} random SIGKILLs ({args.ranks} rank(s)): "
+          + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"ranks": args.ranks, "kills": kills, "counts": counts,
                                                "results": results}, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     return 0 if set(counts) == {"PASS"} else 1

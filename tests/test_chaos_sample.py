@@ -2,7 +2,7 @@
 
 import pytest
 
-from chaos_harness import reference, trial
+from chaos_harness import random_trial, reference, trial
 
 pytestmark = pytest.mark.slow
 
@@ -19,3 +19,10 @@ def test_crash_at_file_event_resumes_exactly(tmp_path, ref, fraction, torn):
     event = max(1, int(len(events) * fraction))
     result = trial(out, tmp_path, event, torn)
     assert result["verdict"] == "PASS", (events[event - 1], result)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_sigkills_resume_exactly(tmp_path, ref, seed):
+    out, _ = ref
+    result = random_trial(out, tmp_path, seed)
+    assert result["verdict"] == "PASS", result
