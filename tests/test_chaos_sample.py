@@ -26,3 +26,12 @@ def test_random_sigkills_resume_exactly(tmp_path, ref, seed):
     out, _ = ref
     result = random_trial(out, tmp_path, seed)
     assert result["verdict"] == "PASS", result
+
+
+def test_crash_at_the_last_metrics_write(tmp_path, ref):
+    """Found by the full sweep: iter_1 committed, metrics.jsonl not yet rewritten. The resumed run
+    found the experiment complete and left metrics.jsonl one line short."""
+    out, events = ref
+    last = max(i for i, e in enumerate(events, 1) if "\topen\tmetrics.jsonl" in e)
+    result = trial(out, tmp_path, last, torn=False)
+    assert result["verdict"] == "PASS", (events[last - 1], result)

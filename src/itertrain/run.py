@@ -11,6 +11,7 @@ from rich.table import Table
 
 from itertrain import banner, commit, dist, failpoints, lock, manifest, tinymodel
 from itertrain.config import Config, UsageError
+from itertrain.loop import write_metrics
 from itertrain.restore import apply, resolve
 from itertrain.status import SAVED_CONFIG
 from itertrain.tasks import load_task
@@ -74,13 +75,15 @@ def train(cfg: Config) -> int:
         dist.log0(json.dumps(plan.to_json()))
         return 0
     if plan.done:
+        if dist.is_main():
+            write_metrics(out, steps)  # derived state: a crash may have left it behind the artifacts
         dist.log0("✅ every requested iteration is already complete: nothing to do")
         return 0
     base = ensure_base(cfg)
     apply(cfg, plan, base)
     if dist.is_main():
         save_settings(cfg, steps)
-    from itertrain.loop import run_iterations, write_metrics
+    from itertrain.loop import run_iterations
 
     if dist.is_main():
         write_metrics(out, steps)  # renames may have set iterations aside
