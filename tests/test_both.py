@@ -6,9 +6,8 @@ import random
 
 import pytest
 import torch
-from transformers import AutoTokenizer, TrainerCallback
-
 from conftest import SMALL, copy_experiment, weights
+from transformers import AutoTokenizer, TrainerCallback
 
 pytestmark = pytest.mark.slow
 

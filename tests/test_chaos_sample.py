@@ -1,7 +1,6 @@
 """A fast sample of the kill-at-every-file-event sweep (`make chaos` runs all of them)."""
 
 import pytest
-
 from chaos_harness import random_trial, reference, trial
 
 pytestmark = pytest.mark.slow

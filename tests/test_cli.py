@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, copy_experiment, run_cli
 
 MALFORMED = [("--resume_from", v) for v in ("latest", "-3", "1.5", "../x", "")] + [

@@ -4,7 +4,6 @@ deleted), named in the banner; --strict_resume turns that into an error; all bro
 import json
 
 import pytest
-
 from conftest import copy_experiment, max_diff, plan_of, resume_until_done, run_cli
 
 pytestmark = pytest.mark.slow

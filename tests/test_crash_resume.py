@@ -2,7 +2,6 @@
 (max abs diff 0.0) and metrics."""
 
 import pytest
-
 from conftest import copy_experiment, max_diff, resume_until_done, run_cli
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,6 @@ import json
 import sys
 
 import pytest
-
 from conftest import max_diff, resume_until_done, run_cli
 
 pytestmark = pytest.mark.slow

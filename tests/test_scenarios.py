@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import copy_experiment, max_diff, plan_of, run_cli, weights
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,6 @@ phase resume to the uninterrupted run's weights and metrics, and generation is n
 import json
 
 import pytest
-
 from conftest import REPO, copy_experiment, max_diff, resume_until_done, run_cli
 
 pytestmark = pytest.mark.slow

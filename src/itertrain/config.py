@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser, TrainingArguments
 
 from itertrain.selectors import (
-    Selector, SelectorError, parse_checkpoint_selector, parse_iteration_selector,
+    Selector,
+    SelectorError,
+    parse_checkpoint_selector,
+    parse_iteration_selector,
 )
 
 

@@ -11,8 +11,16 @@ import os
 
 from itertrain import manifest
 from itertrain.artifacts import (
-    CHECKPOINT, COMPLETE, CORRUPT, INCOMPLETE, ITERATION, MANIFEST_NAME, SEED_BASE_MODEL, UNVERIFIED,
-    Artifact, parse_name,
+    CHECKPOINT,
+    COMPLETE,
+    CORRUPT,
+    INCOMPLETE,
+    ITERATION,
+    MANIFEST_NAME,
+    SEED_BASE_MODEL,
+    UNVERIFIED,
+    Artifact,
+    parse_name,
 )
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

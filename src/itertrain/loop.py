@@ -1,4 +1,5 @@
-"""The iteration loop: for each iteration, start -> train -> evaluate -> save iter_K.
+"""The iteration loop: for each iteration, generate -> verify and select -> train -> evaluate ->
+save iter_K.
 
 Every iteration starts through the same function whether the run is fresh, uninterrupted or
 resumed, so an uninterrupted run and a resumed one take the same code path to the same bytes.
@@ -14,13 +15,12 @@ from dataclasses import dataclass
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 from transformers.trainer_callback import ExportableState
 
-from itertrain import commit, dist, inventory, manifest
-from itertrain.artifacts import COMPLETE, ITERATION, checkpoint_name, iteration_name
+from itertrain import commit, dist, inventory, manifest, samples
+from itertrain.artifacts import COMPLETE, ITERATION, MANIFEST_NAME, checkpoint_name, iteration_name
 from itertrain.config import Config, UsageError
 from itertrain.data import Collator, encode
 from itertrain.evaluate import greedy_accuracy
 from itertrain.plan import BOTH, TRAINER, Plan
-from itertrain import samples
 from itertrain.tasks import Task, TaskError
 
 METRICS = "metrics.jsonl"
@@ -66,7 +66,7 @@ def next_start(cfg: Config, done: int, global_step: int) -> Start:
 
 
 def _has_manifest(out: str, name: str) -> bool:
-    return os.path.exists(os.path.join(out, name, "itertrain.json"))
+    return os.path.exists(os.path.join(out, name, MANIFEST_NAME))
 
 
 def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:
