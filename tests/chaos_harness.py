@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -69,8 +70,9 @@ def _compare(out: Path, ref: Path) -> str | None:
     return None if diff == 0.0 and same_metrics else f"max abs diff {diff}, metrics same: {same_metrics}"
 
 
-def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: int = 3) -> dict:
-    """SIGKILL every process of the run at 1..max_kills random moments, resuming after each."""
+def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: int = 3, window: float = 14.0) -> dict:
+    """SIGKILL every process of the run at 1..max_kills random moments in (0.5 s, window), resuming
+    after each (window: a little less than an uninterrupted run takes)."""
     rng = random.Random(seed)
     kills = rng.randint(1, max_kills)
     out = work / f"r{seed}"
@@ -81,7 +83,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
             p = subprocess.Popen(_cmd(out, ranks, *AUTO), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                                  stderr=err, start_new_session=True)
             if len(result["killed_at"]) < kills:
-                t = round(rng.uniform(0.5, 14.0 if ranks == 1 else 25.0), 2)
+                t = round(rng.uniform(0.5, window), 2)
                 try:
                     p.wait(timeout=t)
                 except subprocess.TimeoutExpired:
@@ -192,16 +194,18 @@ def main() -> int:
 
 
 def _random_main(args, work: Path) -> int:
+    t0 = time.monotonic()
     ref, _ = reference(work, args.ranks)
+    window = 0.9 * (time.monotonic() - t0)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda s: random_trial(ref, work, s, args.ranks), range(args.random)))
+        results = list(pool.map(lambda s: random_trial(ref, work, s, args.ranks, window=window), range(args.random)))
     counts: dict[str, int] = {}
     for r in results:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
         if r["verdict"] != "PASS":
             print(f"{r['verdict']}: seed {r['seed']} killed at {r['killed_at']}: {r.get('why')}")
     kills = sum(len(r["killed_at"]) for r in results)
-    print(f"{len(results)} runs with {kills} random SIGKILLs ({args.ranks} rank(s)): "
+    print(f"{len(results)} runs with {kills} random SIGKILLs ({args.ranks} rank(s), window {window:.1f} s): "
           + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
     if args.json:
         Path(args.json).write_text(json.dumps({"ranks": args.ranks, "kills": kills, "counts": counts,
