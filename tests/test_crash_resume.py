@@ -8,9 +8,7 @@ pytestmark = pytest.mark.slow
 
 POINTS = [
     "train.step=2",  # iteration 0, before its first checkpoint
-    "train.step=4",  # iteration 0, after checkpoint-3
     "train.step=6",  # iteration 0's last step: checkpoint-6 committed, iter_0 not yet
-    "iteration.write=0",  # half way through writing iter_0
     "train.step=8",  # iteration 1, after iter_0, before checkpoint-9
     "checkpoint.write=9",  # half way through committing checkpoint-9
     "train.step=11",  # iteration 1, after checkpoint-9
