@@ -112,3 +112,10 @@ def test_retention_keeps_newest_and_protected(tmp_path):
     assert retention.doomed(arts, 0, protect=set())[-1] == "checkpoint-12"  # at least one is kept
     retention.rotate(str(tmp_path), 2, {"checkpoint-3"}, 6)
     assert sorted(os.listdir(tmp_path)) == [".staging", "checkpoint-12", "checkpoint-15", "checkpoint-3"]
+
+
+def test_set_aside_picks_a_free_name(tmp_path):
+    for _ in range(3):
+        (tmp_path / "samples_1").mkdir()
+        commit.set_aside(str(tmp_path), "samples_1", "corrupt")
+    assert sorted(os.listdir(tmp_path)) == ["samples_1.corrupt", "samples_1.corrupt.1", "samples_1.corrupt.2"]

@@ -8,6 +8,7 @@ complete one. Single files (metrics.jsonl, the saved config) go through `atomic_
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -84,6 +85,19 @@ def commit_dir(staged: str, final: str, *, failpoint: tuple[str, int], **provena
 def rename_aside(output_dir: str, name: str, to: str) -> None:
     os.rename(os.path.join(output_dir, name), os.path.join(output_dir, to))
     fsync_dir(output_dir)
+
+
+def utc_stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def set_aside(output_dir: str, name: str, suffix: str) -> str:
+    """Rename `name` to the first free `name.suffix[.N]`; returns the new name. Never deletes."""
+    to, n = f"{name}.{suffix}", 1
+    while os.path.lexists(os.path.join(output_dir, to)):
+        to, n = f"{name}.{suffix}.{n}", n + 1
+    rename_aside(output_dir, name, to)
+    return to
 
 
 def remove_committed(output_dir: str, name: str) -> None:

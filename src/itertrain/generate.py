@@ -21,24 +21,32 @@ def batch_seed(seed: int, iteration: int, batch: int) -> int:
 
 
 @torch.no_grad()
+def complete(model, tokenizer, prompts: list[str], **generate_kwargs) -> list[str]:
+    """One batched `generate` call (left padding, KV cache); the decoded completions, in order
+    (num_return_sequences of them per prompt)."""
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    out = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         **generate_kwargs)
+    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], *, num_samples: int, seed: int, iteration: int,
            batch_size: int, max_new_tokens: int, temperature: float) -> list[list[str]]:
     """completions[i][s]: sample s for prompt i, identical on every rank."""
     model.eval()
-    tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     rank, world = dist.state().process_index, dist.world_size()
     mine: dict[int, list[list[str]]] = {}
     produced = 0
     for b in range(rank, math.ceil(len(prompts) / batch_size), world):
         chunk = prompts[b * batch_size:(b + 1) * batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(batch_seed(seed, iteration, b))
-            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=None, top_p=None,
-                                 num_return_sequences=num_samples, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            texts = complete(model, tokenizer, chunk, do_sample=True, temperature=temperature, top_k=None,
+                             top_p=None, num_return_sequences=num_samples, max_new_tokens=max_new_tokens)
         mine[b] = [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(chunk))]
         produced += len(texts)
         failpoints.hit("generate", produced, at_least=True)

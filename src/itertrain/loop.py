@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 from transformers.trainer_callback import ExportableState
 
 from itertrain import commit, dist, inventory, manifest, samples
-from itertrain.artifacts import COMPLETE, ITERATION, MANIFEST_NAME, checkpoint_name, iteration_name
+from itertrain.artifacts import COMPLETE, ITERATION, checkpoint_name, iteration_name
 from itertrain.config import Config, UsageError
 from itertrain.data import Collator, encode
 from itertrain.evaluate import greedy_accuracy
@@ -43,7 +43,7 @@ class Start:
 def first_start(cfg: Config, plan: Plan, base_dir: str, steps: int) -> Start:
     out = cfg.output_dir
     if plan.strategy == TRAINER:
-        m = manifest.read(os.path.join(out, plan.state_from)) if _has_manifest(out, plan.state_from) else {}
+        m = manifest.read(os.path.join(out, plan.state_from)) if manifest.exists(os.path.join(out, plan.state_from)) else {}
         local = m.get("local_step", plan.next_step - plan.next_iteration * steps)
         return Start(plan.next_iteration, os.path.join(out, plan.state_from), os.path.join(out, plan.state_from),
                      plan.next_step - local, m.get("started_from") or "unknown",
@@ -63,10 +63,6 @@ def next_start(cfg: Config, done: int, global_step: int) -> Start:
     if cfg.it.carry_optimizer_state:
         return Start(done + 1, weights, None, global_step, prev, view_of=(prev, checkpoint_name(global_step)))
     return Start(done + 1, weights, None, global_step, prev)
-
-
-def _has_manifest(out: str, name: str) -> bool:
-    return os.path.exists(os.path.join(out, name, MANIFEST_NAME))
 
 
 def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:

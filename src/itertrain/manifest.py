@@ -93,6 +93,18 @@ def size_problem(directory: str, manifest: dict) -> str | None:
     return None
 
 
+def exists(directory: str) -> bool:
+    return os.path.exists(os.path.join(directory, MANIFEST_NAME))
+
+
+def problem(directory: str) -> str | None:
+    """Why `directory` is not an intact committed artifact (manifest, sizes, checksums), or None."""
+    try:
+        return checksum_problem(directory, read(directory))
+    except ManifestError as e:
+        return str(e)
+
+
 def checksum_problem(directory: str, manifest: dict) -> str | None:
     """Why the files do not match the manifest's checksums (sizes included), or None."""
     if problem := size_problem(directory, manifest):

@@ -7,7 +7,6 @@ plan is made again). Nothing here loads weights into a model.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import pickle
@@ -17,7 +16,7 @@ from safetensors import safe_open
 from transformers.trainer_pt_utils import safe_globals
 
 from itertrain import commit, dist, inventory, manifest
-from itertrain.artifacts import CORRUPT, INCOMPLETE, MANIFEST_NAME, Artifact
+from itertrain.artifacts import CORRUPT, INCOMPLETE, Artifact
 from itertrain.config import Config, UsageError
 from itertrain.plan import SCRATCH, Plan, PlanError, Request, make_plan
 from itertrain.selectors import AUTO, Selector
@@ -38,11 +37,11 @@ def verify(output_dir: str, name: str) -> str | None:
     (memory-mapped, so cheap): a crafted pickle is refused here and its payload never runs. Without
     a manifest, safetensors headers and JSON files must parse too."""
     path = os.path.join(output_dir, name)
-    has_manifest = os.path.exists(os.path.join(path, MANIFEST_NAME))
-    f = MANIFEST_NAME
+    has_manifest = manifest.exists(path)
+    if has_manifest and (problem := manifest.problem(path)):
+        return problem
+    f = ""
     try:
-        if has_manifest and (problem := manifest.checksum_problem(path, manifest.read(path))):
-            return problem
         for f in sorted(os.listdir(path)):
             full = os.path.join(path, f)
             if f.endswith((".pt", ".pth")) or (f.endswith(".bin") and f != "training_args.bin"):
@@ -56,8 +55,6 @@ def verify(output_dir: str, name: str) -> str | None:
             elif f.endswith(".json"):
                 with open(full, encoding="utf-8") as fh:
                     json.load(fh)
-    except manifest.ManifestError as e:
-        return str(e)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return f"{f} refused: it is not plain tensor data (weights_only load failed: {first[:200]})"
@@ -80,17 +77,9 @@ def _safe_load(path: str) -> None:
 def _plan_rank0(cfg: Config, req: Request, max_steps: int):
     try:
         inv, names = inventory.scan(cfg.output_dir, max_steps)
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        return "ok", inv, make_plan(inv, req, existing=names, stamp=stamp)
+        return "ok", inv, make_plan(inv, req, existing=names, stamp=commit.utc_stamp())
     except PlanError as e:
         return "usage", None, str(e)
-
-
-def _free_name(output_dir: str, name: str, suffix: str) -> str:
-    to, n = f"{name}.{suffix}", 1
-    while os.path.lexists(os.path.join(output_dir, to)):
-        to, n = f"{name}.{suffix}.{n}", n + 1
-    return to
 
 
 def resolve(cfg: Config, max_steps: int) -> tuple[list[Artifact], Plan]:
@@ -121,12 +110,9 @@ def resolve(cfg: Config, max_steps: int) -> tuple[list[Artifact], Plan]:
                     bad[n] = why if len(verdicts) == 1 else f"{why} (rank {rank})"
         if not bad:
             return inv, plan
-        for n, why in bad.items():
-            to = _free_name(cfg.output_dir, n, "corrupt")
-            failures.append(f"{n} failed to load ({why}): renamed to {to}")
-            if dist.is_main():
-                commit.rename_aside(cfg.output_dir, n, to)
-        dist.barrier()
+        renamed = dist.broadcast({n: commit.set_aside(cfg.output_dir, n, "corrupt") for n in bad}
+                                 if dist.is_main() else None)
+        failures += [f"{n} failed to load ({why}): renamed to {renamed[n]}" for n, why in bad.items()]
         if cfg.it.strict_resume:
             raise RecoveryError("--strict_resume: " + "; ".join(failures))
         if req.resume_from.explicit or req.resume_from_iteration.explicit:

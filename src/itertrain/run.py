@@ -27,7 +27,7 @@ def ensure_base(cfg: Config) -> str:
     if dist.is_main():
         if not _intact(base):
             if os.path.lexists(base):
-                commit.rename_aside(cfg.output_dir, BASE, f"{BASE}.corrupt-{os.getpid()}")
+                commit.set_aside(cfg.output_dir, BASE, "corrupt")
             staged = commit.fresh_staging(cfg.output_dir, BASE)
             tinymodel.write_base(staged, cfg.train.seed)
             commit.commit_dir(staged, base, failpoint=("base.write", 0), kind="base", name=BASE,
@@ -37,10 +37,7 @@ def ensure_base(cfg: Config) -> str:
 
 
 def _intact(path: str) -> bool:
-    try:
-        return os.path.isdir(path) and manifest.checksum_problem(path, manifest.read(path)) is None
-    except manifest.ManifestError:
-        return False
+    return os.path.isdir(path) and manifest.problem(path) is None
 
 
 def quiet_library_noise() -> None:

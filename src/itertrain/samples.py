@@ -8,13 +8,11 @@ pure functions.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from dataclasses import dataclass
 
 from itertrain import commit, dist, manifest
-from itertrain.artifacts import MANIFEST_NAME
 from itertrain.tasks import Example, Task, TaskError
 
 GENERATED, SELECTED = "generated.jsonl", "selected.jsonl"
@@ -72,9 +70,8 @@ def training_set(k: int, kept: dict[int, list[Example]], gold: list[Example], *,
 
 def weights_digest(model_dir: str) -> str:
     """Identity of a model's weights: from its manifest if it has one, else hashed now."""
-    path = os.path.join(model_dir, MANIFEST_NAME)
     files = {}
-    if os.path.exists(path):
+    if manifest.exists(model_dir):
         files = {f: m["xxh3_64"] for f, m in manifest.read(model_dir)["files"].items()}
     names = sorted(f for f in os.listdir(model_dir) if f.startswith(("model", "pytorch_model")))
     return ",".join(f"{f}:{files.get(f) or manifest.file_digest(os.path.join(model_dir, f))}" for f in names)
@@ -88,7 +85,7 @@ def _read_kept(directory: str) -> list[Example]:
 def committed_kept(output_dir: str, k: int) -> list[Example]:
     """An earlier iteration's kept samples (for --reuse_previous); empty if samples_K is gone."""
     d = os.path.join(output_dir, samples_name(k))
-    return _read_kept(d) if os.path.exists(os.path.join(d, MANIFEST_NAME)) else []
+    return _read_kept(d) if manifest.exists(d) else []
 
 
 def load(output_dir: str, k: int, source_digest: str, settings: dict) -> Samples | None:
@@ -96,20 +93,13 @@ def load(output_dir: str, k: int, source_digest: str, settings: dict) -> Samples
     d = os.path.join(output_dir, samples_name(k))
     if not os.path.isdir(d):
         return None
-    try:
-        m = manifest.read(d)
-        problem = manifest.checksum_problem(d, m)
-    except manifest.ManifestError as e:
-        problem, m = str(e), {}
-    extra = m.get("extra", {})
+    problem = manifest.problem(d)
+    extra = {} if problem else manifest.read(d).get("extra", {})
     if problem is None and extra.get("source_digest") == source_digest and extra.get("settings") == settings:
         return Samples(_read_kept(d), extra["stats"])
     if dist.is_main():
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        suffix = "corrupt" if problem else f"superseded-{stamp}"
-        why = problem or "made by other weights or settings"
-        dist.log0(f"⏭️  {samples_name(k)}: {why}: renamed aside ({samples_name(k)}.{suffix})")
-        commit.rename_aside(output_dir, samples_name(k), f"{samples_name(k)}.{suffix}")
+        to = commit.set_aside(output_dir, samples_name(k), "corrupt" if problem else f"superseded-{commit.utc_stamp()}")
+        dist.log0(f"⏭️  {samples_name(k)}: {problem or 'made by other weights or settings'}: renamed aside ({to})")
     dist.barrier()
     return None
 
