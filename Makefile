@@ -29,6 +29,7 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --events all --torn --jobs 2 --json chaos-torn.json
 	$(BIN)/python tests/chaos_harness.py --random 200 --jobs 2 --json chaos-random.json
 	$(BIN)/python tests/chaos_harness.py --random 20 --ranks 2 --jobs 1 --json chaos-random-2ranks.json
+	$(BIN)/python tests/chaos_harness.py --events sample:20 --ranks 2 --jobs 1 --json chaos-kill-2ranks.json
 
 clean:
 	rm -rf $(VENV) experiments .pytest_cache

@@ -9,9 +9,12 @@ final iteration model and metrics with an uninterrupted run. Verdicts:
   HARD_FAIL          a resume exited with an error, or never finished
   SILENT_DIVERGENCE  finished, but weights or metrics differ
   LOST_WORK          the resume started from an older point than the newest usable artifact
+With --ranks 2 the run is under torchrun (gloo) and each crash point is one rank's own N-th file
+event (file.event=N@R): rank 0's events and rank 1's, each killing only that rank (torchrun then
+stops the other, as it does when a worker dies).
 Random kills (--random N): each trial SIGKILLs the whole process group (every rank, under torchrun
 with --ranks 2) at 1-3 random moments of a run, resuming with `auto auto` after each, then compares.
-Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--jobs 2] [--json out]
+Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2] [--jobs 2] [--json out]
        python tests/chaos_harness.py --random 200 [--ranks 2] [--jobs 2] [--json out]
 """
 
@@ -55,12 +58,19 @@ def _run(out: Path, *extra: str, env_extra: dict | None = None, ranks: int = 1) 
 
 
 def reference(work: Path, ranks: int = 1) -> tuple[Path, list[str]]:
-    """An uninterrupted run, and the list of its file events."""
+    """An uninterrupted run, and the list of rank 0's file events."""
+    out, events = reference_ranks(work, ranks)
+    return out, events[0]
+
+
+def reference_ranks(work: Path, ranks: int) -> tuple[Path, list[list[str]]]:
+    """An uninterrupted run, and each rank's list of file events (rank 1 logs to <log>.rank1)."""
     out, log = work / f"reference{ranks}", work / f"events{ranks}.log"
     proc = _run(out, env_extra={"ITERTRAIN_CHAOS_LOG": str(log)}, ranks=ranks)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
-    return out, log.read_text().splitlines()
+    logs = [log] + [Path(f"{log}.rank{r}") for r in range(1, ranks)]
+    return out, [p.read_text().splitlines() if p.exists() else [] for p in logs]
 
 
 def _compare(out: Path, ref: Path) -> str | None:
@@ -121,14 +131,14 @@ def _weights(path: Path):
     return load_file(str(path / "model.safetensors"))
 
 
-def trial(ref: Path, work: Path, event: int, torn: bool) -> dict:
-    out = work / f"e{event}{'t' if torn else ''}"
-    spec = f"file.event={event}{':torn' if torn else ''}"
-    crashed = _run(out, env_extra={"ITERTRAIN_FAILPOINTS": spec})
-    result = {"event": event, "torn": torn, "crash_rc": crashed.returncode}
+def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: int = 0) -> dict:
+    out = work / f"e{event}{'t' if torn else ''}r{rank}"
+    spec = f"file.event={event}{':torn' if torn else ''}" + (f"@{rank}" if ranks > 1 else "")
+    crashed = _run(out, env_extra={"ITERTRAIN_FAILPOINTS": spec}, ranks=ranks)
+    result = {"event": event, "rank": rank, "torn": torn, "crash_rc": crashed.returncode}
     lost = None
     for attempt in range(4):
-        if attempt == 0 and crashed.returncode == 137:
+        if attempt == 0 and crashed.returncode != 0:
             st = _status(out)
             usable = [a for a in st["artifacts"] if a["state"] in ("complete", "unverified")]
             plan = st["plan"]
@@ -137,7 +147,7 @@ def trial(ref: Path, work: Path, event: int, torn: bool) -> dict:
                 best = max(usable, key=_progress)
                 if start != best["name"]:
                     lost = f"newest usable {best['name']}, plan starts from {start}"
-        proc = _run(out, *AUTO)
+        proc = _run(out, *AUTO, ranks=ranks)
         if proc.returncode == 0:
             break
         if proc.returncode != 137:
@@ -152,9 +162,18 @@ def trial(ref: Path, work: Path, event: int, torn: bool) -> dict:
     return {**result, "verdict": "PASS"}
 
 
-def sweep(events: list[int], torn: bool, jobs: int, work: Path, ref: Path) -> list[dict]:
+def sweep(points: list[tuple[int, int]], torn: bool, jobs: int, work: Path, ref: Path, ranks: int) -> list[dict]:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda n: trial(ref, work, n, torn), events))
+        return list(pool.map(lambda p: trial(ref, work, p[1], torn, ranks, p[0]), points))
+
+
+def choose(spec: str, n: int) -> list[int]:
+    if spec == "all":
+        return list(range(1, n + 1))
+    if spec.startswith("sample:"):
+        k = int(spec.split(":")[1])
+        return sorted({1 + (i * (n - 1)) // max(k - 1, 1) for i in range(k)})
+    return [int(x) for x in spec.split(",")]
 
 
 def main() -> int:
@@ -169,26 +188,21 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="itertrain-chaos-"))
     if args.random:
         return _random_main(args, work)
-    ref, log = reference(work)
-    n = len(log)
-    if args.events == "all":
-        events = list(range(1, n + 1))
-    elif args.events.startswith("sample:"):
-        k = int(args.events.split(":")[1])
-        events = sorted({1 + (i * (n - 1)) // max(k - 1, 1) for i in range(k)})
-    else:
-        events = [int(x) for x in args.events.split(",")]
-    results = sweep(events, args.torn, args.jobs, work, ref)
+    ref, logs = reference_ranks(work, args.ranks)
+    points = [(r, e) for r, log in enumerate(logs) for e in choose(args.events, len(log))]
+    results = sweep(points, args.torn, args.jobs, work, ref, args.ranks)
     counts: dict[str, int] = {}
     for r in results:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
         if r["verdict"] != "PASS":
-            print(f"{r['verdict']}: event {r['event']} ({log[r['event'] - 1]}): {r.get('why')}")
-    print(f"{len(results)} crash points ({'torn writes' if args.torn else 'kill'}) of {n} file events: "
-          + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
+            print(f"{r['verdict']}: rank {r['rank']} event {r['event']} ({logs[r['rank']][r['event'] - 1]}): "
+                  f"{r.get('why')}")
+    sizes = "+".join(str(len(log)) for log in logs)
+    print(f"{len(results)} crash points ({'torn writes' if args.torn else 'kill'}, {args.ranks} rank(s)) of "
+          f"{sizes} file events: " + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
     if args.json:
-        Path(args.json).write_text(json.dumps({"file_events": n, "torn": args.torn, "counts": counts,
-                                               "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"file_events": [len(log) for log in logs], "ranks": args.ranks,
+                                               "torn": args.torn, "counts": counts, "results": results}, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     return 0 if set(counts) == {"PASS"} else 1
 

@@ -53,6 +53,17 @@ def max_diff(a, b) -> float:
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
+def truncate(p):
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def flip(p):
+    """One byte in the middle of the file inverted."""
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+
+
 def copy_experiment(src, dst):
     shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns(".itertrain.lock"))
     return dst

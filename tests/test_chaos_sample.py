@@ -33,3 +33,26 @@ def test_crash_at_the_last_metrics_write(tmp_path, ref):
     last = max(i for i, e in enumerate(events, 1) if "\topen\tmetrics.jsonl" in e)
     result = trial(out, tmp_path, last, torn=False)
     assert result["verdict"] == "PASS", (events[last - 1], result)
+
+
+def test_full_disk_during_a_save_keeps_everything_and_resumes(tmp_path, ref):
+    """ENOSPC from the first write of iteration 1's first checkpoint on (the disk stays full): one
+    clear line, exit 1, every committed artifact intact; with space again, resume ends exactly."""
+    from chaos_harness import AUTO, _compare, _run
+
+    from itertrain import manifest
+
+    out_ref, events = ref
+    after_iter0 = next(i for i, e in enumerate(events, 1) if e.split("\t")[1:] == ["os.rename", ".staging/iter_0"])
+    first = next(i for i, e in enumerate(events, 1) if i > after_iter0 and "checkpoint-3" in e)
+    out = tmp_path / "exp"
+    proc = _run(out, env_extra={"ITERTRAIN_FAILPOINTS": f"file.event={first}:enospc"})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and last.startswith("itertrain: error: No space left on device"), last
+    committed = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert {p.name for p in committed} >= {"base", "samples_0", "checkpoint-6", "iter_0", "samples_1"}
+    assert all(manifest.problem(str(p)) is None for p in committed), committed
+    assert not (out / "checkpoint-9").exists()
+    assert _run(out, *AUTO).returncode == 0
+    assert _compare(out, out_ref) is None

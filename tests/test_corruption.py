@@ -4,19 +4,11 @@ deleted), named in the banner; --strict_resume turns that into an error; all bro
 import json
 
 import pytest
-from conftest import copy_experiment, max_diff, plan_of, resume_until_done, run_cli
+from conftest import copy_experiment, flip, max_diff, plan_of, resume_until_done, run_cli, truncate
 
 pytestmark = pytest.mark.slow
 
 
-def truncate(p):
-    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-
-
-def flip(p):
-    data = bytearray(p.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    p.write_bytes(bytes(data))
 
 
 DAMAGE = {

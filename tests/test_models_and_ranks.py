@@ -4,7 +4,7 @@ import json
 import sys
 
 import pytest
-from conftest import max_diff, resume_until_done, run_cli
+from conftest import copy_experiment, max_diff, resume_until_done, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -49,17 +49,49 @@ def torchrun(out, *extra, failpoints=None):
     return run_cli(out, *extra, failpoints=failpoints, launcher=launcher, timeout=600)
 
 
-def test_two_ranks_crash_and_resume_bit_identical(tmp_path, reference):
-    ref, out = tmp_path / "ref", tmp_path / "exp"
+AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    """An uninterrupted 2-rank run, and one killed at global step 10 (after checkpoint-9)."""
+    top = tmp_path_factory.mktemp("ranks")
+    ref, crashed = top / "ref", top / "crashed"
     proc = torchrun(ref)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("CHECKPOINT RECOVERY SYSTEM") == 1  # rank 0 prints, once
+    assert torchrun(crashed, failpoints="train.step=10").returncode != 0
+    return ref, crashed
+
+
+def test_two_ranks_crash_and_resume_bit_identical(tmp_path, reference, two_rank_runs):
+    ref, crashed = two_rank_runs
     assert (ref / "checkpoint-6" / "rng_state_1.pth").exists()
     # Sharded generation over 2 ranks gives exactly the one-process samples (same base model).
     assert (ref / "samples_0" / "generated.jsonl").read_text() == (reference / "samples_0" / "generated.jsonl").read_text()
-    crashed = torchrun(out, failpoints="train.step=10")
-    assert crashed.returncode != 0
-    proc = torchrun(out, "--resume_from", "auto", "--resume_from_iteration", "auto")
+    out = copy_experiment(crashed, tmp_path / "exp")
+    proc = torchrun(out, *AUTO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint-9 was saved while training iteration 1" in proc.stdout
+    assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
+
+
+def test_load_failing_on_one_rank_makes_all_fall_back_together(tmp_path, two_rank_runs):
+    ref, crashed = two_rank_runs
+    out = copy_experiment(crashed, tmp_path / "exp")
+    proc = torchrun(out, *AUTO, failpoints="load.fail=checkpoint-9@1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint-9 failed to load (load failed on this rank (failpoint load.fail) (rank 1))" in proc.stdout
+    assert len(list(out.glob("checkpoint-9.corrupt*"))) == 1  # renamed once, by rank 0
+    # Both ranks fell back to iter_0 + a fresh iteration 1: what the uninterrupted run did.
+    assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
+
+
+def test_ranks_with_different_views_load_one_plan(tmp_path, two_rank_runs):
+    """Rank 1 cannot see checkpoint-9; rank 0 plans for both, so both resume it in full."""
+    ref, crashed = two_rank_runs
+    out = copy_experiment(crashed, tmp_path / "exp")
+    proc = torchrun(out, *AUTO, failpoints="view.hide=checkpoint-9@1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpoint-9 was saved while training iteration 1" in proc.stdout
     assert max_diff(out / "iter_1", ref / "iter_1") == 0.0

@@ -19,10 +19,11 @@ _HEADLINES = {
 
 def _found(a: Artifact, path: str) -> list[str]:
     tag = "" if a.state == COMPLETE else " (UNVERIFIED: no itertrain manifest)"
+    note = [] if a.state == COMPLETE else [f"   ⚠️  {a.why}"]
     if a.kind == CHECKPOINT:
-        return [f"📁 Found trainer checkpoint: {path}{tag}", f"   ✅ Contains: {a.contents()}"]
+        return [f"📁 Found trainer checkpoint: {path}{tag}", f"   ✅ Contains: {a.contents()}", *note]
     lines = [f"🎯 Found COMPLETE iteration {a.iteration} model: {path}{tag}",
-             f"   ⚠️  Contains: {a.contents()}"]
+             f"   ⚠️  Contains: {a.contents()}", *note]
     if a.needs_config:
         lines.append("   🛠  config.json missing: created from --model_name when training starts")
     return lines

@@ -41,6 +41,14 @@ def train_main(argv: list[str]) -> int:
     except (RecoveryError, LockedError) as e:
         _error(e)
         return 1
+    except OSError as e:
+        if e.errno is None:
+            raise
+        # The machine said no (full disk, permissions, read-only file system): nothing half-written
+        # is ever visible, so the honest message is what failed and that a resume picks up from here.
+        _error(f"{e.strerror} ({e.filename}): the run stopped; every artifact committed before this is "
+               "intact. Fix the cause, then resume with --resume_from auto --resume_from_iteration auto")
+        return 1
 
 
 def _error(e: Exception) -> None:

@@ -6,15 +6,21 @@ os._exit(137), as a kill -9 would: no finally blocks, no flushing, no atexit.
   checkpoint.write[=N] half way through committing a checkpoint (of global step N, or the first)
   iteration.write[=K] half way through committing iteration model K (or the first)
   generate=K          after K generated samples
-  file.event=N[:torn] at the N-th file event under --output_dir (open for write, rename, mkdir,
+  file.event=N[:torn|:enospc][@R]
+                      at the N-th file event under --output_dir (open for write, rename, mkdir,
                       remove, rmdir, rmtree, symlink, truncate; Python audit events, so before the
                       operation happens); with :torn, the file last opened for writing is first cut
-                      to half its size (a write that did not reach the disk)
+                      to half its size (a write that did not reach the disk); with :enospc, the
+                      process does not die: that write and every later one fails with ENOSPC, as
+                      on a full disk. @R: only on rank R (default: every rank counts its own events)
+  load.fail=NAME@R     verifying artifact NAME fails on rank R only (as a bad local disk would)
+  view.hide=NAME@R     rank R's listing of --output_dir lacks NAME (ranks whose views differ)
 A bare name matches any value. ITERTRAIN_CHAOS_LOG=path appends every file event to `path`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -32,6 +38,15 @@ def _armed() -> dict[str, str | None]:
             name, _, value = item.partition("=")
             out[name.strip()] = value.strip() or None
     return out
+
+
+def on_this_rank(name: str) -> str | None:
+    """The value of failpoint `name` (`VALUE@R`) if it is armed for this process's rank."""
+    v = _armed().get(name)
+    if v is None:
+        return None
+    value, _, rank = v.partition("@")
+    return value if not rank or rank == os.environ.get("RANK", "0") else None
 
 
 def hit(name: str, value: int | None = None, *, at_least: bool = False) -> None:
@@ -54,10 +69,15 @@ def install_file_events(root: str) -> None:
     log_path = os.environ.get(LOG_ENV)
     if spec is None and not log_path:
         return
-    target, _, mode = (spec or "0").partition(":")
-    target_n, torn = int(target), mode == "torn"
+    spec_, _, rank = (spec or "0").partition("@")
+    if rank and rank != os.environ.get("RANK", "0"):
+        spec_ = "0"  # aimed at another rank: count nothing here (the event log still runs)
+    target, _, mode = spec_.partition(":")
+    target_n, torn, full_disk = int(target), mode == "torn", mode == "enospc"
     root = os.path.realpath(root) + os.sep
     state = {"n": 0, "last_written": None}
+    if log_path and os.environ.get("RANK", "0") != "0":
+        log_path = f"{log_path}.rank{os.environ['RANK']}"
 
     def hook(event, args):
         if event == "open":
@@ -80,7 +100,9 @@ def install_file_events(root: str) -> None:
         if log_path:
             with open(log_path, "a", encoding="utf-8") as f:  # outside root: not an event itself
                 f.write(f"{state['n']}\t{event}\t{os.path.relpath(full, root)}\n")
-        if state["n"] == target_n:
+        if full_disk and state["n"] >= target_n and event in ("open", "os.mkdir"):
+            raise OSError(errno.ENOSPC, "No space left on device (injected by file.event)", full)
+        if state["n"] == target_n and not full_disk:
             victim = state["last_written"]
             if torn and victim and os.path.isfile(victim):
                 os.truncate(victim, os.path.getsize(victim) // 2)

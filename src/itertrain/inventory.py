@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from itertrain import manifest
+from itertrain import failpoints, manifest
 from itertrain.artifacts import (
     CHECKPOINT,
     COMPLETE,
@@ -75,18 +75,20 @@ def _foreign(name: str, kind: str, number: int, path: str, max_steps: int) -> Ar
                         why=f"no manifest, and trainer_state.json unreadable ({type(e).__name__})")
     # Foreign checkpoints carry no iteration: infer it from N and the current --max_steps.
     iteration = max(number - 1, 0) // max_steps
+    no_rng = "" if any(f.startswith("rng_state") for f in present) else \
+        "; no rng_state*.pth: RNG not restored, so not bit-exact"
     return Artifact(name, kind, UNVERIFIED, iteration=iteration, global_step=number,
                     local_step=number - iteration * max_steps, iteration_steps=max_steps,
                     size=_dir_size(path),
                     why=f"no itertrain manifest (plain HF checkpoint; iteration {iteration} inferred "
-                        f"from --max_steps {max_steps})")
+                        f"from --max_steps {max_steps}{no_rng})")
 
 
 def scan(output_dir: str, max_steps: int) -> tuple[list[Artifact], frozenset[str]]:
     """Every artifact under output_dir with its state, and every name there (for rename targets)."""
     if not os.path.isdir(output_dir):
         return [], frozenset()
-    names = frozenset(os.listdir(output_dir))
+    names = frozenset(os.listdir(output_dir)) - {failpoints.on_this_rank("view.hide")}
     out = []
     for name in sorted(names):
         parsed = parse_name(name)

@@ -109,6 +109,13 @@ def write_metrics(output_dir: str, max_steps: int) -> list[dict]:
     return rows
 
 
+def _generator(cfg: Config, base_dir: str, k: int) -> tuple[str, str]:
+    """model_K, which generates iteration K's samples: the base for K=0, else iter_{K-1}."""
+    if k == 0:
+        return base_dir, "base"
+    return os.path.join(cfg.output_dir, iteration_name(k - 1)), iteration_name(k - 1)
+
+
 def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, task: Task) -> None:
     from itertrain.trainer import IterTrainer  # heavy import, only when training
 
@@ -118,11 +125,10 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
     start = first_start(cfg, plan, base_dir, cfg.iteration_steps(dist.world_size()))
     for k in range(plan.next_iteration, cfg.it.num_iterations):
         # 1-2. generate with model_K (the base for K=0, else iter_{K-1}), verify and select
-        source = "base" if k == 0 else iteration_name(k - 1)
-        model_k = base_dir if k == 0 else os.path.join(cfg.output_dir, source)
-        for j in range(k):  # earlier iterations' selections (committed; never generated again here)
+        for j in range(k):  # earlier iterations' selections, as committed (made again only if broken)
             if cfg.it.reuse_previous and j not in kept:
-                kept[j] = samples.committed_kept(cfg.output_dir, j)
+                kept[j] = samples.earlier(cfg, j, *_generator(cfg, base_dir, j), task, tokenizer, load_model)
+        model_k, source = _generator(cfg, base_dir, k)
         found = samples.ensure(cfg, k, model_k, source, task, tokenizer, load_model)
         kept[k] = found.kept
         train_set = samples.training_set(k, kept, task.gold, reuse_previous=cfg.it.reuse_previous,

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from transformers.trainer_pt_utils import safe_globals
 
-from itertrain import commit, dist, inventory, manifest
+from itertrain import commit, dist, failpoints, inventory, manifest
 from itertrain.artifacts import CORRUPT, INCOMPLETE, Artifact
 from itertrain.config import Config, UsageError
 from itertrain.plan import SCRATCH, Plan, PlanError, Request, make_plan
@@ -32,6 +32,12 @@ def request(cfg: Config) -> Request:
 
 
 def verify(output_dir: str, name: str) -> str | None:
+    if failpoints.on_this_rank("load.fail") == name:
+        return "load failed on this rank (failpoint load.fail)"
+    return _verify(output_dir, name)
+
+
+def _verify(output_dir: str, name: str) -> str | None:
     """Why `name` cannot be loaded, or None. With a manifest: sizes and checksums. Then, for every
     artifact, every pickle-based file (optimizer, scheduler, RNG) must load with weights_only=True
     (memory-mapped, so cheap): a crafted pickle is refused here and its payload never runs. Without
@@ -90,11 +96,15 @@ def resolve(cfg: Config, max_steps: int) -> tuple[list[Artifact], Plan]:
         status, inv, plan = dist.broadcast(_plan_rank0(cfg, req, max_steps) if dist.is_main() else None)
         if status == "usage":
             raise UsageError(plan)
-        if failures:
-            plan.warnings[:0] = [f"fallback: {f}" for f in failures]
-            if plan.strategy == SCRATCH:
-                raise RecoveryError("no artifact of this experiment loads, refusing to restart from scratch "
-                                    "over it: " + "; ".join(failures))
+        plan.warnings[:0] = [f"fallback: {f}" for f in failures]
+        damaged = failures + [f"{s['artifact']} {s['why']}" for s in plan.skipped if s["why"].startswith(CORRUPT)]
+        if plan.strategy == SCRATCH and damaged and AUTO in (req.resume_from.mode, req.resume_from_iteration.mode):
+            refusal = ("no artifact of this experiment loads, refusing to restart from scratch over it: "
+                       + "; ".join(damaged) + ". To start over anyway, pass --resume_from none "
+                       "--resume_from_iteration none (everything is kept, renamed aside)")
+            if not cfg.it.dry_run:
+                raise RecoveryError(refusal)
+            plan.warnings.append(f"a real run stops here: {refusal}")
         if cfg.it.dry_run or plan.done:
             return inv, plan
         if cfg.it.strict_resume:

@@ -25,9 +25,11 @@ def ensure_base(cfg: Config) -> str:
         return cfg.it.model_name
     base = os.path.join(cfg.output_dir, BASE)
     if dist.is_main():
-        if not _intact(base):
+        problem = _base_problem(base, cfg.train.seed)
+        if problem:
             if os.path.lexists(base):
-                commit.set_aside(cfg.output_dir, BASE, "corrupt")
+                suffix = f"superseded-{commit.utc_stamp()}" if problem == "other seed" else "corrupt"
+                dist.log0(f"⏭️  {BASE}: {problem}: renamed to {commit.set_aside(cfg.output_dir, BASE, suffix)}")
             staged = commit.fresh_staging(cfg.output_dir, BASE)
             tinymodel.write_base(staged, cfg.train.seed)
             commit.commit_dir(staged, base, failpoint=("base.write", 0), kind="base", name=BASE,
@@ -36,8 +38,13 @@ def ensure_base(cfg: Config) -> str:
     return base
 
 
-def _intact(path: str) -> bool:
-    return os.path.isdir(path) and manifest.problem(path) is None
+def _base_problem(path: str, seed: int) -> str | None:
+    """Why the built-in base at `path` cannot be used (missing, broken, made from another --seed)."""
+    if not os.path.lexists(path):
+        return "missing"
+    if problem := manifest.problem(path):
+        return problem
+    return None if manifest.read(path).get("extra", {}).get("seed") == seed else "other seed"
 
 
 def quiet_library_noise() -> None:

@@ -68,8 +68,11 @@ def training_set(k: int, kept: dict[int, list[Example]], gold: list[Example], *,
     return out
 
 
-def weights_digest(model_dir: str) -> str:
-    """Identity of a model's weights: from its manifest if it has one, else hashed now."""
+def weights_digest(model_dir: str) -> str | None:
+    """Identity of a model's weights: from its manifest if it has one, else hashed now (None: the
+    directory is gone)."""
+    if not os.path.isdir(model_dir):
+        return None
     files = {}
     if manifest.exists(model_dir):
         files = {f: m["xxh3_64"] for f, m in manifest.read(model_dir)["files"].items()}
@@ -82,24 +85,29 @@ def _read_kept(directory: str) -> list[Example]:
         return [Example(r["prompt"], r["completion"]) for r in map(json.loads, f)]
 
 
-def committed_kept(output_dir: str, k: int) -> list[Example]:
-    """An earlier iteration's kept samples (for --reuse_previous); empty if samples_K is gone."""
+def _verdict(output_dir: str, k: int) -> str | None:
+    """Rank 0's view of samples_K, agreed by every rank: None (intact), or why it is not."""
     d = os.path.join(output_dir, samples_name(k))
-    return _read_kept(d) if manifest.exists(d) else []
+    if dist.is_main():
+        verdict = (manifest.problem(d) or "ok") if os.path.isdir(d) else "missing"
+    return dist.broadcast(verdict if dist.is_main() else None)
 
 
 def load(output_dir: str, k: int, source_digest: str, settings: dict) -> Samples | None:
-    """samples_K if it is complete, intact and made by this model with these settings."""
+    """samples_K if it is complete, intact and made by this model with these settings; else it is
+    renamed aside (never deleted) and None is returned. Rank 0 decides for every rank."""
     d = os.path.join(output_dir, samples_name(k))
-    if not os.path.isdir(d):
+    verdict = _verdict(output_dir, k)
+    if verdict == "missing":
         return None
-    problem = manifest.problem(d)
-    extra = {} if problem else manifest.read(d).get("extra", {})
-    if problem is None and extra.get("source_digest") == source_digest and extra.get("settings") == settings:
+    extra = manifest.read(d).get("extra", {}) if verdict == "ok" else {}
+    same_source = source_digest is None or extra.get("source_digest") == source_digest  # None: model gone
+    if verdict == "ok" and same_source and extra.get("settings") == settings:
         return Samples(_read_kept(d), extra["stats"])
     if dist.is_main():
-        to = commit.set_aside(output_dir, samples_name(k), "corrupt" if problem else f"superseded-{commit.utc_stamp()}")
-        dist.log0(f"⏭️  {samples_name(k)}: {problem or 'made by other weights or settings'}: renamed aside ({to})")
+        why = "made by other weights or settings" if verdict == "ok" else verdict
+        to = commit.set_aside(output_dir, samples_name(k), "corrupt" if verdict != "ok" else f"superseded-{commit.utc_stamp()}")
+        dist.log0(f"⏭️  {samples_name(k)}: {why}: renamed aside ({to})")
     dist.barrier()
     return None
 
@@ -137,6 +145,7 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
         return Samples([], {"num_generated": 0, "num_kept": 0, "acceptance_rate": 0.0, "pass_at_k": 0.0})
     dist.log0(f"🎲 iteration {k}: generating {it.num_samples} samples for each of {len(task.train_prompts)} "
               f"prompts with {source}")
+    _check_source(cfg.output_dir, model_dir, k, digest)
     model = load_model(model_dir)
     completions = sample(model, tokenizer, [e.prompt for e in task.train_prompts], num_samples=it.num_samples,
                          seed=cfg.train.seed, iteration=k, batch_size=it.generation_batch_size,
@@ -155,3 +164,36 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
     if status == "error":
         raise TaskError(kept)
     return Samples(kept, stats)
+
+
+def earlier(cfg, j: int, model_dir: str, source: str, task: Task, tokenizer, load_model) -> list[Example]:
+    """An earlier iteration's kept samples (--reuse_previous). History is reused as committed, even
+    if settings changed since; a samples_j that is broken or gone is made again from model_j, which
+    gives the same samples (seeded per batch), so the training set is the uninterrupted run's."""
+    verdict = _verdict(cfg.output_dir, j)
+    if verdict == "ok":
+        return _read_kept(os.path.join(cfg.output_dir, samples_name(j)))
+    if not os.path.isdir(model_dir):
+        dist.log0(f"⚠️  {samples_name(j)} is {verdict} and {source}, which made it, is gone: iteration {j}'s "
+                  "samples are left out of the training set (this run's data differs from the original)")
+        return []
+    return ensure(cfg, j, model_dir, source, task, tokenizer, load_model).kept
+
+
+def _check_source(output_dir: str, model_dir: str, k: int, digest: str | None) -> None:
+    """model_K must pass its checksums before it generates (a committed artifact of ours only; the
+    user's --model_name is loaded as given). A broken one is renamed aside and the run stops."""
+    from itertrain.restore import RecoveryError
+
+    name = os.path.relpath(model_dir, output_dir)
+    if digest is None:
+        raise RecoveryError(f"iteration {k}'s samples must be generated again, but {name}, which "
+                            "generates them, is gone (renamed aside or deleted)")
+    if name.startswith("..") or not manifest.exists(model_dir):
+        return
+    problem = dist.broadcast(manifest.problem(model_dir) if dist.is_main() else None)
+    if problem is None:
+        return
+    to = dist.broadcast(commit.set_aside(output_dir, name, "corrupt") if dist.is_main() else None)
+    raise RecoveryError(f"{name} cannot generate iteration {k}'s samples: {problem}; renamed to {to}. "
+                        "Run again with --resume_from auto --resume_from_iteration auto to fall back")
