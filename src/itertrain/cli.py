@@ -1,4 +1,4 @@
-"""Entry points: `itertrain train|status`, `python -m itertrain`, and train_iterative.py.
+"""Entry points: `itertrain train|status|plot`, `python -m itertrain`, and train_iterative.py.
 
 Thin: parse, build, run. Bad input is one line on stderr and exit code 2, never a traceback.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: itertrain {train,status} ...   (itertrain train --help, itertrain status --help)"
+USAGE = "usage: itertrain {train,status,plot} ...   (itertrain COMMAND --help)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,9 +16,13 @@ def main(argv: list[str] | None = None) -> int:
         from itertrain.status import main as status_main
 
         return status_main(argv[1:])
+    if argv and argv[0] == "plot":
+        from itertrain.plot import main as plot_main
+
+        return plot_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
-    elif argv and not argv[0].startswith("-"):
+    elif argv and not argv[0].startswith("-") and not argv[0].endswith((".yaml", ".yml", ".json")):
         print(f"itertrain: error: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
     return train_main(argv)
@@ -32,9 +36,11 @@ def train_main(argv: list[str]) -> int:
 
     try:
         cfg = parse(argv)
-        from itertrain import run
+        from itertrain import dist, run
 
-        return run.train(cfg)
+        code = run.train(cfg)
+        dist.finish()
+        return code
     except (UsageError, TaskError) as e:
         _error(e)
         return 2

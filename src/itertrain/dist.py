@@ -6,6 +6,7 @@ HF Trainer uses, so there is one process group. Single-process runs pay nothing.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from accelerate import PartialState
@@ -24,11 +25,42 @@ def world_size() -> int:
     return state().num_processes
 
 
-def log0(msg: str = "", *, err: bool = False) -> None:
-    """The one way to print: rank 0 only, flushed (so output survives os._exit)."""
+class _Stdout(logging.StreamHandler):
+    """Whatever sys.stdout is at the time of the record (tests and tools replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def progress(iterable, *, total: int, desc: str):
+    """A progress bar on rank 0 when stderr is a terminal; the bare iterable otherwise."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not (is_main() and sys.stderr.isatty()))
+
+
+def logger() -> logging.Logger:
+    """The `itertrain` logger: rank 0 logs to stdout, one line per record, flushed at once (so
+    output survives os._exit); other ranks log only errors, so no line appears once per rank."""
+    log = logging.getLogger("itertrain")
+    if not log.handlers:
+        handler = _Stdout()  # flushes after every record
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+        log.setLevel(logging.INFO if is_main() else logging.ERROR)
+    return log
+
+
+def log0(msg: str = "") -> None:
+    """The one way to report progress: rank 0 only."""
     if is_main():
-        stream = sys.stderr if err else sys.stdout
-        print(msg, file=stream, flush=True)
+        logger().info(msg)
 
 
 def barrier() -> None:
@@ -50,3 +82,12 @@ def gather(obj) -> list:
     if world_size() == 1:
         return [obj]
     return gather_object([obj])
+
+
+def finish() -> None:
+    """Every rank leaves together and closes the process group. (A rank that exits while another
+    still talks gloo can abort with "terminate called without an active exception", and torchrun
+    then fails the whole run: seen about once in ten two-rank runs before this.)"""
+    if world_size() > 1:
+        barrier()
+        state().destroy_process_group()
