@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/python train_iterative.py --output_dir $(DEMO_DIR) --num_iterations 5 \
-		--resume_from auto --resume_from_iteration auto --disable_tqdm true
+		--resume_from auto --resume_from_iteration auto
+	$(BIN)/itertrain plot $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests

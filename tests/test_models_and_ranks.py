@@ -60,6 +60,7 @@ def two_rank_runs(tmp_path_factory):
     proc = torchrun(ref)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("CHECKPOINT RECOVERY SYSTEM") == 1  # rank 0 prints, once
+    assert proc.stdout.count("✅ iteration 1:") == 1  # no line once per rank
     assert torchrun(crashed, failpoints="train.step=10").returncode != 0
     return ref, crashed
 
@@ -95,3 +96,14 @@ def test_ranks_with_different_views_load_one_plan(tmp_path, two_rank_runs):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpoint-9 was saved while training iteration 1" in proc.stdout
     assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
+
+
+def test_accelerate_launch_two_processes_matches_torchrun(tmp_path, two_rank_runs):
+    """`accelerate launch` (2 CPU processes through its multi-process launcher) is the same run."""
+    ref, _ = two_rank_runs
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    proc = run_cli(tmp_path / "acc", launcher=launcher, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "acc" / "checkpoint-6" / "rng_state_1.pth").exists()
+    assert max_diff(tmp_path / "acc" / "iter_1", ref / "iter_1") == 0.0

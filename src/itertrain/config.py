@@ -6,8 +6,11 @@ the built-in tiny model on the built-in task. Errors are UsageError: one line, e
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
@@ -102,11 +105,55 @@ class Config:
         return max(1, math.ceil(a.num_train_epochs * max(batches // a.gradient_accumulation_steps, 1)))
 
 
+class _Parser(HfArgumentParser):
+    def error(self, message: str):  # argparse would print the whole usage block and exit
+        raise UsageError(message)
+
+
 def parser() -> HfArgumentParser:
-    return HfArgumentParser((IterArguments, IterTrainingArguments))
+    return _Parser((IterArguments, IterTrainingArguments))
+
+
+def config_file_args(path: str) -> list[str]:
+    """A YAML or JSON file of {flag: value} as command-line words, to go before the real command
+    line so that flags given there override the file (as HfArgumentParser users expect)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    except OSError as e:
+        raise UsageError(f"config file {path}: {e.strerror}") from None
+    except (ValueError, yaml.YAMLError) as e:
+        raise UsageError(f"config file {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
+                         f"({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path}: expected a mapping of flag names to values")
+    known = {f.name for dc in (IterArguments, IterTrainingArguments) for f in dataclasses.fields(dc)}
+    words = []
+    for key, value in data.items():
+        if key not in known:
+            raise UsageError(f"config file {path}: unknown setting {key!r} (see docs/config.md)")
+        if value is None:
+            continue
+        words.append(f"--{key}")
+        if isinstance(value, bool):
+            words.append(str(value).lower())
+        elif isinstance(value, list):
+            words += [str(v) for v in value]
+        elif isinstance(value, dict):
+            words.append(json.dumps(value))
+        else:
+            words.append(str(value))
+    return words
 
 
 def parse(argv: list[str]) -> Config:
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
+        argv = [*config_file_args(argv[0]), *argv[1:]]
+    if not any(a.startswith("--disable_tqdm") for a in argv):
+        # Progress bars only where someone watches them: a terminal (a log file gets no \r lines).
+        argv = [*argv, "--disable_tqdm", str(not sys.stderr.isatty()).lower()]
     if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv) and not any(
             a in ("-h", "--help") for a in argv):
         # HF would quietly default to ./trainer_output: an experiment directory is never guessed.
@@ -122,7 +169,7 @@ def parse(argv: list[str]) -> Config:
         argv = [*argv, "--max_steps", "-1"]  # epochs asked for: the demo's step default must not override them
     try:
         it, train = parser().parse_args_into_dataclasses(args=argv)
-    except (ValueError, TypeError) as e:  # TrainingArguments.__post_init__ checks
+    except (ValueError, TypeError, ImportError) as e:  # TrainingArguments.__post_init__ checks
         raise UsageError(str(e).strip().splitlines()[0]) from None
     return validate(it, train)
 
@@ -152,6 +199,11 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
         raise UsageError("set --max_steps (> 0) or --num_train_epochs (> 0) for each iteration's training")
     if train.save_only_model:
         raise UsageError("--save_only_model is not supported: checkpoints must hold the full training state")
+    if "tensorboard" in train.report_to:
+        from itertrain import board
+
+        if not board.available():
+            raise UsageError("--report_to tensorboard needs tensorboardX: pip install 'itertrain[tensorboard]'")
     if train.load_best_model_at_end:
         raise UsageError("--load_best_model_at_end is not supported by iterative training")
     if it.model_name is not None:
@@ -166,3 +218,25 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
         if not present & {"tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model"}:
             raise UsageError(f"--model_name {it.model_name}: no tokenizer files (save the tokenizer with the model)")
     return Config(it, train, ckpt_sel, iter_sel)
+
+
+# Settings that do not change what an experiment computes: a resume may change them freely.
+NOT_RESULTS = {"output_dir", "resume_from", "resume_from_iteration", "dry_run", "strict_resume", "num_iterations",
+               "disable_tqdm", "report_to", "run_name", "logging_steps", "logging_strategy", "logging_first_step",
+               "save_steps", "save_strategy", "save_total_limit", "use_cpu", "log_level", "log_level_replica",
+               "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+               "hub_token"}
+
+
+def resolved(cfg: Config) -> dict:
+    """Every setting of this run, as saved in the experiment directory."""
+    return {**dataclasses.asdict(cfg.it), **cfg.train.to_dict()}
+
+
+def differences(started_with: dict, now: dict) -> list[str]:
+    """One line per setting that changes results and differs from how the experiment was started."""
+    out = []
+    for key in sorted(set(started_with) | set(now)):
+        if key not in NOT_RESULTS and started_with.get(key) != now.get(key):
+            out.append(f"{key}: {started_with.get(key)!r} -> {now.get(key)!r}")
+    return out

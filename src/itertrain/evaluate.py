@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from itertrain import dist
 from itertrain.generate import complete
 
 
@@ -14,7 +15,8 @@ def greedy_accuracy(model, tokenizer, examples, is_correct, batch_size: int = 25
     was_training = model.training
     model.eval()
     correct = 0
-    for i in range(0, len(examples), batch_size):
+    starts = range(0, len(examples), batch_size)
+    for i in dist.progress(starts, total=len(starts), desc="evaluate"):
         chunk = examples[i:i + batch_size]
         texts = complete(model, tokenizer, [e.prompt for e in chunk], do_sample=False, max_new_tokens=max_new_tokens)
         correct += sum(is_correct(e, t) for e, t in zip(chunk, texts, strict=True))

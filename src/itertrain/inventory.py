@@ -105,3 +105,10 @@ def scan(output_dir: str, max_steps: int) -> tuple[list[Artifact], frozenset[str
         else:
             out.append(_foreign(name, kind, number, path, max_steps))
     return out, names
+
+
+def committed_iterations(output_dir: str, max_steps: int) -> list[dict]:
+    """The manifests of the complete iteration models, by iteration (metrics, curves, timing)."""
+    artifacts, _ = scan(output_dir, max_steps)
+    done = sorted((a for a in artifacts if a.kind == ITERATION and a.state == COMPLETE), key=lambda a: a.iteration)
+    return [manifest.read(os.path.join(output_dir, a.name)) for a in done]

@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from dataclasses import dataclass
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 from transformers.trainer_callback import ExportableState
 
-from itertrain import commit, dist, inventory, manifest, samples
-from itertrain.artifacts import COMPLETE, ITERATION, checkpoint_name, iteration_name
+from itertrain import board, commit, dist, inventory, manifest, samples
+from itertrain.artifacts import ITERATION, checkpoint_name, iteration_name
 from itertrain.config import Config, UsageError
 from itertrain.data import Collator, encode
 from itertrain.evaluate import greedy_accuracy
@@ -35,7 +36,7 @@ class Start:
     resume: str | None  # directory given to trainer.train(resume_from_checkpoint=...)
     step_offset: int  # global step before this iteration's first step
     started_from: str  # provenance recorded in manifests
-    loss_sum: float = 0.0
+    curve: dict | None = None  # per-step loss / lr so far (trainer strategy: from the checkpoint)
     training_finished: bool = False
     view_of: tuple[str, str] | None = None  # (iteration model, checkpoint) for a "both" view
 
@@ -47,7 +48,7 @@ def first_start(cfg: Config, plan: Plan, base_dir: str, steps: int) -> Start:
         local = m.get("local_step", plan.next_step - plan.next_iteration * steps)
         return Start(plan.next_iteration, os.path.join(out, plan.state_from), os.path.join(out, plan.state_from),
                      plan.next_step - local, m.get("started_from") or "unknown",
-                     loss_sum=m.get("extra", {}).get("loss_sum", 0.0), training_finished=plan.training_finished)
+                     curve=m.get("extra", {}).get("curve"), training_finished=plan.training_finished)
     if plan.strategy == BOTH:
         return Start(plan.next_iteration, os.path.join(out, plan.weights_from), None, plan.next_step,
                      plan.weights_from, view_of=(plan.weights_from, plan.state_from))
@@ -98,12 +99,8 @@ def load_model(path: str):
 
 def write_metrics(output_dir: str, max_steps: int) -> list[dict]:
     """metrics.jsonl is derived from the committed iteration manifests, rewritten atomically."""
-    artifacts, _ = inventory.scan(output_dir, max_steps)
-    rows = []
-    for a in sorted((a for a in artifacts if a.kind == ITERATION and a.state == COMPLETE), key=lambda a: a.iteration):
-        metrics = manifest.read(os.path.join(output_dir, a.name)).get("extra", {}).get("metrics")
-        if metrics:
-            rows.append(metrics)
+    rows = [m["extra"]["metrics"] for m in inventory.committed_iterations(output_dir, max_steps)
+            if m.get("extra", {}).get("metrics")]
     commit.atomic_write_bytes(os.path.join(output_dir, METRICS),
                               "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
     return rows
@@ -123,7 +120,9 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
     kept: dict[int, list] = {}
     protect = {plan.weights_from, plan.state_from} - {None}
     start = first_start(cfg, plan, base_dir, cfg.iteration_steps(dist.world_size()))
+    board = open_board(cfg, plan, start) if dist.is_main() else None
     for k in range(plan.next_iteration, cfg.it.num_iterations):
+        began = time.monotonic()
         # 1-2. generate with model_K (the base for K=0, else iter_{K-1}), verify and select
         for j in range(k):  # earlier iterations' selections, as committed (made again only if broken)
             if cfg.it.reuse_previous and j not in kept:
@@ -146,18 +145,19 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         targs = copy.deepcopy(cfg.train)
         targs.output_dir = commit.staging_path(cfg.output_dir, "trainer")
         targs.max_steps, targs.save_total_limit = steps, None
+        targs.report_to = [r for r in targs.report_to if r != "tensorboard"]  # ours: board.py
         trainer = IterTrainer(
             model=load_model(start.weights), args=targs, train_dataset=features,
             data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
             experiment_dir=cfg.output_dir, iteration=k, step_offset=start.step_offset, iteration_steps=steps,
             started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=protect,
             schedule_steps=steps * cfg.it.num_iterations if cfg.it.carry_optimizer_state else None,
-            loss_sum=start.loss_sum,
+            curve=start.curve, board=board,
         )
         if not start.training_finished:
             resume = both_view(cfg, start, trainer, steps) if start.view_of else start.resume
             trainer.train(resume_from_checkpoint=resume)
-        train_loss = trainer.mean_loss_sum() / steps
+        train_loss = trainer.mean_loss()
         # 4. evaluate
         accuracy = None
         if dist.is_main():
@@ -172,13 +172,39 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
                   f"{found.stats['acceptance_rate']:.3f} train_loss={train_loss:.4f} step={global_step}")
         # 5. save iter_K
         if dist.is_main():
-            name = iteration_name(k)
-            staged = commit.fresh_staging(cfg.output_dir, name)
-            trainer.model.save_pretrained(staged)
-            tokenizer.save_pretrained(staged)
-            commit.commit_dir(staged, os.path.join(cfg.output_dir, name), failpoint=("iteration.write", k),
-                              kind=ITERATION, name=name, iteration=k, global_step=global_step,
-                              started_from=start.started_from, extra={"metrics": metrics})
-            write_metrics(cfg.output_dir, steps)
+            extra = {"metrics": metrics, "curve": {"loss": trainer.loss_curve, "lr": trainer.lr_curve},
+                     "seconds": round(time.monotonic() - began, 3), "resumed": start.resume is not None}
+            save_iteration(cfg, k, trainer.model, tokenizer, global_step, start.started_from, extra, steps)
+            if board is not None:
+                board.iteration(metrics)
         dist.barrier()
         start = next_start(cfg, k, global_step)
+    if board is not None:
+        board.close()
+
+
+def save_iteration(cfg: Config, k: int, model, tokenizer, global_step: int, started_from: str, extra: dict,
+                   steps: int) -> None:
+    """Rank 0: commit iter_K (weights-only model + tokenizer + manifest), then metrics.jsonl."""
+    name = iteration_name(k)
+    staged = commit.fresh_staging(cfg.output_dir, name)
+    model.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+    commit.commit_dir(staged, os.path.join(cfg.output_dir, name), failpoint=("iteration.write", k),
+                      kind=ITERATION, name=name, iteration=k, global_step=global_step,
+                      started_from=started_from, extra=extra)
+    write_metrics(cfg.output_dir, steps)
+
+
+def open_board(cfg: Config, plan: Plan, start: Start):
+    """TensorBoard for --report_to tensorboard: the committed history rewritten, then live steps."""
+    if "tensorboard" not in cfg.train.report_to:
+        return None
+    history = []
+    for m in inventory.committed_iterations(cfg.output_dir, cfg.iteration_steps(dist.world_size())):
+        metrics, curve = m["extra"].get("metrics"), m["extra"].get("curve")
+        if m["iteration"] < plan.next_iteration and metrics:
+            history.append((metrics["global_step"] - len(curve["loss"]) if curve else 0, curve, metrics))
+    if start.curve:  # resuming a checkpoint inside an iteration: its steps so far
+        history.append((start.step_offset, start.curve, None))
+    return board.open_board(cfg.output_dir, history)

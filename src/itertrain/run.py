@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.table import Table
 
 from itertrain import banner, commit, dist, failpoints, lock, manifest, tinymodel
-from itertrain.config import Config, UsageError
+from itertrain.config import Config, UsageError, differences, resolved
 from itertrain.loop import write_metrics
 from itertrain.restore import apply, resolve
-from itertrain.status import SAVED_CONFIG
+from itertrain.plan import SCRATCH
+from itertrain.status import SAVED_CONFIG, saved_settings
 from itertrain.tasks import load_task
 
 BASE = "base"  # the built-in base model's directory under --output_dir
@@ -74,6 +75,10 @@ def train(cfg: Config) -> int:
         dist.barrier()
     steps = cfg.iteration_steps(dist.world_size())
     inv, plan = resolve(cfg, steps)
+    if dist.is_main() and plan.strategy != SCRATCH and (changed := settings_changes(cfg)):
+        plan.warnings.append("resuming with other settings than the experiment was started with: "
+                             + "; ".join(changed))
+    plan = dist.broadcast(plan)
     dist.log0(banner.render(out, inv, plan, cfg.it.model_name or f"built-in tiny model ({out}/{BASE})"))
     if cfg.it.dry_run:
         dist.log0(json.dumps(plan.to_json()))
@@ -86,7 +91,7 @@ def train(cfg: Config) -> int:
     base = ensure_base(cfg)
     apply(cfg, plan, base)
     if dist.is_main():
-        save_settings(cfg, steps)
+        save_settings(cfg, steps, scratch=plan.strategy == SCRATCH)
     from itertrain.loop import run_iterations
 
     if dist.is_main():
@@ -97,12 +102,22 @@ def train(cfg: Config) -> int:
     return 0
 
 
-def save_settings(cfg: Config, steps: int) -> None:
-    """The resolved configuration, for `itertrain status` and for comparing later resumes."""
+def settings_changes(cfg: Config) -> list[str]:
+    started = saved_settings(cfg.output_dir)
+    if "started_with" not in started:
+        return []
+    now = {**resolved(cfg), "world_size": dist.world_size()}
+    return differences(started["started_with"], now)
+
+
+def save_settings(cfg: Config, steps: int, scratch: bool) -> None:
+    """The resolved configuration (this run's, and the one the experiment was started with), for
+    `itertrain status` and for comparing later resumes."""
+    now = {**resolved(cfg), "world_size": dist.world_size()}
+    old = {} if scratch else saved_settings(cfg.output_dir)
     settings = {"num_iterations": cfg.it.num_iterations, "iteration_steps": steps,
                 "carry_optimizer_state": cfg.it.carry_optimizer_state, "model_name": cfg.it.model_name,
-                "seed": cfg.train.seed, "learning_rate": cfg.train.learning_rate,
-                "world_size": dist.world_size()}
+                "world_size": dist.world_size(), "args": now, "started_with": old.get("started_with", now)}
     commit.atomic_write_json(os.path.join(cfg.output_dir, SAVED_CONFIG), settings)
 
 

@@ -1,7 +1,9 @@
 """`itertrain status OUTPUT_DIR [--resume_from X] [--resume_from_iteration Y] [--json]`.
 
-Every artifact with kind, iteration, global step, state and size, and the plan those flags would
-give. Reads manifests only; writes nothing. --json prints one JSON object and nothing else.
+Where an experiment stands: its iterations (state, accuracy, acceptance rate, samples, steps, time),
+its checkpoints (step, iteration, state, size), the plan those flags would give, and hints with the
+command to run next. Reads manifests only; writes nothing. --json prints one JSON object and
+nothing else (schema: docs/status.md).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import os
 import sys
 from dataclasses import asdict
 
-from itertrain import inventory
+from itertrain import inventory, manifest
+from itertrain.artifacts import CHECKPOINT, COMPLETE, ITERATION, Artifact
 from itertrain.plan import PlanError, Request, make_plan
 from itertrain.selectors import SelectorError, parse_checkpoint_selector, parse_iteration_selector
 
@@ -22,9 +25,10 @@ SAVED_CONFIG = "itertrain_config.json"
 def saved_settings(output_dir: str) -> dict:
     try:
         with open(os.path.join(output_dir, SAVED_CONFIG), encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,54 +45,152 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    try:
-        req = _request(args)
-    except (SelectorError, ValueError) as e:
-        print(f"itertrain status: error: {e}", file=sys.stderr)
-        return 2
     if not os.path.isdir(args.output_dir):
         print(f"itertrain status: error: {args.output_dir} is not a directory", file=sys.stderr)
         return 2
+    try:
+        report = build(args)
+    except (SelectorError, ValueError) as e:
+        print(f"itertrain status: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report))
+    else:
+        show(report)
+    return 0
+
+
+def build(args) -> dict:
+    """The whole report as plain data (what --json prints)."""
     saved = saved_settings(args.output_dir)
+    carry = args.carry_optimizer_state if args.carry_optimizer_state is not None else saved.get("carry_optimizer_state")
+    num_iterations = args.num_iterations or saved.get("num_iterations") or 5
+    req = Request(parse_checkpoint_selector(args.resume_from), parse_iteration_selector(args.resume_from_iteration),
+                  num_iterations, bool(carry))
     max_steps = args.max_steps or saved.get("iteration_steps") or 300
     artifacts, names = inventory.scan(args.output_dir, max_steps)
     try:
         plan = make_plan(artifacts, req, existing=names, stamp="<time>").to_json()
     except PlanError as e:
         plan = {"error": str(e)}
-    rows = [asdict(a) for a in sorted(artifacts, key=lambda a: (a.kind, a.sort_key()))]
-    if args.json:
-        print(json.dumps({"output_dir": args.output_dir, "artifacts": rows, "plan": plan}))
-        return 0
-    _show(args.output_dir, rows, plan)
-    return 0
+    settings = {"num_iterations": num_iterations, "iteration_steps": max_steps,
+                "model_name": saved.get("model_name"), "world_size": saved.get("world_size", 1)}
+    checkpoints = [asdict(a) for a in sorted(artifacts, key=Artifact.sort_key) if a.kind == CHECKPOINT]
+    aside = sorted(n for n in names if any(t in n for t in (".corrupt", ".incomplete", ".superseded-")))
+    return {"output_dir": args.output_dir, "settings": settings,
+            "iterations": iteration_rows(args.output_dir, artifacts, num_iterations),
+            "checkpoints": checkpoints, "artifacts": [asdict(a) for a in sorted(artifacts, key=lambda a: (a.kind, a.sort_key()))],
+            "set_aside": aside, "plan": plan, "hints": hints(args.output_dir, settings, artifacts, plan, aside)}
 
 
-def _request(args) -> Request:
-    saved = saved_settings(args.output_dir) if os.path.isdir(args.output_dir) else {}
-    carry = args.carry_optimizer_state if args.carry_optimizer_state is not None else saved.get("carry_optimizer_state", False)
-    return Request(parse_checkpoint_selector(args.resume_from), parse_iteration_selector(args.resume_from_iteration),
-                   args.num_iterations or saved.get("num_iterations") or 5, bool(carry))
+def _extra(path: str) -> dict:
+    try:
+        return manifest.read(path).get("extra", {})
+    except manifest.ManifestError:
+        return {}
 
 
-def _show(output_dir: str, rows: list[dict], plan: dict) -> None:
+def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: int) -> list[dict]:
+    models = {a.iteration: a for a in sorted(artifacts, key=Artifact.sort_key) if a.kind == ITERATION and a.usable}
+    ckpts = sorted((a for a in artifacts if a.kind == CHECKPOINT and a.usable), key=Artifact.sort_key)
+    last = max([num_iterations - 1, *models, *(c.iteration for c in ckpts)])
+    rows = []
+    for k in range(last + 1):
+        samples = _extra(os.path.join(output_dir, f"samples_{k}")).get("stats", {})
+        row = {"iteration": k, "state": "pending", "artifact": None, "eval_accuracy": None,
+               "acceptance_rate": samples.get("acceptance_rate"), "num_generated": samples.get("num_generated"),
+               "num_kept": samples.get("num_kept"), "global_step": None, "train_loss": None, "seconds": None,
+               "finished": None}
+        of_k = [c for c in ckpts if c.iteration == k]
+        if k in models:
+            a = models[k]
+            extra = _extra(os.path.join(output_dir, a.name)) if a.state == COMPLETE else {}
+            metrics = extra.get("metrics", {})
+            row.update(state="complete" if a.state == COMPLETE else "complete (unverified)", artifact=a.name,
+                       eval_accuracy=metrics.get("eval_accuracy"), train_loss=metrics.get("train_loss"),
+                       global_step=a.global_step, seconds=extra.get("seconds"),
+                       finished=manifest.read(os.path.join(output_dir, a.name))["created"] if extra else None)
+        elif of_k:
+            c = of_k[-1]
+            row.update(state=f"interrupted at step {c.local_step}/{c.iteration_steps}", artifact=c.name,
+                       global_step=c.global_step)
+        elif samples:
+            row["state"] = "generated, not trained"
+        rows.append(row)
+    return rows
+
+
+def resume_command(output_dir: str, settings: dict) -> str:
+    ws = settings.get("world_size") or 1
+    launcher = f"torchrun --nproc_per_node={ws} " if ws > 1 else "python "
+    model = f" --model_name {settings['model_name']}" if settings.get("model_name") else ""
+    return (f"{launcher}train_iterative.py{model} --output_dir {output_dir} "
+            "--resume_from auto --resume_from_iteration auto")
+
+
+def hints(output_dir: str, settings: dict, artifacts: list[Artifact], plan: dict, aside: list[str]) -> list[str]:
+    cmd = resume_command(output_dir, settings)
+    out = []
+    if "error" in plan:
+        out.append(f"the flags given do not fit this experiment: {plan['error']}")
+    elif plan["done"]:
+        n = settings["num_iterations"]
+        out.append(f"all {n} iterations are complete; to run more, add --num_iterations {n + 1} (or more) to: {cmd}")
+    elif plan["strategy"] == "trainer":
+        c = next(a for a in artifacts if a.name == plan["state_from"])
+        where = (f"finished training at global step {c.global_step} but was not saved" if c.is_last_step
+                 else f"was interrupted at step {c.local_step} of {c.iteration_steps} (global step {c.global_step})")
+        out.append(f"iteration {c.iteration} {where}: resume with: {cmd}")
+    elif plan["strategy"] in ("iteration", "both"):
+        out.append(f"{plan['weights_from']} is done and iteration {plan['next_iteration']} has not saved a "
+                   f"checkpoint yet: resume with: {cmd}")
+    elif not any(a.usable for a in artifacts):
+        out.append(f"nothing to resume here yet: start (or resume) with: {cmd}")
+    broken = [a.name for a in artifacts if not a.usable]
+    if broken:
+        out.append(f"{len(broken)} broken artifact(s) ({', '.join(broken)}): the next run renames them aside, "
+                   "nothing is deleted")
+    if aside:
+        out.append(f"{len(aside)} artifact(s) set aside earlier ({', '.join(aside[:4])}{', ...' if len(aside) > 4 else ''}): "
+                   "kept for you to inspect; itertrain never deletes them")
+    return out
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    return "" if v is None else format(v, spec) if isinstance(v, float) else str(v)
+
+
+def show(r: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"itertrain status: {output_dir}")
-    for col in ("artifact", "kind", "iteration", "global step", "state", "size", "note"):
-        table.add_column(col, no_wrap=col == "artifact")
-    for r in rows:
-        table.add_row(r["name"], r["kind"], str(r["iteration"]), str(r["global_step"]), r["state"],
-                      f"{r['size'] / 1e6:.1f} MB", r["why"])
     console = Console()
-    console.print(table)
+    its = Table(title=f"itertrain status: {r['output_dir']}")
+    for col in ("iteration", "state", "eval acc", "accepted", "kept / generated", "global step", "train loss",
+                "time (s)", "finished (UTC)"):
+        its.add_column(col, justify="left" if col in ("state", "finished (UTC)") else "right")
+    for row in r["iterations"]:
+        samples = "" if row["num_generated"] is None else f"{row['num_kept']} / {row['num_generated']}"
+        its.add_row(str(row["iteration"]), row["state"], _fmt(row["eval_accuracy"]), _fmt(row["acceptance_rate"]),
+                    samples, _fmt(row["global_step"]), _fmt(row["train_loss"], ".4f"), _fmt(row["seconds"], ".1f"),
+                    (row["finished"] or "").replace("+00:00", ""))
+    console.print(its)
+    ck = Table(title="checkpoints")
+    for col in ("checkpoint", "iteration", "step in iteration", "state", "size", "note"):
+        ck.add_column(col, no_wrap=col == "checkpoint")
+    for c in r["checkpoints"]:
+        local = "" if c["local_step"] is None else f"{c['local_step']}/{c['iteration_steps']}"
+        ck.add_row(c["name"], str(c["iteration"]), local, c["state"], f"{c['size'] / 1e6:.1f} MB", c["why"])
+    console.print(ck)
+    plan = r["plan"]
     if "error" in plan:
         console.print(f"plan: [red]{plan['error']}[/red]")
-        return
-    console.print(f"plan: [bold]{plan['strategy']}[/bold], weights from {plan['weights_from'] or '--model_name'}, "
-                  f"state from {plan['state_from'] or 'fresh'}, next iteration {plan['next_iteration']} at step "
-                  f"{plan['next_step']}{' (complete)' if plan['done'] else ''}")
-    console.print(f"reason: {plan['reason']}")
-    for w in plan["warnings"]:
-        console.print(f"warning: {w}")
+    else:
+        console.print(f"plan: [bold]{plan['strategy']}[/bold], weights from {plan['weights_from'] or '--model_name'}, "
+                      f"state from {plan['state_from'] or 'fresh'}, next iteration {plan['next_iteration']} at step "
+                      f"{plan['next_step']}{' (complete)' if plan['done'] else ''}")
+        console.print(f"reason: {plan['reason']}", highlight=False)
+        for w in plan["warnings"]:
+            console.print(f"warning: {w}", highlight=False)
+    for h in r["hints"]:
+        console.print(f"hint: {h}", highlight=False, soft_wrap=True)
