@@ -107,3 +107,32 @@ def test_accelerate_launch_two_processes_matches_torchrun(tmp_path, two_rank_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "acc" / "checkpoint-6" / "rng_state_1.pth").exists()
     assert max_diff(tmp_path / "acc" / "iter_1", ref / "iter_1") == 0.0
+
+
+def test_two_nodes_on_loopback_match_one_node(tmp_path, two_rank_runs):
+    """torchrun --nnodes 2 --rdzv_backend c10d, one process per "node", one shared directory."""
+    import socket
+    import subprocess
+
+    from conftest import REPO, SMALL
+
+    ref, _ = two_rank_runs
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "itertrain-test",
+           str(REPO / "train_iterative.py"), "--output_dir", str(tmp_path / "exp"), *SMALL]
+    nodes = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [n.communicate(timeout=600) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], [o[1][-2000:] for o in outs]
+    assert sum(o[0].count("CHECKPOINT RECOVERY SYSTEM") for o in outs) == 1  # global rank 0 only
+    assert max_diff(tmp_path / "exp" / "iter_1", ref / "iter_1") == 0.0
+
+
+def test_ranks_that_do_not_share_the_directory_refuse(tmp_path):
+    proc = torchrun(tmp_path / "exp", failpoints="view.hide=.itertrain.shared-check@1")
+    assert proc.returncode != 0
+    assert "must be one directory shared by every node (a shared file system): rank 1 on" in proc.stderr
+    assert not (tmp_path / "exp" / "samples_0").exists()

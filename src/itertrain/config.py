@@ -224,7 +224,7 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
 NOT_RESULTS = {"output_dir", "resume_from", "resume_from_iteration", "dry_run", "strict_resume", "num_iterations",
                "disable_tqdm", "report_to", "run_name", "logging_steps", "logging_strategy", "logging_first_step",
                "save_steps", "save_strategy", "save_total_limit", "use_cpu", "log_level", "log_level_replica",
-               "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+               "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",
                "hub_token"}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 import warnings
 
 from rich.console import Console
@@ -12,7 +14,7 @@ from rich.table import Table
 from itertrain import banner, commit, dist, failpoints, lock, manifest, tinymodel
 from itertrain.config import Config, UsageError, differences, resolved
 from itertrain.loop import write_metrics
-from itertrain.restore import apply, resolve
+from itertrain.restore import RecoveryError, apply, resolve
 from itertrain.plan import SCRATCH
 from itertrain.status import SAVED_CONFIG, saved_settings
 from itertrain.tasks import load_task
@@ -37,6 +39,29 @@ def ensure_base(cfg: Config) -> str:
                               iteration=0, global_step=0, extra={"seed": cfg.train.seed})
     dist.barrier()
     return base
+
+
+SHARED_CHECK = ".itertrain.shared-check"
+
+
+def check_shared(output_dir: str) -> None:
+    """Several processes (several nodes, perhaps): every rank must see what rank 0 writes in the
+    experiment directory, or they would plan, load and commit from different directories."""
+    if dist.world_size() == 1:
+        return
+    token = dist.broadcast(f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}" if dist.is_main() else None)
+    if dist.is_main():
+        commit.atomic_write_bytes(os.path.join(output_dir, SHARED_CHECK), token.encode())
+    dist.barrier()
+    try:
+        with open(os.path.join(output_dir, SHARED_CHECK), encoding="utf-8") as f:
+            seen = f.read() == token and failpoints.on_this_rank("view.hide") != SHARED_CHECK
+    except OSError:
+        seen = False
+    blind = [f"rank {r} on {host}" for r, (host, ok) in enumerate(dist.gather((socket.gethostname(), seen))) if not ok]
+    if blind:
+        raise RecoveryError(f"--output_dir {output_dir} must be one directory shared by every node (a shared "
+                            f"file system): {', '.join(blind)} cannot see what rank 0 wrote there")
 
 
 def _base_problem(path: str, seed: int) -> str | None:
@@ -73,6 +98,7 @@ def train(cfg: Config) -> int:
             handle = lock.acquire(out)  # held until the process exits  # noqa: F841
             commit.clear_staging(out)
         dist.barrier()
+        check_shared(out)
     steps = cfg.iteration_steps(dist.world_size())
     inv, plan = resolve(cfg, steps)
     if dist.is_main() and plan.strategy != SCRATCH and (changed := settings_changes(cfg)):

@@ -1,0 +1,326 @@
+"""`make bench`: itertrain against plain Hugging Face code, side by side in one process.
+
+Every figure is a ratio (or a plain count) measured against a baseline in the same process, the
+two sides alternated A/B/A/B and the median of the per-pair ratios reported, because absolute times
+on these machines are noise. Writes bench/results.json and BENCHMARKS.md.
+Usage: python bench/run.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from itertrain import commit, dist, inventory, restore  # noqa: E402
+from itertrain.data import Collator, encode  # noqa: E402
+from itertrain.generate import complete, sample  # noqa: E402
+from itertrain.plan import Request, make_plan  # noqa: E402
+from itertrain.selectors import Selector  # noqa: E402
+from itertrain.tasks.addition import make_task  # noqa: E402
+from itertrain.tinymodel import make_model, make_tokenizer  # noqa: E402
+from itertrain.trainer import IterTrainer  # noqa: E402
+
+TOK = make_tokenizer()
+
+
+def llama(hidden: int, layers: int, intermediate: int | None = None, seed: int = 0) -> LlamaForCausalLM:
+    cfg = LlamaConfig(vocab_size=len(TOK), hidden_size=hidden, intermediate_size=intermediate or hidden * 8 // 3,
+                      num_hidden_layers=layers, num_attention_heads=max(hidden // 64, 1),
+                      num_key_value_heads=max(hidden // 64, 1), max_position_embeddings=64, pad_token_id=0,
+                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
+def features(n: int) -> list[dict]:
+    task = make_task(seed=0, num_gold=n, num_prompts=1, num_eval=1, max_digits=4 if n > 5000 else 2)
+    return encode(task.gold, TOK)
+
+
+def targs(out: str, steps: int, batch: int, **kw) -> TrainingArguments:
+    kw = {"save_strategy": "no", **kw}
+    return TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
+                             report_to=[], disable_tqdm=True, logging_steps=50, seed=0, **kw)
+
+
+class Clock(TrainerCallback):
+    """Times steps warm+1..last (the save at the last step comes after on_step_end: not counted),
+    and the first step after a (re)start."""
+
+    def __init__(self, warm: int, stop_after_first: bool = False):
+        self.warm, self.t0, self.t1, self.first = warm, None, None, None
+        self.stop = stop_after_first
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now - self.started
+            control.should_training_stop = self.stop
+        if state.global_step == self.warm:
+            self.t0 = now
+        if state.global_step == state.max_steps:
+            self.t1 = now
+
+
+def ours(model, args, data, work: str, **kw) -> IterTrainer:
+    return IterTrainer(model=model, args=args, train_dataset=data, data_collator=Collator(0), experiment_dir=work,
+                       iteration=0, step_offset=0, iteration_steps=args.max_steps, started_from="base",
+                       save_total_limit=None, protect=set(), **kw)
+
+
+def plain(model, args, data) -> Trainer:
+    return Trainer(model=model, args=args, train_dataset=data, data_collator=Collator(0))
+
+
+def pairs(n: int, a, b) -> list[float]:
+    """n alternated measurements of a() and b(); each returns seconds. Ratios a/b."""
+    out = []
+    for i in range(n):
+        ta, tb = (a(), b()) if i % 2 == 0 else tuple(reversed((b(), a())))
+        out.append(ta / tb)
+    return out
+
+
+def train_throughput(work: Path, n: int, steps: int) -> dict:
+    data, warm = features(2048), 10
+
+    def run(kind: str) -> float:
+        d = tempfile.mkdtemp(dir=work)
+        clock = Clock(warm)
+        t = (ours if kind == "ours" else lambda m, a, x, _w: plain(m, a, x))(llama(256, 4), targs(d + "/t", steps, 64),
+                                                                             data, d)
+        t.add_callback(clock)
+        t.train()
+        shutil.rmtree(d)
+        return clock.t1 - clock.t0
+
+    ratios = pairs(n, lambda: run("plain"), lambda: run("ours"))  # HF time / our time = our tokens/s / HF's
+    return {"value": statistics.median(ratios), "pairs": ratios,
+            "how": f"{steps} steps (first {warm} not timed), 4-layer 256-wide Llama (~2.5M params), batch 64, "
+                   "same data, seed and arguments; checkpointing off (ours commits one at the last step, after "
+                   "the timed window)"}
+
+
+class SaveClock:
+    """Wraps a trainer's _save_checkpoint and records how long the training loop was blocked."""
+
+    def __init__(self, trainer):
+        self.seconds, inner = [], trainer._save_checkpoint
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            inner(*a, **k)
+            self.seconds.append(time.perf_counter() - t)
+
+        trainer._save_checkpoint = timed
+
+
+def checkpoint_stall(work: Path, n: int, hidden: int, layers: int, inter: int) -> dict:
+    data = features(64)
+
+    def run(kind: str) -> float:
+        d = tempfile.mkdtemp(dir=work)
+        args = targs(d + "/t", 2, 4, save_strategy="steps", save_steps=2)
+        t = ours(llama(hidden, layers, inter), args, data, d) if kind == "ours" else \
+            plain(llama(hidden, layers, inter), args, data)
+        clock = SaveClock(t)
+        t.train()
+        shutil.rmtree(d)
+        return clock.seconds[-1]
+
+    ratios = pairs(n, lambda: run("ours"), lambda: run("plain"))
+    params = sum(p.numel() for p in llama(hidden, layers, inter).parameters())
+    return {"value": statistics.median(ratios), "pairs": ratios, "params": params,
+            "how": f"time the training loop is blocked by one checkpoint save, Llama of {params / 1e6:.0f}M params "
+                   "with Adam state; ours: HF's save into staging + fsync + xxh3 manifest + rename (synchronous: "
+                   "no --async_save yet); HF: Trainer._save_checkpoint, no fsync"}
+
+
+def resume(work: Path, n: int) -> dict:
+    """Restart to the first resumed optimizer step, from the same checkpoint."""
+    exp = work / "resume-exp"
+    data = features(512)
+    t = ours(llama(256, 4), targs(str(exp / ".staging/trainer"), 20, 16, save_strategy="steps", save_steps=10),
+             data, str(exp))
+    t.train()
+    ckpt = exp / "checkpoint-10"
+
+    def run(kind: str) -> float:
+        clock = Clock(0, stop_after_first=True)
+        args = targs(str(work / "r" / kind), 20, 16)
+        os.makedirs(work / "r" / "exp", exist_ok=True)
+        if kind == "ours":  # integrity checks included: inventory, plan, checksums + trial loads
+            arts, names = inventory.scan(str(exp), 20)
+            plan = make_plan(arts, Request(Selector("auto"), Selector("none"), 1), existing=names)
+            assert restore.verify(str(exp), plan.state_from) is None
+            tr = ours(LlamaForCausalLM.from_pretrained(ckpt), args, data, str(work / "r" / "exp"))
+        else:
+            tr = plain(LlamaForCausalLM.from_pretrained(ckpt), args, data)
+        tr.add_callback(clock)
+        tr.train(resume_from_checkpoint=str(ckpt))
+        return clock.first
+
+    def timed(kind):
+        t0 = time.perf_counter()
+        run(kind)
+        return time.perf_counter() - t0
+
+    ratios = pairs(n, lambda: timed("ours"), lambda: timed("plain"))
+    return {"value": statistics.median(ratios), "pairs": ratios,
+            "how": "from the resume call (ours: inventory, plan, checksums and weights_only trial loads first) "
+                   "through model load and HF's resume to the end of the first resumed optimizer step, same "
+                   "checkpoint-10 of a 2.5M-param Llama; in-process (interpreter start-up excluded on both sides)"}
+
+
+def resume_by_position(work: Path) -> dict:
+    """HF's resume on a map-style dataset does not replay skipped batches: step 100 vs 10,000."""
+    data = features(20_000)
+    d = work / "pos"
+    t = plain(llama(64, 2), targs(str(d), 1, 1, save_strategy="steps", save_steps=1), data)
+    t.train()
+    out = {}
+    for step in (100, 10_000):
+        ck = d / f"at-{step}"
+        shutil.copytree(d / "checkpoint-1", ck)
+        state = json.loads((ck / "trainer_state.json").read_text())
+        state["global_step"], state["max_steps"] = step, step + 5
+        (ck / "trainer_state.json").write_text(json.dumps(state))
+        times = []
+        for _ in range(3):
+            clock = Clock(0, stop_after_first=True)
+            os.makedirs(d / "exp", exist_ok=True)
+            tr = ours(llama(64, 2), targs(str(d / "o"), step + 5, 1), data, str(d / "exp"))
+            tr.add_callback(clock)
+            t0 = time.perf_counter()
+            tr.train(resume_from_checkpoint=str(ck))
+            times.append(clock.first + clock.started - t0)
+        out[step] = statistics.median(times)
+    return {"value": out[10_000] / out[100], "seconds_at_100": out[100], "seconds_at_10000": out[10_000],
+            "how": "time to the first resumed step from a checkpoint at step 100 and at step 10,000 of one epoch "
+                   "of 20,000 batches (map-style dataset, batch 1; HF skips with a batch sampler, no data loaded)"}
+
+
+def plan_1000(work: Path) -> dict:
+    d = work / "plan"
+    d.mkdir()
+    for n in range(1, 1001):
+        _fake(d, f"checkpoint-{n}", "checkpoint", (n - 1) // 10, n, (n - 1) % 10 + 1)
+    for k in range(100):
+        _fake(d, f"iter_{k}", "iteration", k, (k + 1) * 10, None)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        arts, names = inventory.scan(str(d), 10)
+        make_plan(arts, Request(Selector("auto"), Selector("auto"), 200), existing=names)
+        times.append(time.perf_counter() - t0)
+    assert sum(a.usable for a in arts) == 1100
+    return {"value": statistics.median(times), "how": "inventory (parse 1,100 manifests, stat every listed file: "
+            "3 per artifact) + plan, 1,000 checkpoints and 100 iteration models, median of 5 (seconds)"}
+
+
+def _fake(d: Path, name: str, kind: str, it: int, step: int, local: int | None) -> None:
+    from itertrain import manifest
+
+    a = d / name
+    a.mkdir()
+    for f in ("model.safetensors", "optimizer.pt", "config.json"):
+        (a / f).write_bytes(b"x")
+    m = manifest.build(str(a), kind=kind, name=name, iteration=it, global_step=step, local_step=local,
+                       iteration_steps=10)
+    (a / "itertrain.json").write_text(json.dumps(m))
+
+
+def generation(n_prompts: int, n_loop: int) -> dict:
+    model = make_model(0, len(TOK)).eval()  # the built-in tiny model: what the demo's generate phase runs
+    task = make_task(seed=0, num_gold=1, num_prompts=n_prompts, num_eval=1)
+    prompts = [e.prompt for e in task.train_prompts]
+    kw = dict(do_sample=True, temperature=1.0, top_k=None, top_p=None, max_new_tokens=8)
+
+    def ours_rate() -> float:
+        t0 = time.perf_counter()
+        sample(model, TOK, prompts, num_samples=4, seed=0, iteration=0, batch_size=256, max_new_tokens=8, temperature=1.0)
+        return len(prompts) * 4 / (time.perf_counter() - t0)
+
+    def loop_rate() -> float:
+        t0 = time.perf_counter()
+        for p in prompts[:n_loop]:
+            complete(model, TOK, [p], num_return_sequences=4, **kw)
+        return n_loop * 4 / (time.perf_counter() - t0)
+
+    def batched_rate() -> float:
+        t0 = time.perf_counter()
+        complete(model, TOK, prompts, num_return_sequences=4, **kw)
+        return len(prompts) * 4 / (time.perf_counter() - t0)
+
+    speedup = [ours_rate() / loop_rate() for _ in range(3)]
+    vs_batched = [ours_rate() / batched_rate() for _ in range(3)]
+    return {"generate_speedup": {"value": statistics.median(speedup), "pairs": speedup,
+                                 "how": f"samples/s of the generate phase ({n_prompts} prompts x 4 samples, batches of "
+                                        f"256) / a loop of one HF generate call per prompt ({n_loop} prompts x 4)"},
+            "generate_vs_batched": {"value": statistics.median(vs_batched), "pairs": vs_batched,
+                                    "how": f"samples/s of the generate phase / one batched HF generate call over the "
+                                           f"same {n_prompts} prompts x 4 samples (the built-in 2-layer Llama, 8 new tokens)"}}
+
+
+TARGETS = {"train_throughput_ratio": (">=", 0.98), "checkpoint_stall_ratio": ("<=", 0.15),
+           "resume_ratio": ("<=", 1.0), "plan_seconds_1000": ("<", 0.2), "generate_speedup": (">=", 20),
+           "generate_vs_batched": (">=", 0.9), "resume_step_10000_vs_100": ("<=", 1.2)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer pairs and steps (a smoke run, not for the docs)")
+    args = p.parse_args()
+    dist.state()
+    n = 2 if args.quick else 4
+    work = Path(tempfile.mkdtemp(prefix="itertrain-bench-"))
+    t0 = time.time()
+    results = {"train_throughput_ratio": train_throughput(work, n, 60 if args.quick else 200)}
+    results["checkpoint_stall_ratio"] = checkpoint_stall(work, n, *((256, 4, 704) if args.quick else (768, 12, 2048)))
+    results["resume_ratio"] = resume(work, n)
+    results["resume_step_10000_vs_100"] = resume_by_position(work)
+    results["plan_seconds_1000"] = plan_1000(work)
+    results.update(generation(256, 32 if args.quick else 64))
+    for key, r in results.items():
+        op, target = TARGETS[key]
+        r["target"] = f"{op} {target}"
+        r["met"] = {">=": r["value"] >= target, "<=": r["value"] <= target, "<": r["value"] < target}[op]
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} (CPU), "
+                       f"torch threads {torch.get_num_threads()}", "quick": args.quick,
+            "seconds": round(time.time() - t0, 1), "command": "make bench (python bench/run.py)"}
+    out = REPO / "bench" / "results.json"
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    write_markdown(meta, results)
+    shutil.rmtree(work, ignore_errors=True)
+    for key, r in results.items():
+        print(f"{key:28s} {r['value']:10.4f}  target {r['target']:8s} {'met' if r['met'] else 'NOT met'}")
+    return 0
+
+
+def write_markdown(meta: dict, results: dict) -> None:
+    rows = "\n".join(f"| `{k}` | {r['value']:.4g} | {r['target']} | {'yes' if r['met'] else '**no**'} | {r['how']} |"
+                     for k, r in results.items())
+    text = (REPO / "bench" / "BENCHMARKS.template.md").read_text()
+    (REPO / "BENCHMARKS.md").write_text(text.replace("{{DATE}}", meta["date"]).replace("{{MACHINE}}", meta["machine"])
+                                        .replace("{{SECONDS}}", str(meta["seconds"])).replace("{{ROWS}}", rows))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
