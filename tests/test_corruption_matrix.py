@@ -26,10 +26,10 @@ def delete(p):
 
 
 DAMAGES = {"delete": delete, "truncate": truncate, "flip": flip}
-CHECKPOINT_FILES = ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+CHECKPOINT_FILES = ["curve.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
                     "training_args.bin", "config.json", "generation_config.json", "tokenizer.json",
                     "tokenizer_config.json", "itertrain.json"]
-ITERATION_FILES = ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+ITERATION_FILES = ["curve.json", "model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
                    "tokenizer_config.json", "itertrain.json"]
 
 

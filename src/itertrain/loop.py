@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 from transformers.trainer_callback import ExportableState
 
-from itertrain import board, commit, dist, inventory, manifest, samples
+from itertrain import board, commit, curve, dist, inventory, manifest, samples
 from itertrain.artifacts import ITERATION, checkpoint_name, iteration_name
 from itertrain.config import Config, UsageError
 from itertrain.data import Collator, encode
@@ -48,7 +48,7 @@ def first_start(cfg: Config, plan: Plan, base_dir: str, steps: int) -> Start:
         local = m.get("local_step", plan.next_step - plan.next_iteration * steps)
         return Start(plan.next_iteration, os.path.join(out, plan.state_from), os.path.join(out, plan.state_from),
                      plan.next_step - local, m.get("started_from") or "unknown",
-                     curve=m.get("extra", {}).get("curve"), training_finished=plan.training_finished)
+                     curve=curve.read(os.path.join(out, plan.state_from)), training_finished=plan.training_finished)
     if plan.strategy == BOTH:
         return Start(plan.next_iteration, os.path.join(out, plan.weights_from), None, plan.next_step,
                      plan.weights_from, view_of=(plan.weights_from, plan.state_from))
@@ -172,9 +172,9 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
                   f"{found.stats['acceptance_rate']:.3f} train_loss={train_loss:.4f} step={global_step}")
         # 5. save iter_K
         if dist.is_main():
-            extra = {"metrics": metrics, "curve": {"loss": trainer.loss_curve, "lr": trainer.lr_curve},
-                     "seconds": round(time.monotonic() - began, 3), "resumed": start.resume is not None}
-            save_iteration(cfg, k, trainer.model, tokenizer, global_step, start.started_from, extra, steps)
+            extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3),
+                     "resumed": start.resume is not None}
+            save_iteration(cfg, k, trainer, tokenizer, global_step, start.started_from, extra, steps)
             if board is not None:
                 board.iteration(metrics)
         dist.barrier()
@@ -183,13 +183,15 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         board.close()
 
 
-def save_iteration(cfg: Config, k: int, model, tokenizer, global_step: int, started_from: str, extra: dict,
+def save_iteration(cfg: Config, k: int, trainer, tokenizer, global_step: int, started_from: str, extra: dict,
                    steps: int) -> None:
-    """Rank 0: commit iter_K (weights-only model + tokenizer + manifest), then metrics.jsonl."""
+    """Rank 0: commit iter_K (weights-only model + tokenizer + its loss curve + manifest), then
+    metrics.jsonl."""
     name = iteration_name(k)
     staged = commit.fresh_staging(cfg.output_dir, name)
-    model.save_pretrained(staged)
+    trainer.model.save_pretrained(staged)
     tokenizer.save_pretrained(staged)
+    curve.write(staged, trainer.loss_curve, trainer.lr_curve)
     commit.commit_dir(staged, os.path.join(cfg.output_dir, name), failpoint=("iteration.write", k),
                       kind=ITERATION, name=name, iteration=k, global_step=global_step,
                       started_from=started_from, extra=extra)
@@ -202,9 +204,9 @@ def open_board(cfg: Config, plan: Plan, start: Start):
         return None
     history = []
     for m in inventory.committed_iterations(cfg.output_dir, cfg.iteration_steps(dist.world_size())):
-        metrics, curve = m["extra"].get("metrics"), m["extra"].get("curve")
+        metrics, steps = m["extra"].get("metrics"), curve.read(os.path.join(cfg.output_dir, m["name"]))
         if m["iteration"] < plan.next_iteration and metrics:
-            history.append((metrics["global_step"] - len(curve["loss"]) if curve else 0, curve, metrics))
+            history.append((metrics["global_step"] - len(steps["loss"]) if steps else 0, steps, metrics))
     if start.curve:  # resuming a checkpoint inside an iteration: its steps so far
         history.append((start.step_offset, start.curve, None))
     return board.open_board(cfg.output_dir, history)

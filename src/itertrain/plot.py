@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from itertrain import inventory, manifest
+from itertrain import curve, inventory
 from itertrain.artifacts import CHECKPOINT, COMPLETE, Artifact
 from itertrain.status import saved_settings
 
@@ -29,7 +29,7 @@ def series(output_dir: str) -> tuple[list[dict], dict | None]:
     done = []
     for m in inventory.committed_iterations(output_dir, max_steps):
         extra = m.get("extra", {})
-        loss = extra.get("curve", {}).get("loss", [])
+        loss = (curve.read(os.path.join(output_dir, m["name"])) or {}).get("loss", [])
         done.append({"iteration": m["iteration"], "offset": m["global_step"] - len(loss), "loss": loss,
                      "metrics": extra.get("metrics", {}), "end": m["global_step"]})
     artifacts, _ = inventory.scan(output_dir, max_steps)
@@ -37,7 +37,7 @@ def series(output_dir: str) -> tuple[list[dict], dict | None]:
     newest = max(ckpts, key=Artifact.sort_key, default=None)
     current = None
     if newest is not None and newest.iteration > max((d["iteration"] for d in done), default=-1):
-        loss = manifest.read(os.path.join(output_dir, newest.name)).get("extra", {}).get("curve", {}).get("loss", [])
+        loss = (curve.read(os.path.join(output_dir, newest.name)) or {}).get("loss", [])
         current = {"iteration": newest.iteration, "offset": newest.global_step - len(loss), "loss": loss,
                    "end": newest.global_step - (newest.local_step or 0) + (newest.iteration_steps or 0)}
     return done, current

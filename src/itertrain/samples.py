@@ -86,7 +86,7 @@ def _read_kept(directory: str) -> list[Example]:
 
 
 def _verdict(output_dir: str, k: int) -> str | None:
-    """Rank 0's view of samples_K, agreed by every rank: None (intact), or why it is not."""
+    """Rank 0's view of samples_K, agreed by every rank: "ok", "missing", or why it is broken."""
     d = os.path.join(output_dir, samples_name(k))
     if dist.is_main():
         verdict = (manifest.problem(d) or "ok") if os.path.isdir(d) else "missing"

@@ -19,6 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from itertrain import commit, dist, failpoints, retention
+from itertrain import curve as curve_file
 from itertrain.artifacts import CHECKPOINT, checkpoint_name
 
 
@@ -101,12 +102,13 @@ class IterTrainer(Trainer):
         curve = self.sync_curve()
         dist.barrier()
         if dist.is_main():
+            curve_file.write(staged, curve["loss"], curve["lr"])
             name = checkpoint_name(global_step)
             commit.commit_dir(
                 staged, os.path.join(self.experiment_dir, name), failpoint=("checkpoint.write", global_step),
                 kind=CHECKPOINT, name=name, iteration=self.iteration, global_step=global_step,
                 local_step=local, iteration_steps=self.iteration_steps, started_from=self.started_from,
-                extra={"curve": curve, "world_size": dist.world_size()},
+                extra={"world_size": dist.world_size()},
             )
             if self.keep:
                 retention.rotate(self.experiment_dir, self.keep, self.protect, self.iteration_steps)
