@@ -57,20 +57,27 @@ def _run(out: Path, *extra: str, env_extra: dict | None = None, ranks: int = 1) 
                           text=True, timeout=600)
 
 
-def reference(work: Path, ranks: int = 1) -> tuple[Path, list[str]]:
-    """An uninterrupted run, and the list of rank 0's file events."""
-    out, events = reference_ranks(work, ranks)
-    return out, events[0]
+def reference(work: Path, ranks: int = 1) -> tuple[Path, list[str], tuple[float, float]]:
+    """An uninterrupted run, rank 0's file events, and the window for random kills."""
+    out, events, window = reference_ranks(work, ranks)
+    return out, events[0], window
 
 
-def reference_ranks(work: Path, ranks: int) -> tuple[Path, list[list[str]]]:
-    """An uninterrupted run, and each rank's list of file events (rank 1 logs to <log>.rank1)."""
+def reference_ranks(work: Path, ranks: int) -> tuple[Path, list[list[str]], tuple[float, float]]:
+    """An uninterrupted run, each rank's list of file events (rank 1 logs to <log>.rank1), and the
+    window of time after launch in which it wrote files: where a random kill tests something (the
+    seconds before that are the interpreter importing torch and transformers)."""
     out, log = work / f"reference{ranks}", work / f"events{ranks}.log"
+    t0 = time.monotonic()
     proc = _run(out, env_extra={"ITERTRAIN_CHAOS_LOG": str(log)}, ranks=ranks)
+    total = time.monotonic() - t0
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     logs = [log] + [Path(f"{log}.rank{r}") for r in range(1, ranks)]
-    return out, [p.read_text().splitlines() if p.exists() else [] for p in logs]
+    events = [p.read_text().splitlines() if p.exists() else [] for p in logs]
+    offsets = [float(e.split("\t")[3]) for e in events[0]]
+    active = offsets[-1] - offsets[0]  # the process's file-writing span; it ends about when the run does
+    return out, events, (max(0.5, total - active - 0.3), total - 0.3)
 
 
 def _compare(out: Path, ref: Path) -> str | None:
@@ -80,9 +87,10 @@ def _compare(out: Path, ref: Path) -> str | None:
     return None if diff == 0.0 and same_metrics else f"max abs diff {diff}, metrics same: {same_metrics}"
 
 
-def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: int = 3, window: float = 14.0) -> dict:
-    """SIGKILL every process of the run at 1..max_kills random moments in (0.5 s, window), resuming
-    after each (window: a little less than an uninterrupted run takes)."""
+def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: int = 3,
+                 window: tuple[float, float] = (0.5, 14.0)) -> dict:
+    """SIGKILL every process of the run at 1..max_kills random moments in `window` (seconds after
+    launch: the reference run's file-writing span), resuming after each."""
     rng = random.Random(seed)
     kills = rng.randint(1, max_kills)
     out = work / f"r{seed}"
@@ -93,7 +101,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
             p = subprocess.Popen(_cmd(out, ranks, *AUTO), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                                  stderr=err, start_new_session=True)
             if len(result["killed_at"]) < kills:
-                t = round(rng.uniform(0.5, window), 2)
+                t = round(rng.uniform(*window), 2)
                 try:
                     p.wait(timeout=t)
                 except subprocess.TimeoutExpired:
@@ -188,7 +196,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="itertrain-chaos-"))
     if args.random:
         return _random_main(args, work)
-    ref, logs = reference_ranks(work, args.ranks)
+    ref, logs, _ = reference_ranks(work, args.ranks)
     points = [(r, e) for r, log in enumerate(logs) for e in choose(args.events, len(log))]
     results = sweep(points, args.torn, args.jobs, work, ref, args.ranks)
     counts: dict[str, int] = {}
@@ -208,9 +216,7 @@ def main() -> int:
 
 
 def _random_main(args, work: Path) -> int:
-    t0 = time.monotonic()
-    ref, _ = reference(work, args.ranks)
-    window = 0.9 * (time.monotonic() - t0)
+    ref, _, window = reference(work, args.ranks)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(lambda s: random_trial(ref, work, s, args.ranks, window=window), range(args.random)))
     counts: dict[str, int] = {}
@@ -219,10 +225,11 @@ def _random_main(args, work: Path) -> int:
         if r["verdict"] != "PASS":
             print(f"{r['verdict']}: seed {r['seed']} killed at {r['killed_at']}: {r.get('why')}")
     kills = sum(len(r["killed_at"]) for r in results)
-    print(f"{len(results)} runs with {kills} random SIGKILLs ({args.ranks} rank(s), window {window:.1f} s): "
+    print(f"{len(results)} runs with {kills} random SIGKILLs ({args.ranks} rank(s), kills {window[0]:.1f}-{window[1]:.1f} s "
+          "after launch): "
           + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
     if args.json:
-        Path(args.json).write_text(json.dumps({"ranks": args.ranks, "kills": kills, "counts": counts,
+        Path(args.json).write_text(json.dumps({"ranks": args.ranks, "kills": kills, "window": window, "counts": counts,
                                                "results": results}, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     return 0 if set(counts) == {"PASS"} else 1

@@ -13,7 +13,7 @@ def ref(tmp_path_factory):
 
 @pytest.mark.parametrize("fraction,torn", [(0.1, False), (0.6, False), (0.5, True), (0.95, True)])
 def test_crash_at_file_event_resumes_exactly(tmp_path, ref, fraction, torn):
-    out, events = ref
+    out, events, _ = ref
     event = max(1, int(len(events) * fraction))
     result = trial(out, tmp_path, event, torn)
     assert result["verdict"] == "PASS", (events[event - 1], result)
@@ -21,15 +21,15 @@ def test_crash_at_file_event_resumes_exactly(tmp_path, ref, fraction, torn):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_random_sigkills_resume_exactly(tmp_path, ref, seed):
-    out, _ = ref
-    result = random_trial(out, tmp_path, seed)
+    out, _, window = ref
+    result = random_trial(out, tmp_path, seed, window=window)
     assert result["verdict"] == "PASS", result
 
 
 def test_crash_at_the_last_metrics_write(tmp_path, ref):
     """Found by the full sweep: iter_1 committed, metrics.jsonl not yet rewritten. The resumed run
     found the experiment complete and left metrics.jsonl one line short."""
-    out, events = ref
+    out, events, _ = ref
     last = max(i for i, e in enumerate(events, 1) if "\topen\tmetrics.jsonl" in e)
     result = trial(out, tmp_path, last, torn=False)
     assert result["verdict"] == "PASS", (events[last - 1], result)
@@ -42,7 +42,7 @@ def test_full_disk_during_a_save_keeps_everything_and_resumes(tmp_path, ref):
 
     from itertrain import manifest
 
-    out_ref, events = ref
+    out_ref, events, _ = ref
     after_iter0 = next(i for i, e in enumerate(events, 1) if e.split("\t")[1:] == ["os.rename", ".staging/iter_0"])
     first = next(i for i, e in enumerate(events, 1) if i > after_iter0 and "checkpoint-3" in e)
     out = tmp_path / "exp"

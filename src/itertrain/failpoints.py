@@ -15,7 +15,8 @@ os._exit(137), as a kill -9 would: no finally blocks, no flushing, no atexit.
                       on a full disk. @R: only on rank R (default: every rank counts its own events)
   load.fail=NAME@R     verifying artifact NAME fails on rank R only (as a bad local disk would)
   view.hide=NAME@R     rank R's listing of --output_dir lacks NAME (ranks whose views differ)
-A bare name matches any value. ITERTRAIN_CHAOS_LOG=path appends every file event to `path`.
+A bare name matches any value. ITERTRAIN_CHAOS_LOG=path appends every file event to `path`
+(number, event, path, seconds since the process started).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import time
 
 ENV = "ITERTRAIN_FAILPOINTS"
 LOG_ENV = "ITERTRAIN_CHAOS_LOG"
@@ -76,6 +78,10 @@ def install_file_events(root: str) -> None:
     target_n, torn, full_disk = int(target), mode == "torn", mode == "enospc"
     root = os.path.realpath(root) + os.sep
     state = {"n": 0, "last_written": None}
+    if log_path:
+        import psutil  # an accelerate dependency
+
+        born = psutil.Process().create_time()
     if log_path and os.environ.get("RANK", "0") != "0":
         log_path = f"{log_path}.rank{os.environ['RANK']}"
 
@@ -99,7 +105,7 @@ def install_file_events(root: str) -> None:
         state["n"] += 1
         if log_path:
             with open(log_path, "a", encoding="utf-8") as f:  # outside root: not an event itself
-                f.write(f"{state['n']}\t{event}\t{os.path.relpath(full, root)}\n")
+                f.write(f"{state['n']}\t{event}\t{os.path.relpath(full, root)}\t{time.time() - born:.3f}\n")
         if full_disk and state["n"] >= target_n and event in ("open", "os.mkdir"):
             raise OSError(errno.ENOSPC, "No space left on device (injected by file.event)", full)
         if state["n"] == target_n and not full_disk:
