@@ -32,5 +32,9 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --random 20 --ranks 2 --jobs 1 --json chaos-random-2ranks.json
 	$(BIN)/python tests/chaos_harness.py --events sample:20 --ranks 2 --jobs 1 --json chaos-kill-2ranks.json
 
+# Speed against plain HF code, side by side (bench/run.py): bench/results.json and BENCHMARKS.md.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) experiments .pytest_cache

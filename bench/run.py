@@ -47,6 +47,10 @@ def llama(hidden: int, layers: int, intermediate: int | None = None, seed: int =
     return LlamaForCausalLM(cfg)
 
 
+def _params(hidden: int, layers: int) -> str:
+    return f"{sum(p.numel() for p in llama(hidden, layers).parameters()) / 1e6:.2f}M params"
+
+
 def features(n: int) -> list[dict]:
     task = make_task(seed=0, num_gold=n, num_prompts=1, num_eval=1, max_digits=4 if n > 5000 else 2)
     return encode(task.gold, TOK)
@@ -112,7 +116,7 @@ def train_throughput(work: Path, n: int, steps: int) -> dict:
 
     ratios = pairs(n, lambda: run("plain"), lambda: run("ours"))  # HF time / our time = our tokens/s / HF's
     return {"value": statistics.median(ratios), "pairs": ratios,
-            "how": f"{steps} steps (first {warm} not timed), 4-layer 256-wide Llama (~2.5M params), batch 64, "
+            "how": f"{steps} steps (first {warm} not timed), 4-layer 256-wide Llama ({_params(256, 4)}), batch 64, "
                    "same data, seed and arguments; checkpointing off (ours commits one at the last step, after "
                    "the timed window)"}
 
@@ -146,7 +150,7 @@ def checkpoint_stall(work: Path, n: int, hidden: int, layers: int, inter: int) -
 
     ratios = pairs(n, lambda: run("ours"), lambda: run("plain"))
     params = sum(p.numel() for p in llama(hidden, layers, inter).parameters())
-    return {"value": statistics.median(ratios), "pairs": ratios, "params": params,
+    return {"value": statistics.median(ratios), "pairs": ratios, "params": params,  # pairs: fsync time varies
             "how": f"time the training loop is blocked by one checkpoint save, Llama of {params / 1e6:.0f}M params "
                    "with Adam state; ours: HF's save into staging + fsync + xxh3 manifest + rename (synchronous: "
                    "no --async_save yet); HF: Trainer._save_checkpoint, no fsync"}
@@ -185,7 +189,8 @@ def resume(work: Path, n: int) -> dict:
     return {"value": statistics.median(ratios), "pairs": ratios,
             "how": "from the resume call (ours: inventory, plan, checksums and weights_only trial loads first) "
                    "through model load and HF's resume to the end of the first resumed optimizer step, same "
-                   "checkpoint-10 of a 2.5M-param Llama; in-process (interpreter start-up excluded on both sides)"}
+                   f"checkpoint-10 of a 4-layer 256-wide Llama ({_params(256, 4)}); in-process (interpreter start-up "
+                   "excluded on both sides)"}
 
 
 def resume_by_position(work: Path) -> dict:

@@ -108,6 +108,10 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
                     os.killpg(p.pid, signal.SIGKILL)  # every rank, the launcher too: as a node dying
                     p.wait()
                     result["killed_at"].append(t)
+                    # where it landed: committed artifacts so far (0: still starting up)
+                    result.setdefault("committed_at_kill", []).append(
+                        sum(1 for n in os.listdir(out) if not n.startswith(".") and (out / n).is_dir())
+                        if out.exists() else 0)
                     continue
             else:
                 p.wait(timeout=600)
@@ -225,6 +229,9 @@ def _random_main(args, work: Path) -> int:
         if r["verdict"] != "PASS":
             print(f"{r['verdict']}: seed {r['seed']} killed at {r['killed_at']}: {r.get('why')}")
     kills = sum(len(r["killed_at"]) for r in results)
+    landed = [c for r in results for c in r.get("committed_at_kill", [])]
+    print(f"committed artifacts when killed: {sorted(landed)[len(landed) // 2] if landed else 0} (median), "
+          f"{sum(c == 0 for c in landed)} kills before the first commit")
     print(f"{len(results)} runs with {kills} random SIGKILLs ({args.ranks} rank(s), kills {window[0]:.1f}-{window[1]:.1f} s "
           "after launch): "
           + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
