@@ -43,7 +43,7 @@ def test_full_disk_during_a_save_keeps_everything_and_resumes(tmp_path, ref):
     from itertrain import manifest
 
     out_ref, events, _ = ref
-    after_iter0 = next(i for i, e in enumerate(events, 1) if e.split("\t")[1:] == ["os.rename", ".staging/iter_0"])
+    after_iter0 = next(i for i, e in enumerate(events, 1) if e.split("\t")[1:3] == ["os.rename", ".staging/iter_0"])
     first = next(i for i, e in enumerate(events, 1) if i > after_iter0 and "checkpoint-3" in e)
     out = tmp_path / "exp"
     proc = _run(out, env_extra={"ITERTRAIN_FAILPOINTS": f"file.event={first}:enospc"})
