@@ -26,7 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from itertrain import commit, dist, inventory, restore  # noqa: E402
+from itertrain import dist, inventory, restore  # noqa: E402
 from itertrain.data import Collator, encode  # noqa: E402
 from itertrain.generate import complete, sample  # noqa: E402
 from itertrain.plan import Request, make_plan  # noqa: E402

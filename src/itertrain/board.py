@@ -61,12 +61,11 @@ def open_board(output_dir: str, history: list[tuple[int, dict | None, dict | Non
             past.iteration(metrics)
     past.close()
     final, old = os.path.join(output_dir, DIR), commit.staging_path(output_dir, f"{DIR}-old")
-    if os.path.lexists(old):
-        shutil.rmtree(old)
-    if os.path.lexists(final):
-        os.rename(final, old)
+    replacing = os.path.lexists(final)
+    if replacing:
+        os.rename(final, old)  # .staging is emptied at every start: no earlier `old` is there
     os.rename(staged, final)
     commit.fsync_dir(output_dir)
-    if os.path.lexists(old):
+    if replacing:
         shutil.rmtree(old)
     return Board(final, f".1-live-{os.getpid()}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 
+from itertrain import inventory
+
 NAME = "curve.json"
 
 
@@ -26,3 +28,14 @@ def read(directory: str) -> dict | None:
         return None
     ok = isinstance(c, dict) and isinstance(c.get("loss"), list) and isinstance(c.get("lr"), list)
     return c if ok and len(c["loss"]) == len(c["lr"]) else None
+
+
+def committed(output_dir: str, max_steps: int) -> list[dict]:
+    """Every complete iteration model, oldest first: iteration, its metrics, its curve (or None),
+    and the global steps it trained (offset, end]."""
+    out = []
+    for m in inventory.committed_iterations(output_dir, max_steps):
+        steps = read(os.path.join(output_dir, m["name"]))
+        out.append({"iteration": m["iteration"], "metrics": m.get("extra", {}).get("metrics", {}), "curve": steps,
+                    "offset": m["global_step"] - len(steps["loss"] if steps else []), "end": m["global_step"]})
+    return out

@@ -37,11 +37,11 @@ class _Stdout(logging.StreamHandler):
         pass
 
 
-def progress(iterable, *, total: int, desc: str):
+def progress(iterable, *, desc: str):
     """A progress bar on rank 0 when stderr is a terminal; the bare iterable otherwise."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not (is_main() and sys.stderr.isatty()))
+    return tqdm(iterable, desc=desc, leave=False, disable=not (is_main() and sys.stderr.isatty()))
 
 
 def logger() -> logging.Logger:
@@ -87,7 +87,7 @@ def gather(obj) -> list:
 def finish() -> None:
     """Every rank leaves together and closes the process group. (A rank that exits while another
     still talks gloo can abort with "terminate called without an active exception", and torchrun
-    then fails the whole run: seen about once in ten two-rank runs before this.)"""
+    then fails the whole run: 3 of about 14 two-rank runs on a loaded 2-core machine before this.)"""
     if world_size() > 1:
         barrier()
         state().destroy_process_group()

@@ -16,7 +16,7 @@ def greedy_accuracy(model, tokenizer, examples, is_correct, batch_size: int = 25
     model.eval()
     correct = 0
     starts = range(0, len(examples), batch_size)
-    for i in dist.progress(starts, total=len(starts), desc="evaluate"):
+    for i in dist.progress(starts, desc="evaluate"):
         chunk = examples[i:i + batch_size]
         texts = complete(model, tokenizer, [e.prompt for e in chunk], do_sample=False, max_new_tokens=max_new_tokens)
         correct += sum(is_correct(e, t) for e, t in zip(chunk, texts, strict=True))

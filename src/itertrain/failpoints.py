@@ -42,13 +42,17 @@ def _armed() -> dict[str, str | None]:
     return out
 
 
+def _rank() -> str:
+    return os.environ.get("RANK", "0")  # set by torchrun and accelerate launch
+
+
 def on_this_rank(name: str) -> str | None:
     """The value of failpoint `name` (`VALUE@R`) if it is armed for this process's rank."""
     v = _armed().get(name)
     if v is None:
         return None
     value, _, rank = v.partition("@")
-    return value if not rank or rank == os.environ.get("RANK", "0") else None
+    return value if not rank or rank == _rank() else None
 
 
 def hit(name: str, value: int | None = None, *, at_least: bool = False) -> None:
@@ -67,14 +71,11 @@ def hit(name: str, value: int | None = None, *, at_least: bool = False) -> None:
 
 def install_file_events(root: str) -> None:
     """Arm `file.event` and the event log for paths under `root` (tests and the chaos harness)."""
-    spec = _armed().get("file.event")
+    spec = on_this_rank("file.event")  # None here too when aimed at another rank
     log_path = os.environ.get(LOG_ENV)
     if spec is None and not log_path:
         return
-    spec_, _, rank = (spec or "0").partition("@")
-    if rank and rank != os.environ.get("RANK", "0"):
-        spec_ = "0"  # aimed at another rank: count nothing here (the event log still runs)
-    target, _, mode = spec_.partition(":")
+    target, _, mode = (spec or "0").partition(":")
     target_n, torn, full_disk = int(target), mode == "torn", mode == "enospc"
     root = os.path.realpath(root) + os.sep
     state = {"n": 0, "last_written": None}
@@ -82,8 +83,8 @@ def install_file_events(root: str) -> None:
         import psutil  # an accelerate dependency
 
         born = psutil.Process().create_time()
-    if log_path and os.environ.get("RANK", "0") != "0":
-        log_path = f"{log_path}.rank{os.environ['RANK']}"
+    if log_path and _rank() != "0":
+        log_path = f"{log_path}.rank{_rank()}"
 
     def hook(event, args):
         if event == "open":

@@ -42,7 +42,7 @@ def sample(model, tokenizer, prompts: list[str], *, num_samples: int, seed: int,
     mine: dict[int, list[list[str]]] = {}
     produced = 0
     batches = range(rank, math.ceil(len(prompts) / batch_size), world)
-    for b in dist.progress(batches, total=len(batches), desc=f"generate (iteration {iteration})"):
+    for b in dist.progress(batches, desc=f"generate (iteration {iteration})"):
         chunk = prompts[b * batch_size:(b + 1) * batch_size]
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(batch_seed(seed, iteration, b))

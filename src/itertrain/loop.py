@@ -172,8 +172,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
                   f"{found.stats['acceptance_rate']:.3f} train_loss={train_loss:.4f} step={global_step}")
         # 5. save iter_K
         if dist.is_main():
-            extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3),
-                     "resumed": start.resume is not None}
+            extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3)}
             save_iteration(cfg, k, trainer, tokenizer, global_step, start.started_from, extra, steps)
             if board is not None:
                 board.iteration(metrics)
@@ -202,11 +201,9 @@ def open_board(cfg: Config, plan: Plan, start: Start):
     """TensorBoard for --report_to tensorboard: the committed history rewritten, then live steps."""
     if "tensorboard" not in cfg.train.report_to:
         return None
-    history = []
-    for m in inventory.committed_iterations(cfg.output_dir, cfg.iteration_steps(dist.world_size())):
-        metrics, steps = m["extra"].get("metrics"), curve.read(os.path.join(cfg.output_dir, m["name"]))
-        if m["iteration"] < plan.next_iteration and metrics:
-            history.append((metrics["global_step"] - len(steps["loss"]) if steps else 0, steps, metrics))
+    history = [(it["offset"], it["curve"], it["metrics"])
+               for it in curve.committed(cfg.output_dir, cfg.iteration_steps(dist.world_size()))
+               if it["iteration"] < plan.next_iteration and it["metrics"]]
     if start.curve:  # resuming a checkpoint inside an iteration: its steps so far
         history.append((start.step_offset, start.curve, None))
     return board.open_board(cfg.output_dir, history)

@@ -26,12 +26,7 @@ def _parser() -> argparse.ArgumentParser:
 def series(output_dir: str) -> tuple[list[dict], dict | None]:
     """Finished iterations (iteration, offset, loss curve, metrics) and the one in training, if any."""
     max_steps = saved_settings(output_dir).get("iteration_steps") or 300
-    done = []
-    for m in inventory.committed_iterations(output_dir, max_steps):
-        extra = m.get("extra", {})
-        loss = (curve.read(os.path.join(output_dir, m["name"])) or {}).get("loss", [])
-        done.append({"iteration": m["iteration"], "offset": m["global_step"] - len(loss), "loss": loss,
-                     "metrics": extra.get("metrics", {}), "end": m["global_step"]})
+    done = [{**it, "loss": (it["curve"] or {}).get("loss", [])} for it in curve.committed(output_dir, max_steps)]
     artifacts, _ = inventory.scan(output_dir, max_steps)
     ckpts = [a for a in artifacts if a.kind == CHECKPOINT and a.state == COMPLETE]
     newest = max(ckpts, key=Artifact.sort_key, default=None)

@@ -32,16 +32,12 @@ def request(cfg: Config) -> Request:
 
 
 def verify(output_dir: str, name: str) -> str | None:
-    if failpoints.on_this_rank("load.fail") == name:
-        return "load failed on this rank (failpoint load.fail)"
-    return _verify(output_dir, name)
-
-
-def _verify(output_dir: str, name: str) -> str | None:
     """Why `name` cannot be loaded, or None. With a manifest: sizes and checksums. Then, for every
     artifact, every pickle-based file (optimizer, scheduler, RNG) must load with weights_only=True
     (memory-mapped, so cheap): a crafted pickle is refused here and its payload never runs. Without
     a manifest, safetensors headers and JSON files must parse too."""
+    if failpoints.on_this_rank("load.fail") == name:
+        return "load failed on this rank (failpoint load.fail)"
     path = os.path.join(output_dir, name)
     has_manifest = manifest.exists(path)
     if has_manifest and (problem := manifest.problem(path)):

@@ -132,14 +132,17 @@ def settings_changes(cfg: Config) -> list[str]:
     started = saved_settings(cfg.output_dir)
     if "started_with" not in started:
         return []
-    now = {**resolved(cfg), "world_size": dist.world_size()}
-    return differences(started["started_with"], now)
+    return differences(started["started_with"], _settings_now(cfg))
+
+
+def _settings_now(cfg: Config) -> dict:
+    return {**resolved(cfg), "world_size": dist.world_size()}
 
 
 def save_settings(cfg: Config, steps: int, scratch: bool) -> None:
     """The resolved configuration (this run's, and the one the experiment was started with), for
     `itertrain status` and for comparing later resumes."""
-    now = {**resolved(cfg), "world_size": dist.world_size()}
+    now = _settings_now(cfg)
     old = {} if scratch else saved_settings(cfg.output_dir)
     settings = {"num_iterations": cfg.it.num_iterations, "iteration_steps": steps,
                 "carry_optimizer_state": cfg.it.carry_optimizer_state, "model_name": cfg.it.model_name,

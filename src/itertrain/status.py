@@ -83,9 +83,9 @@ def build(args) -> dict:
             "set_aside": aside, "plan": plan, "hints": hints(args.output_dir, settings, artifacts, plan, aside)}
 
 
-def _extra(path: str) -> dict:
+def _manifest(path: str) -> dict:
     try:
-        return manifest.read(path).get("extra", {})
+        return manifest.read(path)
     except manifest.ManifestError:
         return {}
 
@@ -96,7 +96,7 @@ def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: i
     last = max([num_iterations - 1, *models, *(c.iteration for c in ckpts)])
     rows = []
     for k in range(last + 1):
-        samples = _extra(os.path.join(output_dir, f"samples_{k}")).get("stats", {})
+        samples = _manifest(os.path.join(output_dir, f"samples_{k}")).get("extra", {}).get("stats", {})
         row = {"iteration": k, "state": "pending", "artifact": None, "eval_accuracy": None,
                "acceptance_rate": samples.get("acceptance_rate"), "num_generated": samples.get("num_generated"),
                "num_kept": samples.get("num_kept"), "global_step": None, "train_loss": None, "seconds": None,
@@ -104,12 +104,13 @@ def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: i
         of_k = [c for c in ckpts if c.iteration == k]
         if k in models:
             a = models[k]
-            extra = _extra(os.path.join(output_dir, a.name)) if a.state == COMPLETE else {}
+            m = _manifest(os.path.join(output_dir, a.name)) if a.state == COMPLETE else {}
+            extra = m.get("extra", {})
             metrics = extra.get("metrics", {})
             row.update(state="complete" if a.state == COMPLETE else "complete (unverified)", artifact=a.name,
                        eval_accuracy=metrics.get("eval_accuracy"), train_loss=metrics.get("train_loss"),
                        global_step=a.global_step, seconds=extra.get("seconds"),
-                       finished=manifest.read(os.path.join(output_dir, a.name))["created"] if extra else None)
+                       finished=m.get("created"))
         elif of_k:
             c = of_k[-1]
             row.update(state=f"interrupted at step {c.local_step}/{c.iteration_steps}", artifact=c.name,
