@@ -11,6 +11,7 @@ POINTS = [
     "train.step=6",  # iteration 0's last step: checkpoint-6 committed, iter_0 not yet
     "train.step=8",  # iteration 1, after iter_0, before checkpoint-9
     "checkpoint.write=9",  # half way through committing checkpoint-9
+    "checkpoint.background=9",  # checkpoint-9's background write, training already at step 10
     "train.step=11",  # iteration 1, after checkpoint-9
     "iteration.write=1",  # half way through writing iter_1
 ]

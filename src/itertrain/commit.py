@@ -19,6 +19,10 @@ from itertrain.artifacts import MANIFEST_NAME
 STAGING = ".staging"
 
 
+class PeerWriteError(RuntimeError):
+    """Another rank could not write its part of an artifact (that rank reports its own reason)."""
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -38,6 +38,10 @@ class IterArguments:
         "help": "Iteration model to resume (weights only): none, auto (newest complete) or iter_K."})
     strict_resume: bool = field(default=False, metadata={
         "help": "Turn every fallback (a skipped or unloadable artifact) into an error exit."})
+    async_save: bool = field(default=True, metadata={
+        "help": "Write trainer checkpoints in the background: training is blocked only while the state is "
+                "copied into memory (one extra host copy of model and optimizer state). false: write them "
+                "synchronously."})
     dry_run: bool = field(default=False, metadata={
         "help": "Print the recovery banner and the plan as one JSON line, write nothing, exit."})
     num_iterations: int = field(default=5, metadata={"help": "Number of iterations (iter_0 .. iter_{N-1})."})
@@ -222,6 +226,7 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
 
 # Settings that do not change what an experiment computes: a resume may change them freely.
 NOT_RESULTS = {"output_dir", "resume_from", "resume_from_iteration", "dry_run", "strict_resume", "num_iterations",
+               "async_save",
                "disable_tqdm", "report_to", "run_name", "logging_steps", "logging_strategy", "logging_first_step",
                "save_steps", "save_strategy", "save_total_limit", "use_cpu", "log_level", "log_level_replica",
                "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",

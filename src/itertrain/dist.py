@@ -84,6 +84,32 @@ def gather(obj) -> list:
     return gather_object([obj])
 
 
+_side_group = None
+
+
+def side_group():
+    """A gloo process group of its own for the background checkpoint writer (async_save.py): the
+    training group's collectives must stay on the training thread. Every rank must call this at the
+    same point (it is collective); made once per process. None in a single process."""
+    global _side_group
+    if world_size() > 1 and _side_group is None:
+        import torch.distributed as tdist
+
+        _side_group = tdist.new_group(backend="gloo")
+    return _side_group
+
+
+def gather_on(group, obj) -> list:
+    """Every rank's `obj` in rank order, over `group` (from any thread; single process: [obj])."""
+    if group is None:
+        return [obj]
+    import torch.distributed as tdist
+
+    out = [None] * tdist.get_world_size(group)
+    tdist.all_gather_object(out, obj, group=group)
+    return out
+
+
 def finish() -> None:
     """Every rank leaves together and closes the process group. (A rank that exits while another
     still talks gloo can abort with "terminate called without an active exception", and torchrun

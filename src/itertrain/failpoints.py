@@ -4,6 +4,9 @@ ITERTRAIN_FAILPOINTS="train.step=25,checkpoint.write" makes the process die at o
 os._exit(137), as a kill -9 would: no finally blocks, no flushing, no atexit.
   train.step=N        after global step N, once every save of a step <= N has committed
   checkpoint.write[=N] half way through committing a checkpoint (of global step N, or the first)
+  checkpoint.background=N
+                      in the background write of checkpoint N (async save), once the training
+                      thread has taken a step past it
   iteration.write[=K] half way through committing iteration model K (or the first)
   generate=K          after K generated samples
   file.event=N[:torn|:enospc][@R]
@@ -24,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import threading
 import time
 
 ENV = "ITERTRAIN_FAILPOINTS"
@@ -55,14 +59,19 @@ def on_this_rank(name: str) -> str | None:
     return value if not rank or rank == _rank() else None
 
 
-def hit(name: str, value: int | None = None, *, at_least: bool = False) -> None:
-    """Die here if `name` is armed for `value` (or for any value; with at_least, for any armed
-    value <= `value`, for counters that move in steps)."""
+def matches(name: str, value: int | None = None, *, at_least: bool = False) -> bool:
+    """Whether `name` is armed for `value` (or for any value; with at_least, for any armed value
+    <= `value`, for counters that move in steps)."""
     armed = _armed()
     if name not in armed:
-        return
+        return False
     want = armed[name]
-    if want is None or (value is not None and (str(value) == want or (at_least and value >= int(want)))):
+    return want is None or (value is not None and (str(value) == want or (at_least and value >= int(want))))
+
+
+def hit(name: str, value: int | None = None, *, at_least: bool = False) -> None:
+    """Die here if `name` is armed for `value` (see matches)."""
+    if matches(name, value, at_least=at_least):
         sys.stdout.flush()
         sys.stderr.write(f"itertrain: failpoint {name}={value} hit: exiting with 137\n")
         sys.stderr.flush()
@@ -79,6 +88,8 @@ def install_file_events(root: str) -> None:
     target_n, torn, full_disk = int(target), mode == "torn", mode == "enospc"
     root = os.path.realpath(root) + os.sep
     state = {"n": 0, "last_written": None}
+    # The background checkpoint writer (async_save.py) has events too; re-entered by the truncate below.
+    lock = threading.RLock()
     if log_path:
         import psutil  # an accelerate dependency
 
@@ -103,6 +114,10 @@ def install_file_events(root: str) -> None:
         full = os.path.realpath(os.fspath(path))
         if not full.startswith(root):
             return
+        with lock:
+            counted(event, full)
+
+    def counted(event, full):
         state["n"] += 1
         if log_path:
             with open(log_path, "a", encoding="utf-8") as f:  # outside root: not an event itself

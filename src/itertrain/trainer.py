@@ -1,7 +1,9 @@
 """The one HF Trainer subclass. Every override is here, each small, each calling HF's own code.
 
 - _save_checkpoint: HF writes into a staging directory (args.output_dir points there), then rank 0
-  commits it as <experiment>/checkpoint-<global step> (commit.py) and applies retention.
+  commits it as <experiment>/checkpoint-<global step> (commit.py) and applies retention. With
+  async_save, _save and _save_optimizer_and_scheduler copy the big state into memory and leave its
+  writing, and the commit, to a background thread (async_save.py); train() waits for it at the end.
 - _maybe_log_save_evaluate: the `train.step=N` failpoint, after any save of step N has committed.
 - create_scheduler: with carried optimizer state, one LR schedule spans the whole experiment.
 - training_step / _maybe_log_save_evaluate: the loss of every optimizer step (and its learning
@@ -12,13 +14,16 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 
 from itertrain import commit, dist, failpoints, retention
+from itertrain.async_save import Saver
 from itertrain import curve as curve_file
 from itertrain.artifacts import CHECKPOINT, checkpoint_name
 
@@ -35,7 +40,8 @@ class SaveAtLastStep(TrainerCallback):
 class IterTrainer(Trainer):
     def __init__(self, *args, experiment_dir: str, iteration: int, step_offset: int, iteration_steps: int,
                  started_from: str | None, save_total_limit: int | None, protect: set[str],
-                 schedule_steps: int | None = None, curve: dict | None = None, board=None, **kwargs):
+                 schedule_steps: int | None = None, curve: dict | None = None, board=None,
+                 async_save: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.experiment_dir = experiment_dir
         self.iteration = iteration
@@ -52,6 +58,12 @@ class IterTrainer(Trainer):
         self._steps: list[torch.Tensor] = []  # this rank's step losses not yet averaged over ranks
         self._lrs: list[float] = []
         self.board = board  # TensorBoard (board.py) or None
+        # DeepSpeed and FSDP write their own (sharded) files: saved synchronously, as HF does.
+        self.async_save = async_save and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        self.saver = Saver()
+        self._deferred: list | None = None  # writes left to the background, during an async save
+        if self.async_save:
+            dist.side_group()  # collective: every rank builds its trainer at the same point
         self.add_callback(SaveAtLastStep())
 
     def training_step(self, *args, **kwargs):
@@ -82,6 +94,7 @@ class IterTrainer(Trainer):
         return super().create_scheduler(self.schedule_steps or num_training_steps, optimizer)
 
     def _maybe_log_save_evaluate(self, *args, learning_rate=None, **kwargs):
+        self.saver.check()  # a background write that failed stops training here, with its reason
         if self._micro:  # an optimizer step just ended (HF also calls this at an epoch's end)
             self._steps.append(torch.stack(self._micro).sum())
             self._lrs.append(float(learning_rate if learning_rate is not None else self._get_learning_rate()))
@@ -89,21 +102,48 @@ class IterTrainer(Trainer):
         if self.control.should_log:
             self.sync_curve()
         super()._maybe_log_save_evaluate(*args, learning_rate=learning_rate, **kwargs)
-        failpoints.hit("train.step", self.step_offset + self.state.global_step)
+        step = self.step_offset + self.state.global_step
+        if failpoints.matches("train.step", step):
+            self.saver.wait()  # the failpoint's promise: every save of a step <= N has committed
+        failpoints.hit("train.step", step)
+
+    def train(self, *args, **kwargs):
+        try:
+            out = super().train(*args, **kwargs)
+        except BaseException:
+            self._drain()
+            raise
+        self.saver.wait()  # the last checkpoint is committed before the iteration goes on
+        dist.barrier()
+        return out
+
+    def _drain(self) -> None:
+        """Training failed: still let the write in flight commit; its own error is only logged,
+        the first one is what the user sees."""
+        try:
+            self.saver.wait()
+        except BaseException as e:  # noqa: BLE001
+            dist.logger().error(f"itertrain: also, {e}")
 
     def _save_checkpoint(self, model, trial):
+        self.saver.wait()  # at most one save in flight (its buffers are about to be reused)
         local = self.state.global_step
         global_step = self.step_offset + local
+        name = checkpoint_name(global_step)
         staged = os.path.join(self.args.output_dir, f"checkpoint-{local}")
         if dist.is_main() and os.path.lexists(staged):
             shutil.rmtree(staged)  # a leftover of a crashed save: never committed
         dist.barrier()
-        super()._save_checkpoint(model, trial)  # HF writes every rank's files into `staged`
+        self._deferred = [] if self.async_save else None
+        try:
+            super()._save_checkpoint(model, trial)  # HF writes every rank's files into `staged`
+        finally:
+            deferred, self._deferred = self._deferred, None
         curve = self.sync_curve()
-        dist.barrier()
         if dist.is_main():
             curve_file.write(staged, curve["loss"], curve["lr"])
-            name = checkpoint_name(global_step)
+
+        def commit_it():
             commit.commit_dir(
                 staged, os.path.join(self.experiment_dir, name), failpoint=("checkpoint.write", global_step),
                 kind=CHECKPOINT, name=name, iteration=self.iteration, global_step=global_step,
@@ -112,4 +152,55 @@ class IterTrainer(Trainer):
             )
             if self.keep:
                 retention.rotate(self.experiment_dir, self.keep, self.protect, self.iteration_steps)
-        dist.barrier()
+
+        if deferred is None:
+            dist.barrier()
+            if dist.is_main():
+                commit_it()
+            dist.barrier()
+        else:
+            self.saver.submit(name, lambda: _write_then_commit(deferred, commit_it, name, global_step, self.saver))
+
+    def _save(self, output_dir=None, state_dict=None):
+        if self._deferred is None or not self.args.should_save:
+            return super()._save(output_dir, state_dict)
+        snap = self.saver.buffers.copy(state_dict if state_dict is not None else self.model.state_dict(), "model")
+        self._deferred.append(lambda: Trainer._save(self, output_dir, state_dict=snap))
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        if self._deferred is None:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        if not self.args.should_save:
+            return
+        # HF's plain branch (no DeepSpeed, FSDP, XLA), on copies taken now
+        optimizer = self.saver.buffers.copy(self.optimizer.state_dict(), "optimizer")
+        scheduler = copy.deepcopy(self.lr_scheduler.state_dict())
+
+        def write():
+            torch.save(optimizer, os.path.join(output_dir, OPTIMIZER_NAME))
+            torch.save(scheduler, os.path.join(output_dir, SCHEDULER_NAME))
+
+        self._deferred.append(write)
+
+
+def _write_then_commit(writes: list, commit_it, name: str, step: int, saver: Saver) -> None:
+    """The background half of an async save, on every rank: write this rank's files, agree with
+    the other ranks (over the side group) that all of them did, then rank 0 commits."""
+    if failpoints.matches("checkpoint.background", step):
+        saver.stepped.wait(timeout=120)  # die only once training has gone on without this save
+        failpoints.hit("checkpoint.background", step)
+    error = None
+    try:
+        for write in writes:
+            write()
+    except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+        error = e
+    told = dist.gather_on(dist.side_group(), None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, why) for rank, why in enumerate(told) if why]
+    if failed:
+        rank, why = failed[0]
+        raise commit.PeerWriteError(f"rank {rank} could not write its part of {name}: {why}")
+    if dist.is_main():
+        commit_it()
