@@ -15,12 +15,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
+# DeepSpeed (tests/test_engines.py runs ZeRO-2 and ZeRO-3 on CPU): built from source against the
+# torch above, without build isolation so that pip cannot fetch another torch to build it with.
+DS_STAMP := $(VENV)/.deepspeed
+$(DS_STAMP): $(STAMP)
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-build-isolation -c constraints.txt deepspeed
+	touch $(DS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python train_iterative.py --output_dir $(DEMO_DIR) --num_iterations 5 \
 		--resume_from auto --resume_from_iteration auto
 	$(BIN)/itertrain plot $(DEMO_DIR)
 
-test: $(STAMP)
+test: $(STAMP) $(DS_STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
 
 # Every file event of a short 2-iteration run, killed and resumed (tests/chaos_harness.py); about

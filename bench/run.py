@@ -243,7 +243,14 @@ def resume(work: Path, n: int) -> dict:
         return time.perf_counter() - t0
 
     ratios = pairs(n, lambda: timed("ours"), lambda: timed("plain"))
-    return {"value": statistics.median(ratios), "pairs": ratios,
+    checks, hf = [], []
+    for _ in range(5):  # what the integrity checks cost alone, against HF's whole resume
+        t0 = time.perf_counter()
+        assert restore.verify(str(exp), "checkpoint-10") is None
+        checks.append(time.perf_counter() - t0)
+        hf.append(timed("plain"))
+    return {"value": statistics.median(ratios), "pairs": ratios, "seconds_checks": statistics.median(checks),
+            "seconds_hf_resume": statistics.median(hf),
             "how": "from the resume call (ours: inventory, plan, checksums and weights_only trial loads first) "
                    "through model load and HF's resume to the end of the first resumed optimizer step, same "
                    f"checkpoint-10 of a 4-layer 256-wide Llama ({_params(256, 4)}); in-process (interpreter start-up "

@@ -16,6 +16,7 @@ FILES = {"model.safetensors": b"w" * 100, "optimizer.pt": b"o" * 50, "scheduler.
 def make(root, name, files=FILES, kind=CHECKPOINT, iteration=0, step=3, committed=True):
     staged = commit.fresh_staging(str(root), name)
     for f, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(staged, f)), exist_ok=True)
         with open(os.path.join(staged, f), "wb") as fh:
             fh.write(data)
     final = os.path.join(root, name)
@@ -119,3 +120,33 @@ def test_set_aside_picks_a_free_name(tmp_path):
         (tmp_path / "samples_1").mkdir()
         commit.set_aside(str(tmp_path), "samples_1", "corrupt")
     assert sorted(os.listdir(tmp_path)) == ["samples_1.corrupt", "samples_1.corrupt.1", "samples_1.corrupt.2"]
+
+
+# What HF writes for DeepSpeed ZeRO (2 ranks) and for FSDP with SHARDED_STATE_DICT (2 ranks)
+DEEPSPEED = {"trainer_state.json": b"{}", "latest": b"global_step6", "model.safetensors": b"w",
+             "global_step6/mp_rank_00_model_states.pt": b"m",
+             "global_step6/zero_pp_rank_0_mp_rank_00_optim_states.pt": b"o",
+             "global_step6/zero_pp_rank_1_mp_rank_00_optim_states.pt": b"o"}
+FSDP = {"trainer_state.json": b"{}", "scheduler.pt": b"s", "pytorch_model_fsdp_0/.metadata": b"m",
+        "pytorch_model_fsdp_0/__0_0.distcp": b"a", "pytorch_model_fsdp_0/__1_0.distcp": b"b",
+        "optimizer_0/.metadata": b"m", "optimizer_0/__0_0.distcp": b"c", "optimizer_0/__1_0.distcp": b"d"}
+
+
+@pytest.mark.parametrize("files,engine", [(DEEPSPEED, "deepspeed"), (FSDP, "fsdp")])
+def test_sharded_checkpoints_name_their_engine_and_world_size(tmp_path, files, engine):
+    make(tmp_path, "checkpoint-6", files, committed=False)  # as HF left it: no manifest
+    (a,), _ = inventory.scan(str(tmp_path), 6)
+    assert (a.state, a.engine, a.world_size) == (UNVERIFIED, engine, 2)
+    make(tmp_path, "checkpoint-3", files)  # ours: the manifest covers every rank's shard files
+    arts, _ = inventory.scan(str(tmp_path), 6)
+    ours = next(a for a in arts if a.name == "checkpoint-3")
+    assert (ours.state, ours.engine) == (COMPLETE, engine)
+    assert set(manifest.read(str(tmp_path / "checkpoint-3"))["files"]) == set(files)
+    (tmp_path / "checkpoint-3" / sorted(f for f in files if "1" in f.rsplit("/", 1)[-1])[0]).unlink()
+    assert states(tmp_path)["checkpoint-3"][0] == CORRUPT  # one rank's shard gone: not complete
+
+
+def test_plain_checkpoints_have_no_engine(tmp_path):
+    make(tmp_path, "checkpoint-3")
+    (a,), _ = inventory.scan(str(tmp_path), 6)
+    assert a.engine is None

@@ -1,6 +1,7 @@
 """The pure planner, exhaustively: every crash point of a 3-iteration timeline x every way one
 artifact can be broken x every flag form, checked against an independent oracle."""
 
+import dataclasses
 import itertools
 import json
 
@@ -200,3 +201,30 @@ def test_needs_config_becomes_an_action():
 def test_done_writes_nothing():
     plan = make_plan(timeline(), req(NONE, AUTO))
     assert plan.done and not plan.renames
+
+
+def sharded(engine, world):
+    return dataclasses.replace(ckpt(6), engine=engine, world_size=world)
+
+
+def test_deepspeed_shards_on_another_world_size_are_refused_naming_both():
+    arts = [ckpt(2), itm(0), sharded("deepspeed", 4)]
+    with pytest.raises(PlanError, match="checkpoint-6 holds deepspeed shards written by 4 processes and this run "
+                                        "has 2"):
+        make_plan(arts, Request(AUTO, AUTO, ITERS, world_size=2))
+    assert make_plan(arts, Request(AUTO, AUTO, ITERS, world_size=4)).state_from == "checkpoint-6"
+    # without the training state nothing sharded is loaded: the iteration model is fine
+    assert make_plan(arts, Request(NONE, AUTO, ITERS, world_size=2)).weights_from == "iter_0"
+
+
+def test_fsdp_shards_reshard_and_plain_checkpoints_load_anywhere():
+    for a in (sharded("fsdp", 4), sharded(None, 4)):
+        assert make_plan([a], Request(AUTO, NONE, ITERS, world_size=1)).state_from == "checkpoint-6"
+
+
+def test_sharded_state_pairs_only_with_the_iteration_model_of_its_step():
+    arts = [itm(0), dataclasses.replace(ckpt(4), engine="deepspeed", world_size=1), sharded("deepspeed", 1)]
+    ok = make_plan(arts, Request(Selector("explicit", 4), Selector("explicit", 0), ITERS, carry_optimizer_state=True))
+    assert (ok.strategy, ok.weights_from, ok.state_from) == (BOTH, "iter_0", "checkpoint-4")
+    with pytest.raises(PlanError, match="checkpoint-6 holds deepspeed state.*choose one of the two"):
+        make_plan(arts, Request(Selector("explicit", 6), Selector("explicit", 0), ITERS, carry_optimizer_state=True))

@@ -35,6 +35,27 @@ def iteration_name(k: int) -> str:
     return f"iter_{k}"
 
 
+def sharded_engine(files: list[str]) -> str | None:
+    """Which engine's per-rank shards a checkpoint's files (relative paths) hold, if any."""
+    if any(f.startswith("global_step") and "zero_pp_rank_" in f for f in files):
+        return "deepspeed"
+    if any(f.startswith(("pytorch_model_fsdp_", "optimizer_")) and f.endswith(".distcp") for f in files):
+        return "fsdp"
+    return None
+
+
+def shard_count(engine: str | None, files: list[str]) -> int | None:
+    """How many ranks wrote those shards (for checkpoints without our manifest), if it shows."""
+    if engine == "deepspeed":
+        ranks = {f.split("zero_pp_rank_")[1].split("_")[0] for f in files if "zero_pp_rank_" in f}
+    elif engine == "fsdp":
+        ranks = {f.rsplit("/", 1)[-1].split("_")[2] for f in files
+                 if f.startswith("pytorch_model_fsdp_") and f.endswith(".distcp") and f.count("_") >= 4}
+    else:
+        return None
+    return len(ranks) or None
+
+
 def parse_name(name: str) -> tuple[str, int] | None:
     """('checkpoint', N) / ('iteration', K) for an artifact directory name, else None."""
     if m := _CHECKPOINT_RE.match(name):
@@ -59,6 +80,8 @@ class Artifact:
     size: int = 0  # bytes, all files
     started_from: str | None = None
     needs_config: bool = False  # iteration model without config.json: one is created from --model_name
+    engine: str | None = None  # checkpoints: "deepspeed" or "fsdp" when it holds per-rank shards
+    world_size: int | None = None  # checkpoints: processes that wrote it (when known)
 
     @property
     def usable(self) -> bool:

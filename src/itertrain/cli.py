@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_main(argv: list[str]) -> int:
     from itertrain.commit import PeerWriteError
+    from itertrain.vllm_backend import GenerationError
     from itertrain.config import UsageError, parse
     from itertrain.lock import LockedError
     from itertrain.restore import RecoveryError
@@ -45,7 +46,7 @@ def train_main(argv: list[str]) -> int:
     except (UsageError, TaskError) as e:
         _error(e)
         return 2
-    except (RecoveryError, LockedError, PeerWriteError) as e:
+    except (RecoveryError, LockedError, PeerWriteError, GenerationError) as e:
         _error(e)
         return 1
     except OSError as e:

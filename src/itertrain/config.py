@@ -66,6 +66,11 @@ class IterArguments:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the generate phase."})
     max_new_tokens: int = field(default=8, metadata={"help": "Longest completion generated or evaluated."})
     generation_batch_size: int = field(default=256, metadata={"help": "Prompts per generate call."})
+    generation_backend: str = field(default="hf", metadata={
+        "choices": ["hf", "vllm"],
+        "help": "Who samples the generate phase: hf (batched HF generate, in the training process) or vllm "
+                "(a vLLM process per rank and generate phase, its GPU memory freed before training; needs a "
+                "GPU and the vllm extra)."})
     num_gold: int = field(default=700, metadata={"help": "Built-in task: gold (supervised) examples."})
     num_prompts: int = field(default=2000, metadata={"help": "Built-in task: unlabelled training prompts."})
     num_eval: int = field(default=500, metadata={"help": "Built-in task: held-out prompts."})

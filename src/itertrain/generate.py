@@ -27,8 +27,10 @@ def complete(model, tokenizer, prompts: list[str], **generate_kwargs) -> list[st
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    # synced_gpus=False: every rank's model is whole and ranks run different batches (HF would turn
+    # it on by itself under DeepSpeed ZeRO-3 and wait for the other ranks at every token)
     out = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         **generate_kwargs)
+                         synced_gpus=False, **generate_kwargs)
     return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 

@@ -21,6 +21,8 @@ from itertrain.artifacts import (
     UNVERIFIED,
     Artifact,
     parse_name,
+    shard_count,
+    sharded_engine,
 )
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -46,10 +48,12 @@ def _from_manifest(name: str, kind: str, number: int, path: str) -> Artifact:
         return broken(f"{MANIFEST_NAME} describes {m.get('kind')} {m.get('name')}, not {name}")
     if problem := manifest.size_problem(path, m):
         return broken(problem)
+    engine = sharded_engine(list(m["files"])) if kind == CHECKPOINT else None
     return Artifact(name, kind, COMPLETE, iteration=m["iteration"], global_step=m["global_step"],
                     local_step=m.get("local_step"), iteration_steps=m.get("iteration_steps"),
                     size=sum(f["size"] for f in m["files"].values()), started_from=m.get("started_from"),
-                    needs_config=kind == ITERATION and "config.json" not in m["files"])
+                    needs_config=kind == ITERATION and "config.json" not in m["files"], engine=engine,
+                    world_size=m.get("extra", {}).get("world_size") if kind == CHECKPOINT else None)
 
 
 def _foreign(name: str, kind: str, number: int, path: str, max_steps: int) -> Artifact:
@@ -63,7 +67,13 @@ def _foreign(name: str, kind: str, number: int, path: str, max_steps: int) -> Ar
         return Artifact(name, kind, UNVERIFIED, iteration=number, global_step=(number + 1) * max_steps,
                         size=_dir_size(path), needs_config="config.json" not in present,
                         why="no itertrain manifest (weights-only model directory)")
-    missing = [f for f in HF_CHECKPOINT_FILES if f not in present] + ([] if has_weights else ["model weights"])
+    sharded = any(f.startswith(("global_step", "pytorch_model_fsdp_", "optimizer_")) for f in present)
+    files = manifest.list_files(path) if sharded else []
+    engine = sharded_engine(files)
+    # DeepSpeed keeps optimizer and scheduler in global_step*/, FSDP its optimizer in optimizer_*/
+    required = {"deepspeed": ("trainer_state.json",), "fsdp": ("scheduler.pt", "trainer_state.json")}.get(
+        engine, HF_CHECKPOINT_FILES)
+    missing = [f for f in required if f not in present] + ([] if has_weights or engine else ["model weights"])
     if missing:
         return Artifact(name, kind, INCOMPLETE, iteration=0, global_step=number,
                         why=f"no manifest, and missing {', '.join(missing)}")
@@ -79,7 +89,7 @@ def _foreign(name: str, kind: str, number: int, path: str, max_steps: int) -> Ar
         "; no rng_state*.pth: RNG not restored, so not bit-exact"
     return Artifact(name, kind, UNVERIFIED, iteration=iteration, global_step=number,
                     local_step=number - iteration * max_steps, iteration_steps=max_steps,
-                    size=_dir_size(path),
+                    size=_dir_size(path), engine=engine, world_size=shard_count(engine, files),
                     why=f"no itertrain manifest (plain HF checkpoint; iteration {iteration} inferred "
                         f"from --max_steps {max_steps}{no_rng})")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 from transformers.trainer_callback import ExportableState
 
-from itertrain import board, commit, curve, dist, inventory, manifest, samples
+from itertrain import board, commit, curve, dist, engines, inventory, manifest, samples
 from itertrain.artifacts import ITERATION, checkpoint_name, iteration_name
 from itertrain.config import Config, UsageError
 from itertrain.data import Collator, encode
@@ -79,7 +79,11 @@ def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:
             if f.startswith("model") or f == "config.json":
                 os.symlink(os.path.abspath(os.path.join(it_dir, f)), os.path.join(view, f))
         for f in os.listdir(ck_dir):
-            if f in ("optimizer.pt", "scheduler.pt", "scaler.pt") or f.startswith("rng_state"):
+            # + the sharding engines' own state (DeepSpeed: latest, global_step*/; FSDP: optimizer_*/),
+            # which their resume reads with the module weights it holds: the same as the iteration
+            # model's at the iteration's last step, the only pair plan.py lets them combine
+            if f in ("optimizer.pt", "scheduler.pt", "scaler.pt", "latest") or f.startswith(
+                    ("rng_state", "global_step", "optimizer_", "pytorch_model_fsdp_")):
                 os.symlink(os.path.abspath(os.path.join(ck_dir, f)), os.path.join(view, f))
         callbacks = trainer.callback_handler.callbacks + [trainer.control]
         state = TrainerState(train_batch_size=trainer.args.train_batch_size,
@@ -90,9 +94,15 @@ def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:
     return view
 
 
-def load_model(path: str):
+def load_model(path: str, *, for_training: bool = False):
+    """A causal LM from `path`. Only the model handed to the Trainer may be partitioned at load
+    time (DeepSpeed ZeRO-3's zero.Init, which HF applies to every from_pretrained while ZeRO-3
+    arguments exist); the models that generate and evaluate must be whole on their rank."""
     try:
-        return AutoModelForCausalLM.from_pretrained(path)
+        if for_training:
+            return AutoModelForCausalLM.from_pretrained(path)
+        with engines.whole_models():
+            return AutoModelForCausalLM.from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as e:
         raise UsageError(f"cannot load a causal LM from {path}: {str(e).splitlines()[0]}") from None
 
@@ -146,8 +156,9 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         targs.output_dir = commit.staging_path(cfg.output_dir, "trainer")
         targs.max_steps, targs.save_total_limit = steps, None
         targs.report_to = [r for r in targs.report_to if r != "tensorboard"]  # ours: board.py
+        engines.before_trainer(targs)
         trainer = IterTrainer(
-            model=load_model(start.weights), args=targs, train_dataset=features,
+            model=load_model(start.weights, for_training=True), args=targs, train_dataset=features,
             data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
             experiment_dir=cfg.output_dir, iteration=k, step_offset=start.step_offset, iteration_steps=steps,
             started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=protect,
@@ -160,8 +171,9 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         train_loss = trainer.mean_loss()
         # 4. evaluate
         accuracy = None
+        trained = engines.trained_model(trainer)  # every rank takes part; an ordinary model on rank 0
         if dist.is_main():
-            accuracy = greedy_accuracy(trainer.model, tokenizer, task.eval_prompts, task.verify,
+            accuracy = greedy_accuracy(trained, tokenizer, task.eval_prompts, task.verify,
                                        max_new_tokens=cfg.it.max_new_tokens)
         accuracy = dist.broadcast(accuracy)
         global_step = start.step_offset + steps
@@ -173,7 +185,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         # 5. save iter_K
         if dist.is_main():
             extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3)}
-            save_iteration(cfg, k, trainer, tokenizer, global_step, start.started_from, extra, steps)
+            save_iteration(cfg, k, trainer, trained, tokenizer, global_step, start.started_from, extra, steps)
             if board is not None:
                 board.iteration(metrics)
         dist.barrier()
@@ -182,13 +194,13 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         board.close()
 
 
-def save_iteration(cfg: Config, k: int, trainer, tokenizer, global_step: int, started_from: str, extra: dict,
-                   steps: int) -> None:
+def save_iteration(cfg: Config, k: int, trainer, model, tokenizer, global_step: int, started_from: str,
+                   extra: dict, steps: int) -> None:
     """Rank 0: commit iter_K (weights-only model + tokenizer + its loss curve + manifest), then
     metrics.jsonl."""
     name = iteration_name(k)
     staged = commit.fresh_staging(cfg.output_dir, name)
-    trainer.model.save_pretrained(staged)
+    model.save_pretrained(staged)  # consolidated: an ordinary model directory, whatever the engine
     tokenizer.save_pretrained(staged)
     curve.write(staged, trainer.loss_curve, trainer.lr_curve)
     commit.commit_dir(staged, os.path.join(cfg.output_dir, name), failpoint=("iteration.write", k),

@@ -28,6 +28,7 @@ class Request:
     resume_from_iteration: Selector
     num_iterations: int
     carry_optimizer_state: bool = False
+    world_size: int = 1  # processes of this run
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def make_plan(
         notes.append("--resume_from_iteration auto found no complete iteration model (treated as none)")
 
     plan = _strategy(ckpt, it, ckpts, req)
+    _check_world_size(next((a for a in inventory if a.name == plan.state_from), None), req)
     if notes:
         plan.reason = f"{plan.reason}; " + "; ".join(notes)
     plan.done = plan.next_iteration >= req.num_iterations
@@ -167,6 +169,23 @@ def make_plan(
     return plan
 
 
+# Engines whose per-rank shards load on another number of processes (torch.distributed.checkpoint
+# reshards FSDP's sharded state dicts); DeepSpeed ZeRO shards do not without a conversion.
+RESHARDABLE = {"fsdp"}
+
+
+def _check_world_size(state: Artifact | None, req: Request) -> None:
+    """Refuse, before anything is loaded, a sharded checkpoint that this many processes cannot load."""
+    if state is None or state.engine is None or state.engine in RESHARDABLE or state.world_size is None:
+        return
+    if state.world_size != req.world_size:
+        raise PlanError(
+            f"{state.name} holds {state.engine} shards written by {state.world_size} processes and this run has "
+            f"{req.world_size}: {state.engine} cannot load them on another number of processes. Resume with "
+            f"{state.world_size} processes, or start from the newest iteration model without the training state "
+            "(--resume_from none --resume_from_iteration auto)")
+
+
 def _strategy(ckpt: Artifact | None, it: Artifact | None, ckpts: list[Artifact], req: Request) -> Plan:
     if ckpt is None and it is None:
         return Plan(SCRATCH, None, None, 0, 0, "no checkpoint or iteration model selected: starting from scratch")
@@ -181,6 +200,11 @@ def _strategy(ckpt: Artifact | None, it: Artifact | None, ckpts: list[Artifact],
     plan = Plan(BOTH, it.name, ckpt.name, it.iteration + 1, ckpt.global_step,
                 f"both selected: weights from {it.name}, training state from {ckpt.name}")
     if not (ckpt.iteration == it.iteration and ckpt.is_last_step):
+        if ckpt.engine is not None:
+            raise PlanError(f"{ckpt.name} holds {ckpt.engine} state, whose resume loads the module weights saved "
+                            f"with it: it can only be combined with the iteration model of the same step "
+                            f"({ckpt.name} is step {ckpt.local_step} of iteration {ckpt.iteration}, {it.name} "
+                            f"ends iteration {it.iteration}); choose one of the two")
         plan.warnings.append(
             f"{ckpt.name} is not the last step of iteration {it.iteration} (it was saved at step "
             f"{ckpt.local_step} of iteration {ckpt.iteration}): the uninterrupted run did not combine these")

@@ -7,6 +7,7 @@ plan is made again). Nothing here loads weights into a model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -28,7 +29,7 @@ class RecoveryError(RuntimeError):
 
 def request(cfg: Config) -> Request:
     return Request(cfg.resume_from, cfg.resume_from_iteration, cfg.it.num_iterations,
-                   cfg.it.carry_optimizer_state)
+                   cfg.it.carry_optimizer_state, dist.world_size())
 
 
 def verify(output_dir: str, name: str) -> str | None:
@@ -124,7 +125,7 @@ def resolve(cfg: Config, max_steps: int) -> tuple[list[Artifact], Plan]:
         if req.resume_from.explicit or req.resume_from_iteration.explicit:
             raise RecoveryError("the artifact you asked for cannot be loaded: " + "; ".join(failures))
         if req.resume_from.mode != req.resume_from_iteration.mode:  # then the other kind
-            req = Request(Selector(AUTO), Selector(AUTO), req.num_iterations, req.carry_optimizer_state)
+            req = dataclasses.replace(req, resume_from=Selector(AUTO), resume_from_iteration=Selector(AUTO))
 
 
 def shape_problem(weights_dir: str, config_dir: str) -> str | None:

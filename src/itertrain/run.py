@@ -11,7 +11,7 @@ import warnings
 from rich.console import Console
 from rich.table import Table
 
-from itertrain import banner, commit, dist, failpoints, lock, manifest, tinymodel
+from itertrain import banner, commit, dist, engines, failpoints, lock, manifest, tinymodel
 from itertrain.config import Config, UsageError, differences, resolved
 from itertrain.loop import write_metrics
 from itertrain.restore import RecoveryError, apply, resolve
@@ -86,6 +86,10 @@ def train(cfg: Config) -> int:
     out = cfg.output_dir
     quiet_library_noise()
     task = load_task(cfg.it, cfg.train.seed)  # bad task input fails here, before anything is written
+    if cfg.it.generation_backend == "vllm":
+        from itertrain import vllm_backend
+
+        vllm_backend.require()
     if not cfg.it.dry_run:
         failpoints.install_file_events(out)
         if dist.is_main():
@@ -104,6 +108,8 @@ def train(cfg: Config) -> int:
     if dist.is_main() and plan.strategy != SCRATCH and (changed := settings_changes(cfg)):
         plan.warnings.append("resuming with other settings than the experiment was started with: "
                              + "; ".join(changed))
+    if dist.is_main():
+        plan.warnings += engines.notes(cfg.train)
     plan = dist.broadcast(plan)
     dist.log0(banner.render(out, inv, plan, cfg.it.model_name or f"built-in tiny model ({out}/{BASE})"))
     if cfg.it.dry_run:

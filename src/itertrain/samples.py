@@ -137,6 +137,8 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
     settings = {"num_samples": it.num_samples, "temperature": it.temperature, "seed": cfg.train.seed,
                 "max_new_tokens": it.max_new_tokens, "batch_size": it.generation_batch_size,
                 "max_per_prompt": it.max_per_prompt, "num_prompts": len(task.train_prompts)}
+    if it.generation_backend != "hf":  # (absent for hf: samples committed before the flag still match)
+        settings["backend"] = it.generation_backend
     digest = dist.broadcast(weights_digest(model_dir) if dist.is_main() else None)
     if (found := load(cfg.output_dir, k, digest, settings)) is not None:
         dist.log0(f"♻️  iteration {k}: reusing committed {samples_name(k)} ({found.stats['num_kept']} kept)")
@@ -146,11 +148,18 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
     dist.log0(f"🎲 iteration {k}: generating {it.num_samples} samples for each of {len(task.train_prompts)} "
               f"prompts with {source}")
     _check_source(cfg.output_dir, model_dir, k, digest)
-    model = load_model(model_dir)
-    completions = sample(model, tokenizer, [e.prompt for e in task.train_prompts], num_samples=it.num_samples,
-                         seed=cfg.train.seed, iteration=k, batch_size=it.generation_batch_size,
-                         max_new_tokens=it.max_new_tokens, temperature=it.temperature)
-    del model
+    prompts = [e.prompt for e in task.train_prompts]
+    if it.generation_backend == "vllm":
+        from itertrain import vllm_backend
+
+        completions = vllm_backend.sample(model_dir, prompts, num_samples=it.num_samples, seed=cfg.train.seed,
+                                          iteration=k, max_new_tokens=it.max_new_tokens, temperature=it.temperature)
+    else:
+        model = load_model(model_dir)
+        completions = sample(model, tokenizer, prompts, num_samples=it.num_samples, seed=cfg.train.seed,
+                             iteration=k, batch_size=it.generation_batch_size, max_new_tokens=it.max_new_tokens,
+                             temperature=it.temperature)
+        del model
     result = None
     if dist.is_main():
         try:

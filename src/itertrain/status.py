@@ -66,7 +66,7 @@ def build(args) -> dict:
     carry = args.carry_optimizer_state if args.carry_optimizer_state is not None else saved.get("carry_optimizer_state")
     num_iterations = args.num_iterations or saved.get("num_iterations") or 5
     req = Request(parse_checkpoint_selector(args.resume_from), parse_iteration_selector(args.resume_from_iteration),
-                  num_iterations, bool(carry))
+                  num_iterations, bool(carry), saved.get("world_size") or 1)
     max_steps = args.max_steps or saved.get("iteration_steps") or 300
     artifacts, names = inventory.scan(args.output_dir, max_steps)
     try:

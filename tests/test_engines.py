@@ -1,0 +1,80 @@
+"""DeepSpeed ZeRO-2 and ZeRO-3 through the HF Trainer, two ranks on CPU (DeepSpeed's CPU
+accelerator over gloo): sharded checkpoints committed whole, a crash resumed bit-identically,
+"both" with sharded optimizer state, consolidated iteration models, and a world-size refusal.
+(FSDP cannot run here: accelerate turns it on only for GPU-like devices; see docs/scaling.md.)"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import copy_experiment, max_diff, run_cli
+
+pytest.importorskip("deepspeed", reason="make test installs DeepSpeed (Makefile); run it from there")
+pytestmark = pytest.mark.slow
+
+DATA = Path(__file__).parent / "data"
+AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
+
+
+def ds_run(out, stage, *extra, nproc=2, failpoints=None):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}")
+    return run_cli(out, "--deepspeed", str(DATA / f"zero{stage}.json"), *extra, failpoints=failpoints,
+                   launcher=launcher, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def zero3(tmp_path_factory):
+    """An uninterrupted ZeRO-3 run, and the same run killed after step 11 (checkpoint-9 committed)."""
+    root = tmp_path_factory.mktemp("zero3")
+    ref, crashed = root / "ref", root / "crashed"
+    proc = ds_run(ref, 3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ds_run(crashed, 3, failpoints="train.step=11").returncode != 0
+    return ref, crashed
+
+
+def test_zero3_checkpoints_hold_every_ranks_shards_and_iteration_models_are_whole(zero3):
+    ref, _ = zero3
+    files = json.loads((ref / "checkpoint-9" / "itertrain.json").read_text())["files"]
+    for rank in (0, 1):  # each rank's partition of the weights and of the optimizer, under the manifest
+        assert f"global_step3/zero_pp_rank_{rank}_mp_rank_00_model_states.pt" in files
+        assert f"global_step3/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in files
+    it = sorted(p.name for p in (ref / "iter_1").iterdir())
+    assert "model.safetensors" in it and not any(n.startswith("global_step") for n in it)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(ref / "iter_1")  # an ordinary, consolidated model
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_zero3_crash_resumes_bit_identically(zero3, tmp_path):
+    ref, crashed = zero3
+    out = copy_experiment(crashed, tmp_path / "exp")
+    proc = ds_run(out, 3, *AUTO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TRAINER checkpoint" in proc.stdout and "checkpoint-9" in proc.stdout
+    assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
+    assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+
+
+def test_zero3_shards_on_another_world_size_are_refused_before_loading(zero3, tmp_path):
+    out = copy_experiment(zero3[1], tmp_path / "exp")
+    before = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    proc = ds_run(out, 3, *AUTO, nproc=1)
+    assert proc.returncode != 0
+    assert ("itertrain: error: checkpoint-9 holds deepspeed shards written by 2 processes and this run has 1: "
+            "deepspeed cannot load them on another number of processes.") in proc.stderr
+    assert "src/itertrain" not in proc.stderr  # one line from us; the traceback after it is torchrun's own
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == before  # nothing renamed
+
+
+def test_zero2_carry_optimizer_state_both_resumes_bit_identically(tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "exp"
+    assert ds_run(ref, 2, "--carry_optimizer_state").returncode == 0
+    assert ds_run(out, 2, "--carry_optimizer_state", failpoints="train.step=8").returncode != 0
+    proc = ds_run(out, 2, "--carry_optimizer_state", *AUTO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "BOTH checkpoints found" in proc.stdout
+    assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
+    assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
