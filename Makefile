@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/itertrain plot $(DEMO_DIR)
 
 test: $(STAMP) $(DS_STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
 # Every file event of a short 2-iteration run, killed and resumed (tests/chaos_harness.py); about
 # 30 minutes per mode on 2 cores.
@@ -41,6 +41,7 @@ chaos: $(STAMP)
 
 # Speed against plain HF code, side by side (bench/run.py): bench/results.json and BENCHMARKS.md.
 bench: $(STAMP)
+	$(BIN)/python bench/profile.py
 	$(BIN)/python bench/run.py
 
 clean:

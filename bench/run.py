@@ -390,9 +390,32 @@ def main() -> int:
 def write_markdown(meta: dict, results: dict) -> None:
     rows = "\n".join(f"| `{k}` | {r['value']:.4g} | {r['target']} | {'yes' if r['met'] else '**no**'} | {r['how']} |"
                      for k, r in results.items())
+    stall, resumed = results["checkpoint_stall_ratio"], results["resume_ratio"]
+    sizes = results["stall_vs_size"].get("sizes", [])
+    table = "| params | blocked per save, ours | HF | ratio | whole run, ours / HF |\n|---:|---:|---:|---:|---:|\n" + \
+        "\n".join(f"| {r['params'] / 1e6:.0f}M | {r['seconds_blocked_ours']:.3f} s | {r['seconds_blocked_hf']:.3f} s | "
+                  f"{r['ratio']:.3f} | {r['whole_run_ratio']:.2f} |" for r in sizes)
+    checks = (f"{resumed['seconds_checks']:.3f} s of checks next to {resumed['seconds_hf_resume']:.3f} s for HF's whole "
+              f"resume of the same checkpoint ({resumed['seconds_checks'] / resumed['seconds_hf_resume']:.1%})")
     text = (REPO / "bench" / "BENCHMARKS.template.md").read_text()
-    (REPO / "BENCHMARKS.md").write_text(text.replace("{{DATE}}", meta["date"]).replace("{{MACHINE}}", meta["machine"])
-                                        .replace("{{SECONDS}}", str(meta["seconds"])).replace("{{ROWS}}", rows))
+    for key, value in {"{{DATE}}": meta["date"], "{{MACHINE}}": meta["machine"], "{{SECONDS}}": str(meta["seconds"]),
+                       "{{ROWS}}": rows, "{{WHOLE_RUN}}": f"{stall['whole_run_ratio']:.2f}x", "{{SIZES}}": table,
+                       "{{CHECKS}}": checks, "{{PROFILE}}": profile_markdown()}.items():
+        text = text.replace(key, value)
+    (REPO / "BENCHMARKS.md").write_text(text)
+
+
+def profile_markdown() -> str:
+    path = REPO / "bench" / "profile.json"
+    if not path.exists():
+        return "(bench/profile.py has not been run)"
+    p = json.loads(path.read_text())
+    ops = "\n".join(f"| `{r['op']}` | {r['self_share']:.1%} | {r['calls']} |" for r in p["generate_top_ops"])
+    it = p["iteration_seconds"]
+    costs = "\n".join(f"| {k} | {v:.3f} s | {v / it:.1%} |" for k, v in p["overheads_seconds"].items())
+    return (f"How: {p['how']}. Written by `python bench/profile.py` (part of `make bench`).\n\n"
+            "| generate phase: op (torch profiler, self CPU time) | share | calls |\n|---|---:|---:|\n" + ops +
+            f"\n\n| per-iteration cost | seconds | share of one iteration ({it:.1f} s) |\n|---|---:|---:|\n" + costs)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def zero3(tmp_path_factory):
     return ref, crashed
 
 
+@pytest.mark.xdist_group("zero3")  # one worker builds the zero3 runs once
 def test_zero3_checkpoints_hold_every_ranks_shards_and_iteration_models_are_whole(zero3):
     ref, _ = zero3
     files = json.loads((ref / "checkpoint-9" / "itertrain.json").read_text())["files"]
@@ -48,6 +49,7 @@ def test_zero3_checkpoints_hold_every_ranks_shards_and_iteration_models_are_whol
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
+@pytest.mark.xdist_group("zero3")  # one worker builds the zero3 runs once
 def test_zero3_crash_resumes_bit_identically(zero3, tmp_path):
     ref, crashed = zero3
     out = copy_experiment(crashed, tmp_path / "exp")
@@ -58,6 +60,7 @@ def test_zero3_crash_resumes_bit_identically(zero3, tmp_path):
     assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
 
 
+@pytest.mark.xdist_group("zero3")  # one worker builds the zero3 runs once
 def test_zero3_shards_on_another_world_size_are_refused_before_loading(zero3, tmp_path):
     out = copy_experiment(zero3[1], tmp_path / "exp")
     before = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
