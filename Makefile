@@ -41,7 +41,7 @@ chaos: $(STAMP)
 
 # Speed against plain HF code, side by side (bench/run.py): bench/results.json and BENCHMARKS.md.
 bench: $(STAMP)
-	$(BIN)/python bench/profile.py
+	$(BIN)/python bench/profile_phases.py
 	$(BIN)/python bench/run.py
 
 clean:

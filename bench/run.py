@@ -230,7 +230,8 @@ def resume(work: Path, n: int) -> dict:
             arts, names = inventory.scan(str(exp), 20)
             plan = make_plan(arts, Request(Selector("auto"), Selector("none"), 1), existing=names)
             assert restore.verify(str(exp), plan.state_from) is None
-            tr = ours(LlamaForCausalLM.from_pretrained(ckpt), args, data, str(work / "r" / "exp"))
+            tr = ours(LlamaForCausalLM.from_pretrained(ckpt), args, data, str(work / "r" / "exp"),
+                      weights_from=str(ckpt))  # as loop.py does: the weights are read once
         else:
             tr = plain(LlamaForCausalLM.from_pretrained(ckpt), args, data)
         tr.add_callback(clock)
@@ -408,12 +409,12 @@ def write_markdown(meta: dict, results: dict) -> None:
 def profile_markdown() -> str:
     path = REPO / "bench" / "profile.json"
     if not path.exists():
-        return "(bench/profile.py has not been run)"
+        return "(bench/profile_phases.py has not been run)"
     p = json.loads(path.read_text())
     ops = "\n".join(f"| `{r['op']}` | {r['self_share']:.1%} | {r['calls']} |" for r in p["generate_top_ops"])
     it = p["iteration_seconds"]
     costs = "\n".join(f"| {k} | {v:.3f} s | {v / it:.1%} |" for k, v in p["overheads_seconds"].items())
-    return (f"How: {p['how']}. Written by `python bench/profile.py` (part of `make bench`).\n\n"
+    return (f"How: {p['how']}. Written by `python bench/profile_phases.py` (part of `make bench`).\n\n"
             "| generate phase: op (torch profiler, self CPU time) | share | calls |\n|---|---:|---:|\n" + ops +
             f"\n\n| per-iteration cost | seconds | share of one iteration ({it:.1f} s) |\n|---|---:|---:|\n" + costs)
 

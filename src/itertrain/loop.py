@@ -163,7 +163,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
             experiment_dir=cfg.output_dir, iteration=k, step_offset=start.step_offset, iteration_steps=steps,
             started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=protect,
             schedule_steps=steps * cfg.it.num_iterations if cfg.it.carry_optimizer_state else None,
-            curve=start.curve, board=board, async_save=cfg.it.async_save,
+            curve=start.curve, board=board, async_save=cfg.it.async_save, weights_from=start.weights,
         )
         if not start.training_finished:
             resume = both_view(cfg, start, trainer, steps) if start.view_of else start.resume

@@ -6,6 +6,7 @@
   writing, and the commit, to a background thread (async_save.py); train() waits for it at the end.
 - _maybe_log_save_evaluate: the `train.step=N` failpoint, after any save of step N has committed.
 - create_scheduler: with carried optimizer state, one LR schedule spans the whole experiment.
+- _load_from_checkpoint: not a second read of weights the model was just loaded from.
 - training_step / _maybe_log_save_evaluate: the loss of every optimizer step (and its learning
   rate), averaged over ranks at logging and save points. The curve is saved with each checkpoint,
   so after a resume an iteration's train_loss, its plot and its TensorBoard curve equal the
@@ -41,7 +42,7 @@ class IterTrainer(Trainer):
     def __init__(self, *args, experiment_dir: str, iteration: int, step_offset: int, iteration_steps: int,
                  started_from: str | None, save_total_limit: int | None, protect: set[str],
                  schedule_steps: int | None = None, curve: dict | None = None, board=None,
-                 async_save: bool = False, **kwargs):
+                 async_save: bool = False, weights_from: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.experiment_dir = experiment_dir
         self.iteration = iteration
@@ -58,6 +59,7 @@ class IterTrainer(Trainer):
         self._steps: list[torch.Tensor] = []  # this rank's step losses not yet averaged over ranks
         self._lrs: list[float] = []
         self.board = board  # TensorBoard (board.py) or None
+        self.weights_from = weights_from  # the directory `model` was just loaded from, if given
         # DeepSpeed and FSDP write their own (sharded) files: saved synchronously, as HF does.
         self.async_save = async_save and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
         self.saver = Saver()
@@ -124,6 +126,15 @@ class IterTrainer(Trainer):
             self.saver.wait()
         except BaseException as e:  # noqa: BLE001
             dist.logger().error(f"itertrain: also, {e}")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # HF loads the checkpoint's weights into the model it was given; when that model was just
+        # loaded from this very checkpoint (a trainer-strategy resume), they are already there:
+        # skip reading them twice. (DeepSpeed and FSDP pass `model` and load their own files.)
+        if model is None and self.weights_from and os.path.realpath(self.weights_from) == \
+                os.path.realpath(resume_from_checkpoint):
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _save_checkpoint(self, model, trial):
         self.saver.wait()  # at most one save in flight (its buffers are about to be reused)

@@ -1,7 +1,7 @@
 """`make bench`, second part: where the generate phase spends its time (torch profiler), and what
 the per-iteration overheads (model reload, tokenizer, dataset build, verification) cost next to
 one iteration of the demo. Writes bench/profile.json; bench/run.py puts it into BENCHMARKS.md.
-Usage: python bench/profile.py
+Usage: python bench/profile_phases.py
 """
 
 from __future__ import annotations
