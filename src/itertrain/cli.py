@@ -5,6 +5,7 @@ Thin: parse, build, run. Bad input is one line on stderr and exit code 2, never 
 
 from __future__ import annotations
 
+import os
 import sys
 
 USAGE = "usage: itertrain {train,status,plot} ...   (itertrain COMMAND --help)"
@@ -41,7 +42,16 @@ def train_main(argv: list[str]) -> int:
         from itertrain import dist, run
 
         code = run.train(cfg)
+        several = dist.world_size() > 1
         dist.finish()
+        if several:  # (in-process callers, tests and tools, are single processes)
+            # Every artifact is committed (fsynced) and every rank has left the process group
+            # together. What remains is interpreter teardown, where a rank can still abort in C++
+            # destructors ("terminate called without an active exception", seen under DeepSpeed
+            # ZeRO-3 on CPU after a finished run), and torchrun then fails the whole run. Leave now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         return code
     except (UsageError, TaskError) as e:
         _error(e)
