@@ -37,31 +37,26 @@ class Buffers:
         """`tree` (nested dicts/lists/tuples) with every tensor replaced by a host copy. Tensors
         that are views of the same memory (tied weights) stay one tensor in the copy, so HF's
         save_pretrained still sees them as tied."""
-        seen: dict[tuple, torch.Tensor] = {}
-        on_device = []
-        out = self._copy(tree, prefix, seen, on_device)
-        if on_device:
+        out = self._copy(tree, prefix, {})
+        if torch.cuda.is_available():
             torch.cuda.synchronize()  # the non_blocking device-to-host copies have landed
         return out
 
-    def _copy(self, x, path: str, seen: dict, on_device: list):
+    def _copy(self, x, path: str, seen: dict):
         if isinstance(x, torch.Tensor):
             key = (x.device, x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride()),
                    x.dtype)
             if key not in seen:
+                on_gpu = x.device.type == "cuda"
                 buf = self._kept.get(path)
                 if buf is None or buf.shape != x.shape or buf.dtype != x.dtype:
-                    pin = x.device.type == "cuda"
-                    buf = self._kept[path] = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=pin)
-                buf.copy_(x.detach(), non_blocking=x.device.type == "cuda")
-                if x.device.type == "cuda":
-                    on_device.append(path)
-                seen[key] = buf
+                    buf = self._kept[path] = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=on_gpu)
+                seen[key] = buf.copy_(x.detach(), non_blocking=on_gpu)
             return seen[key]
         if isinstance(x, dict):
-            return type(x)((k, self._copy(v, f"{path}/{k}", seen, on_device)) for k, v in x.items())
+            return type(x)((k, self._copy(v, f"{path}/{k}", seen)) for k, v in x.items())
         if isinstance(x, (list, tuple)):
-            return type(x)(self._copy(v, f"{path}/{i}", seen, on_device) for i, v in enumerate(x))
+            return type(x)(self._copy(v, f"{path}/{i}", seen) for i, v in enumerate(x))
         return x  # ints, floats, strings: immutable or rebuilt by state_dict() at every call
 
 

@@ -52,7 +52,8 @@ def before_trainer(targs) -> None:
 def whole_models():
     """Models made inside are not partitioned by ZeRO-3's zero.Init. HF decides that from one
     module-level weak reference to the DeepSpeed config (transformers.integrations.deepspeed); it
-    is set aside here and put back after."""
+    is set aside here and put back after (HF has a public unset, but no public way to put the same
+    object back: its getter returns the config dict, not the object)."""
     from transformers.integrations import deepspeed as hf_deepspeed
 
     kept = hf_deepspeed._hf_deepspeed_config_weak_ref
@@ -61,7 +62,6 @@ def whole_models():
         yield
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = kept
-
 
 
 def trained_model(trainer):
