@@ -103,3 +103,11 @@ def test_no_load_path_unpickles_arbitrary_objects():
         text = f.read_text()
         assert "weights_only=False" not in text, f
         assert "pickle.load" not in text, f
+
+
+def test_fsdp_without_a_distributed_launch_is_one_line_before_anything_is_written(tmp_path):
+    # HF's Trainer would raise "Using fsdp only works in distributed training" after iteration 0's samples
+    proc = run_cli(tmp_path / "exp", "--fsdp", "full_shard auto_wrap")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("itertrain: error: --fsdp needs a distributed launch")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "exp").exists()

@@ -81,3 +81,37 @@ def test_zero2_carry_optimizer_state_both_resumes_bit_identically(tmp_path):
     assert "BOTH checkpoints found" in proc.stdout
     assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
     assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+
+
+def as_fsdp_sharded(ckpt: Path) -> None:
+    """Rewrite a committed checkpoint as FSDP's SHARDED_STATE_DICT leaves one (what accelerate's
+    save_fsdp_model writes, seen on a GPU: no config.json or model.safetensors, the module weights
+    in pytorch_model_fsdp_0/ through torch.distributed.checkpoint, keyed "model"), committed again."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoModelForCausalLM
+
+    from itertrain import commit, manifest
+
+    m = manifest.read(str(ckpt))
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(ckpt / "pytorch_model_fsdp_0"))
+    for f in ("config.json", "model.safetensors", "generation_config.json", "itertrain.json"):
+        (ckpt / f).unlink()
+    staged = ckpt.parent / ".staging" / ckpt.name
+    shutil.move(ckpt, staged)
+    commit.commit_dir(str(staged), str(ckpt), failpoint=("none", 0), **{k: m[k] for k in (
+        "kind", "name", "iteration", "global_step", "local_step", "iteration_steps", "started_from", "extra")})
+
+
+def test_fsdp_sharded_checkpoint_at_an_iterations_last_step_gives_the_same_iteration_model(tmp_path, reference):
+    # killed after checkpoint-12 (iteration 1's last step) committed, before iter_1 did: the resume
+    # trains nothing, so the weights must come from FSDP's files without FSDP's loader
+    out = tmp_path / "exp"
+    assert run_cli(out, failpoints="iteration.write=1").returncode == 137
+    as_fsdp_sharded(out / "checkpoint-12")
+    proc = run_cli(out, *AUTO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint-12" in proc.stdout
+    assert max_diff(out / "iter_1", reference / "iter_1") == 0.0

@@ -146,6 +146,18 @@ def test_sharded_checkpoints_name_their_engine_and_world_size(tmp_path, files, e
     assert states(tmp_path)["checkpoint-3"][0] == CORRUPT  # one rank's shard gone: not complete
 
 
+def test_fsdp_full_state_dict_checkpoints_are_fsdp_of_any_world_size(tmp_path):
+    # FULL_STATE_DICT: one file of module weights and one of optimizer state, whatever the ranks
+    full = {"trainer_state.json": b"{}", "scheduler.pt": b"s", "model.safetensors": b"w",
+            "pytorch_model_fsdp.bin": b"m", "optimizer.bin": b"o"}
+    make(tmp_path, "checkpoint-6", full, committed=False)
+    make(tmp_path, "checkpoint-3", full)
+    arts = {a.name: a for a in inventory.scan(str(tmp_path), 6)[0]}
+    assert (arts["checkpoint-6"].state, arts["checkpoint-6"].engine, arts["checkpoint-6"].world_size) == \
+        (UNVERIFIED, "fsdp", None)
+    assert (arts["checkpoint-3"].state, arts["checkpoint-3"].engine) == (COMPLETE, "fsdp")
+
+
 def test_plain_checkpoints_have_no_engine(tmp_path):
     make(tmp_path, "checkpoint-3")
     (a,), _ = inventory.scan(str(tmp_path), 6)

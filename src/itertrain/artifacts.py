@@ -39,7 +39,11 @@ def sharded_engine(files: list[str]) -> str | None:
     """Which engine's per-rank shards a checkpoint's files (relative paths) hold, if any."""
     if any(f.startswith("global_step") and "zero_pp_rank_" in f for f in files):
         return "deepspeed"
-    if any(f.startswith(("pytorch_model_fsdp_", "optimizer_")) and f.endswith(".distcp") for f in files):
+    # FSDP: SHARDED_STATE_DICT writes pytorch_model_fsdp_0/ and optimizer_0/ (DCP files);
+    # FULL_STATE_DICT one pytorch_model_fsdp.bin and optimizer.bin. Both resume through FSDP's own
+    # loader, which reads the module weights from the checkpoint.
+    if any(f.startswith("pytorch_model_fsdp") or (f.startswith("optimizer_") and f.endswith(".distcp"))
+           for f in files):
         return "fsdp"
     return None
 

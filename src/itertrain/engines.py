@@ -14,10 +14,12 @@ each of those needs a step of its own, all here:
 from __future__ import annotations
 
 import contextlib
+import os
 
 from transformers import AutoModelForCausalLM
 
 from itertrain import dist
+from itertrain.config import UsageError
 
 
 def notes(targs) -> list[str]:
@@ -28,6 +30,16 @@ def notes(targs) -> list[str]:
         return ["--fsdp is set, but accelerate runs FSDP only on GPUs (and similar accelerators), not on CPU "
                 "processes: this run is plain data parallelism (DDP), its checkpoints hold the full state"]
     return []
+
+
+def require(targs) -> None:
+    """Engine flags this launch cannot honour: a one-line error before anything is written (the
+    HF Trainer would raise only once the first iteration's samples are made)."""
+    from transformers.training_args import ParallelMode
+
+    if targs.fsdp and targs.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise UsageError("--fsdp needs a distributed launch: start it with torchrun on a GPU machine (torchrun "
+                         "--nproc_per_node=N train_iterative.py ...); on CPU accelerate runs no FSDP")
 
 
 def before_trainer(targs) -> None:
@@ -64,6 +76,18 @@ def whole_models():
         hf_deepspeed._hf_deepspeed_config_weak_ref = kept
 
 
+def load_fsdp_weights(model, checkpoint: str) -> None:
+    """The module weights of an FSDP SHARDED_STATE_DICT checkpoint (accelerate writes them with
+    torch.distributed.checkpoint under pytorch_model_fsdp_0/, keyed "model") into an ordinary model,
+    on every rank (DCP reads whatever layout was written into whole tensors). For a checkpoint at
+    its iteration's last step: HF's resume, which would run FSDP's loader, is not called then."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=os.path.join(checkpoint, "pytorch_model_fsdp_0"))
+    model.load_state_dict(state["model"])
+
+
 def trained_model(trainer):
     """The trained weights as an ordinary (unsharded) model on rank 0, None on the others; every
     rank must call this. Under FSDP and DeepSpeed ZeRO-3 each rank holds only a part of the
@@ -80,6 +104,6 @@ def trained_model(trainer):
     with whole_models():
         model = AutoModelForCausalLM.from_config(inner.config, dtype=next(iter(state.values())).dtype)
     model.load_state_dict(state)
-    return model.eval()
+    return model.to(trainer.args.device).eval()  # evaluated where training ran
 
 

@@ -8,6 +8,7 @@ resumed, so an uninterrupted run and a resumed one take the same code path to th
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import time
@@ -38,17 +39,22 @@ class Start:
     started_from: str  # provenance recorded in manifests
     curve: dict | None = None  # per-step loss / lr so far (trainer strategy: from the checkpoint)
     training_finished: bool = False
+    engine_weights: str | None = None  # a checkpoint whose weights only the engine reads (FSDP shards)
     view_of: tuple[str, str] | None = None  # (iteration model, checkpoint) for a "both" view
 
 
 def first_start(cfg: Config, plan: Plan, base_dir: str, steps: int) -> Start:
     out = cfg.output_dir
     if plan.strategy == TRAINER:
-        m = manifest.read(os.path.join(out, plan.state_from)) if manifest.exists(os.path.join(out, plan.state_from)) else {}
+        ckpt = os.path.join(out, plan.state_from)
+        m = manifest.read(ckpt) if manifest.exists(ckpt) else {}
         local = m.get("local_step", plan.next_step - plan.next_iteration * steps)
-        return Start(plan.next_iteration, os.path.join(out, plan.state_from), os.path.join(out, plan.state_from),
-                     plan.next_step - local, m.get("started_from") or "unknown",
-                     curve=curve.read(os.path.join(out, plan.state_from)), training_finished=plan.training_finished)
+        # FSDP's SHARDED_STATE_DICT checkpoints hold no HF model (no config.json; the weights are in
+        # pytorch_model_fsdp_0/): the model is built from the base and FSDP's loader puts them in
+        sharded = not os.path.exists(os.path.join(ckpt, "config.json"))
+        return Start(plan.next_iteration, base_dir if sharded else ckpt, ckpt, plan.next_step - local,
+                     m.get("started_from") or "unknown", curve=curve.read(ckpt),
+                     training_finished=plan.training_finished, engine_weights=ckpt if sharded else None)
     if plan.strategy == BOTH:
         return Start(plan.next_iteration, os.path.join(out, plan.weights_from), None, plan.next_step,
                      plan.weights_from, view_of=(plan.weights_from, plan.state_from))
@@ -79,11 +85,12 @@ def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:
             if f.startswith("model") or f == "config.json":
                 os.symlink(os.path.abspath(os.path.join(it_dir, f)), os.path.join(view, f))
         for f in os.listdir(ck_dir):
-            # + the sharding engines' own state (DeepSpeed: latest, global_step*/; FSDP: optimizer_*/),
-            # which their resume reads with the module weights it holds: the same as the iteration
-            # model's at the iteration's last step, the only pair plan.py lets them combine
-            if f in ("optimizer.pt", "scheduler.pt", "scaler.pt", "latest") or f.startswith(
-                    ("rng_state", "global_step", "optimizer_", "pytorch_model_fsdp_")):
+            # + the sharding engines' own state (DeepSpeed: latest, global_step*/; FSDP: optimizer_0/
+            # or optimizer.bin, pytorch_model_fsdp_0/ or .bin), which their resume reads with the module
+            # weights it holds: the same as the iteration model's at the iteration's last step, the
+            # only pair plan.py lets them combine
+            if f in ("scheduler.pt", "scaler.pt", "latest") or f.startswith(
+                    ("rng_state", "global_step", "optimizer", "pytorch_model_fsdp")):
                 os.symlink(os.path.abspath(os.path.join(ck_dir, f)), os.path.join(view, f))
         callbacks = trainer.callback_handler.callbacks + [trainer.control]
         state = TrainerState(train_batch_size=trainer.args.train_batch_size,
@@ -94,17 +101,19 @@ def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:
     return view
 
 
-def load_model(path: str, *, for_training: bool = False):
+def load_model(path: str, *, for_training: bool = False, device=None):
     """A causal LM from `path`. Only the model handed to the Trainer may be partitioned at load
     time (DeepSpeed ZeRO-3's zero.Init, which HF applies to every from_pretrained while ZeRO-3
-    arguments exist); the models that generate and evaluate must be whole on their rank."""
+    arguments exist); the models that generate and evaluate must be whole on their rank, and on
+    `device` (the Trainer's: this rank's GPU, or the CPU) - the Trainer moves its own."""
     try:
         if for_training:
             return AutoModelForCausalLM.from_pretrained(path)
         with engines.whole_models():
-            return AutoModelForCausalLM.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as e:
         raise UsageError(f"cannot load a causal LM from {path}: {str(e).splitlines()[0]}") from None
+    return model.to(device) if device is not None else model
 
 
 def write_metrics(output_dir: str, max_steps: int) -> list[dict]:
@@ -124,10 +133,13 @@ def _generator(cfg: Config, base_dir: str, k: int) -> tuple[str, str]:
 
 
 def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, task: Task) -> None:
+    from itertrain.async_save import Saver
     from itertrain.trainer import IterTrainer  # heavy import, only when training
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    load = functools.partial(load_model, device=cfg.train.device)  # generate on the GPU where there is one
     kept: dict[int, list] = {}
+    saver = Saver()  # pinned host buffers (on a GPU) are slow to allocate: once per run, not per iteration
     protect = {plan.weights_from, plan.state_from} - {None}
     start = first_start(cfg, plan, base_dir, cfg.iteration_steps(dist.world_size()))
     board = open_board(cfg, plan, start) if dist.is_main() else None
@@ -136,9 +148,9 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         # 1-2. generate with model_K (the base for K=0, else iter_{K-1}), verify and select
         for j in range(k):  # earlier iterations' selections, as committed (made again only if broken)
             if cfg.it.reuse_previous and j not in kept:
-                kept[j] = samples.earlier(cfg, j, *_generator(cfg, base_dir, j), task, tokenizer, load_model)
+                kept[j] = samples.earlier(cfg, j, *_generator(cfg, base_dir, j), task, tokenizer, load)
         model_k, source = _generator(cfg, base_dir, k)
-        found = samples.ensure(cfg, k, model_k, source, task, tokenizer, load_model)
+        found = samples.ensure(cfg, k, model_k, source, task, tokenizer, load)
         kept[k] = found.kept
         train_set = samples.training_set(k, kept, task.gold, reuse_previous=cfg.it.reuse_previous,
                                          gold_iterations=cfg.it.gold_iterations)
@@ -163,11 +175,13 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
             experiment_dir=cfg.output_dir, iteration=k, step_offset=start.step_offset, iteration_steps=steps,
             started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=protect,
             schedule_steps=steps * cfg.it.num_iterations if cfg.it.carry_optimizer_state else None,
-            curve=start.curve, board=board, async_save=cfg.it.async_save, weights_from=start.weights,
+            curve=start.curve, board=board, async_save=cfg.it.async_save, weights_from=start.weights, saver=saver,
         )
         if not start.training_finished:
             resume = both_view(cfg, start, trainer, steps) if start.view_of else start.resume
             trainer.train(resume_from_checkpoint=resume)
+        elif start.engine_weights:  # nothing left to train, so the engine's loader never ran
+            engines.load_fsdp_weights(trainer.model, start.engine_weights)
         train_loss = trainer.mean_loss()
         # 4. evaluate
         accuracy = None

@@ -90,6 +90,7 @@ def train(cfg: Config) -> int:
         from itertrain import vllm_backend
 
         vllm_backend.require()
+    engines.require(cfg.train)
     if not cfg.it.dry_run:
         failpoints.install_file_events(out)
         if dist.is_main():

@@ -42,7 +42,8 @@ class IterTrainer(Trainer):
     def __init__(self, *args, experiment_dir: str, iteration: int, step_offset: int, iteration_steps: int,
                  started_from: str | None, save_total_limit: int | None, protect: set[str],
                  schedule_steps: int | None = None, curve: dict | None = None, board=None,
-                 async_save: bool = False, weights_from: str | None = None, **kwargs):
+                 async_save: bool = False, weights_from: str | None = None, saver: Saver | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.experiment_dir = experiment_dir
         self.iteration = iteration
@@ -62,7 +63,7 @@ class IterTrainer(Trainer):
         self.weights_from = weights_from  # the directory `model` was just loaded from, if given
         # DeepSpeed and FSDP write their own (sharded) files: saved synchronously, as HF does.
         self.async_save = async_save and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
-        self.saver = Saver()
+        self.saver = saver or Saver()  # one per run: its host buffers serve every iteration's saves
         self._deferred: list | None = None  # writes left to the background, during an async save
         if self.async_save:
             dist.side_group()  # collective: every rank builds its trainer at the same point
