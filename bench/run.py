@@ -158,9 +158,11 @@ def checkpoint_stall(work: Path, n: int, hidden: int, layers: int, inter: int, e
         runs[kind].append(time.perf_counter() - t0)
         shutil.rmtree(d)
         assert len(clock.seconds) == 3, clock.seconds
+        per_save[kind].append([round(x, 4) for x in clock.seconds])
         return sum(clock.seconds) / len(clock.seconds)
 
     blocked = {"ours": [], "plain": []}
+    per_save = {"ours": [], "plain": []}
 
     def side(kind):
         blocked[kind].append(run(kind))
@@ -172,7 +174,7 @@ def checkpoint_stall(work: Path, n: int, hidden: int, layers: int, inter: int, e
     return {"value": statistics.median(ratios), "pairs": ratios, "params": params,
             "seconds_blocked_ours": statistics.median(blocked["ours"]),
             "seconds_blocked_hf": statistics.median(blocked["plain"]),
-            "whole_run_ratio": statistics.median(whole),
+            "whole_run_ratio": statistics.median(whole), "seconds_per_save": per_save, "every": every,
             "how": f"time the training loop is blocked per checkpoint (mean of 3 saves, every {every} steps, the "
                    f"last at the last step), Llama of {params / 1e6:.0f}M params with Adam state; ours: --async_save "
                    "(copy into kept host buffers + HF's small files; writing, fsync, xxh3 manifest and rename on a "
@@ -316,8 +318,8 @@ def _fake(d: Path, name: str, kind: str, it: int, step: int, local: int | None) 
     (a / "itertrain.json").write_text(json.dumps(m))
 
 
-def generation(n_prompts: int, n_loop: int) -> dict:
-    model = make_model(0, len(TOK)).eval()  # the built-in tiny model: what the demo's generate phase runs
+def generation(n_prompts: int, n_loop: int, device: str = "cpu") -> dict:
+    model = make_model(0, len(TOK)).to(device).eval()  # the built-in tiny model: what the demo's generate phase runs
     task = make_task(seed=0, num_gold=1, num_prompts=n_prompts, num_eval=1)
     prompts = [e.prompt for e in task.train_prompts]
     kw = dict(do_sample=True, temperature=1.0, top_k=None, top_p=None, max_new_tokens=8)

@@ -1,0 +1,174 @@
+"""The checks that need a GPU, as one script for a machine with one CUDA GPU (docs/scaling.md holds
+the command and what it gave).
+
+    python bench/gpu_checks.py --out DIR      # writes DIR/gpu_checks.json and DIR/gpu_log.txt
+
+1. One GPU, the seed's entry point: an uninterrupted 2-iteration run of the built-in model, and the
+   same run killed at step 10 and (separately) during checkpoint-9's background write, each resumed
+   with `auto auto`; iter_1's max abs diff against the uninterrupted run. If it is not 0.0, the
+   trio again with --full_determinism (cuBLAS/cuDNN may pick non-deterministic kernels).
+2. FSDP through torchrun, 1 process (NCCL refuses two ranks on one GPU), SHARDED_STATE_DICT and
+   FULL_STATE_DICT: the same crash and resume, the checkpoint manifest's FSDP files, iter_1 loaded
+   with from_pretrained; and --carry_optimizer_state killed in iteration 1 before its first
+   checkpoint, resumed as "both" (iteration weights + FSDP optimizer state).
+3. --generation_backend vllm where vllm is not installed: one line, exit 2.
+4. Side by side with HF on this GPU (bench/run.py's functions): time blocked per checkpoint,
+   training throughput, resume, generate-phase samples/s; each started only while time is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench"), str(REPO / "src")]
+
+from conftest import copy_experiment, max_diff, run_cli  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402 - here: HF's lazy imports race in threads
+
+AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+DATA = REPO / "tests" / "data"
+LOG: list[str] = []
+
+
+def cli(name: str, out: Path, *extra, **kw):
+    t0 = time.perf_counter()
+    proc = run_cli(out, *extra, timeout=300, **kw)
+    LOG.append(f"===== {name}: exit {proc.returncode}, {time.perf_counter() - t0:.1f} s\n{proc.stdout[-3000:]}\n"
+               f"----- stderr\n{proc.stderr[-3000:]}\n")
+    return proc
+
+
+def trio(work: Path, name: str, *extra, launcher=(sys.executable,), crash="train.step=10", ref=None) -> dict:
+    """Uninterrupted run (unless `ref` is given), the run killed by `crash`, resumed with auto auto."""
+    if ref is None:
+        ref = work / f"{name}-ref"
+        if (p := cli(f"{name} reference", ref, *extra, launcher=launcher)).returncode != 0:
+            return {"ok": False, "why": f"the reference run failed: {p.stderr.strip().splitlines()[-1:]}"}
+    out = work / f"{name}-crash"
+    crashed = cli(f"{name} crash {crash}", out, *extra, failpoints=crash, launcher=launcher)
+    copy_experiment(out, work / f"{name}-as-crashed")  # what the crash left, for the log below
+    left = sorted(p.name for p in out.iterdir())
+    resumed = cli(f"{name} resume", out, *extra, *AUTO, launcher=launcher)
+    r = {"crash_exit": crashed.returncode, "left_by_crash": left, "resume_exit": resumed.returncode,
+         "banner": [ln for ln in resumed.stdout.splitlines() if "checkpoint-" in ln or "iter_" in ln][:4]}
+    if resumed.returncode != 0:
+        return {**r, "ok": False, "why": resumed.stderr.strip().splitlines()[-1:]}
+    r["max_abs_diff_iter_1"] = max_diff(out / "iter_1", ref / "iter_1")
+    r["metrics_equal"] = (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+    r["ok"] = crashed.returncode != 0 and r["max_abs_diff_iter_1"] == 0.0 and r["metrics_equal"]
+    return r
+
+
+def single_gpu(work: Path) -> dict:
+    res = {"crash_at_step_10": trio(work, "gpu")}
+    res["crash_in_background_write"] = trio(work, "gpu-bg", crash="checkpoint.background=9", ref=work / "gpu-ref")
+    if not all(r["ok"] for r in res.values()):
+        res["full_determinism"] = trio(work, "gpu-det", "--full_determinism", "true")
+    return res
+
+
+def fsdp(work: Path, kind: str) -> dict:
+    flags = ["--fsdp", "full_shard auto_wrap", "--fsdp_config", str(DATA / f"fsdp_{kind}.json")]
+    res = {"crash_at_step_10": trio(work, f"fsdp-{kind}", *flags, launcher=TORCHRUN)}
+    ref = work / f"fsdp-{kind}-ref"
+    if (ref / "checkpoint-9").is_dir():
+        res["checkpoint_9_files"] = sorted(json.loads((ref / "checkpoint-9" / "itertrain.json").read_text())["files"])
+        res["iter_1_files"] = sorted(p.name for p in (ref / "iter_1").iterdir())
+        model = AutoModelForCausalLM.from_pretrained(ref / "iter_1")  # consolidated, ordinary
+        res["iter_1_from_pretrained_params"] = sum(p.numel() for p in model.parameters())
+    # killed after checkpoint-12 (iteration 1's last step) committed, before iter_1: nothing left to train
+    res["crash_before_iteration_model"] = trio(work, f"fsdp-{kind}-itw", *flags, launcher=TORCHRUN,
+                                               crash="iteration.write=1", ref=ref)
+    res["carry_optimizer_state_both"] = trio(work, f"fsdp-{kind}-carry", *flags, "--carry_optimizer_state",
+                                             launcher=TORCHRUN, crash="train.step=8")
+    return res
+
+
+def vllm_missing(work: Path) -> dict:
+    proc = cli("vllm without vllm", work / "vllm", "--generation_backend", "vllm")
+    lines = proc.stderr.strip().splitlines()
+    return {"exit": proc.returncode, "stderr": lines, "wrote": (work / "vllm").exists(),
+            "ok": proc.returncode == 2 and len(lines) == 1 and not (work / "vllm").exists()}
+
+
+def figures(work: Path, deadline: float) -> dict:
+    import run as bench  # bench/run.py
+    import torch
+
+    from itertrain import dist
+
+    dist.state()
+    # a save every 10 steps (make bench's spacing on CPU) and every 150: a GPU runs 10 steps of this
+    # model faster than a background write of its 1 GB finishes, and the next save waits for it
+    jobs = [("checkpoint_stall_ratio_every_150", lambda: bench.checkpoint_stall(work, 2, *bench.MAIN_SIZE, 150)),
+            ("checkpoint_stall_ratio", lambda: bench.checkpoint_stall(work, 2, *bench.MAIN_SIZE, 10)),
+            ("train_throughput_ratio", lambda: bench.train_throughput(work, 4, 200)),
+            ("resume_ratio", lambda: bench.resume(work, 4)),
+            ("generation", lambda: bench.generation(256, 64, device=device))]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    res = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu"}
+    for key, job in jobs:
+        if time.monotonic() > deadline:
+            res[key] = "not run: out of time"
+            continue
+        t0 = time.perf_counter()
+        try:
+            res[key] = job()
+        except Exception:  # noqa: BLE001 - one failed figure must not lose the others
+            res[key] = {"error": traceback.format_exc()[-2000:]}
+        res[key + "_seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="where gpu_checks.json and gpu_log.txt go")
+    p.add_argument("--work", default="/tmp/itertrain-gpu", help="scratch directory for the experiments")
+    p.add_argument("--seconds", type=float, default=330, help="no figure is started after this many seconds")
+    p.add_argument("--nproc", type=int, default=1, help="FSDP processes (more than 1 needs as many GPUs)")
+    p.add_argument("--only", help="comma-separated: single_gpu,fsdp_sharded,fsdp_full,vllm_missing,figures")
+    args = p.parse_args()
+    TORCHRUN[-1] = f"--nproc_per_node={args.nproc}"
+    started = time.monotonic()
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+
+    def save():
+        (out / "gpu_checks.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        (out / "gpu_log.txt").write_text("\n".join(LOG))
+
+    def guarded(fn, *a):
+        try:
+            return fn(*a)
+        except Exception:  # noqa: BLE001
+            return {"ok": False, "error": traceback.format_exc()[-2000:]}
+
+    checks = {"single_gpu": (single_gpu, work), "fsdp_sharded": (fsdp, work, "sharded"),
+              "fsdp_full": (fsdp, work, "full"), "vllm_missing": (vllm_missing, work)}
+    chosen = args.only.split(",") if args.only else [*checks, "figures"]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = {key: pool.submit(guarded, *checks[key]) for key in chosen if key in checks}
+        for key, job in jobs.items():
+            results[key] = job.result()
+            save()
+    results["correctness_seconds"] = round(time.monotonic() - started, 1)
+    if "figures" in chosen:
+        results["figures"] = figures(work, started + args.seconds)
+    results["seconds"] = round(time.monotonic() - started, 1)
+    save()
+    print(json.dumps(results, default=str)[:6000])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
