@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 from itertrain import dist, inventory, restore  # noqa: E402
 from itertrain.data import Collator, encode  # noqa: E402
 from itertrain.generate import complete, sample  # noqa: E402
+from itertrain.loop import load_model  # noqa: E402
 from itertrain.plan import Request, make_plan  # noqa: E402
 from itertrain.selectors import Selector  # noqa: E402
 from itertrain.tasks.addition import make_task  # noqa: E402
@@ -232,8 +233,8 @@ def resume(work: Path, n: int) -> dict:
             arts, names = inventory.scan(str(exp), 20)
             plan = make_plan(arts, Request(Selector("auto"), Selector("none"), 1), existing=names)
             assert restore.verify(str(exp), plan.state_from) is None
-            tr = ours(LlamaForCausalLM.from_pretrained(ckpt), args, data, str(work / "r" / "exp"),
-                      weights_from=str(ckpt))  # as loop.py does: the weights are read once
+            tr = ours(load_model(str(ckpt), for_training=True), args, data, str(work / "r" / "exp"),
+                      weights_from=str(ckpt))  # loop.py's own load; the weights are read once
         else:
             tr = plain(LlamaForCausalLM.from_pretrained(ckpt), args, data)
         tr.add_callback(clock)

@@ -108,7 +108,11 @@ def load_model(path: str, *, for_training: bool = False, device=None):
     `device` (the Trainer's: this rank's GPU, or the CPU) - the Trainer moves its own."""
     try:
         if for_training:
-            return AutoModelForCausalLM.from_pretrained(path)
+            # Read whole, not memory-mapped: every weight is written by the first optimizer step, and
+            # writing into a private mapping of the file faults each page in then, inside the step
+            # (measured: it made a resume slower than reading the file, whose weights HF then reads
+            # a second time; IterTrainer skips that second read).
+            return AutoModelForCausalLM.from_pretrained(path, disable_mmap=True)
         with engines.whole_models():
             model = AutoModelForCausalLM.from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as e:

@@ -131,7 +131,8 @@ class IterTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # HF loads the checkpoint's weights into the model it was given; when that model was just
         # loaded from this very checkpoint (a trainer-strategy resume), they are already there:
-        # skip reading them twice. (DeepSpeed and FSDP pass `model` and load their own files.)
+        # skip reading them twice (loop.load_model reads them whole, not mapped: see there).
+        # (DeepSpeed and FSDP pass `model` and load their own files.)
         if model is None and self.weights_from and os.path.realpath(self.weights_from) == \
                 os.path.realpath(resume_from_checkpoint):
             return
