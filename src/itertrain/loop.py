@@ -14,6 +14,8 @@ import os
 import time
 from dataclasses import dataclass
 
+import torch
+
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 from transformers.trainer_callback import ExportableState
 
@@ -109,11 +111,15 @@ def load_model(path: str, *, for_training: bool = False, device=None):
     `device` (the Trainer's: this rank's GPU, or the CPU) - the Trainer moves its own."""
     try:
         if for_training:
-            # Read whole, not memory-mapped: every weight is written by the first optimizer step, and
-            # writing into a private mapping of the file faults each page in then, inside the step
-            # (measured: it made a resume slower than reading the file, whose weights HF then reads
-            # a second time; IterTrainer skips that second read).
-            return AutoModelForCausalLM.from_pretrained(path, disable_mmap=True)
+            # Trained on the CPU: read whole, not memory-mapped. Every weight is written by the first
+            # optimizer step, and writing into a private mapping of the file faults each page in
+            # then, inside the step (measured: it made a resume slower than reading the file, whose
+            # weights HF then reads a second time; IterTrainer skips that second read). Reading
+            # whole holds the file's bytes and the tensors at once, briefly. On an accelerator the
+            # Trainer copies the weights to the device: the mapping is only read, and the ranks
+            # share the page cache instead of each holding a copy of the weights in host memory.
+            on_cpu = device is None or torch.device(device).type == "cpu"
+            return AutoModelForCausalLM.from_pretrained(path, disable_mmap=on_cpu)
         with engines.whole_models():
             model = AutoModelForCausalLM.from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as e:
@@ -175,8 +181,8 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         targs.report_to = [r for r in targs.report_to if r != "tensorboard"]  # ours: board.py
         engines.before_trainer(targs)
         trainer = IterTrainer(
-            model=load_model(start.weights, for_training=True), args=targs, train_dataset=features,
-            data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+            model=load_model(start.weights, for_training=True, device=cfg.train.device), args=targs,
+            train_dataset=features, data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
             experiment_dir=cfg.output_dir, iteration=k, step_offset=start.step_offset, iteration_steps=steps,
             started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=protect,
             schedule_steps=steps * cfg.it.num_iterations if cfg.it.carry_optimizer_state else None,
