@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench"), str(REPO / "src")]
 
-from conftest import copy_experiment, max_diff, run_cli  # noqa: E402
+from conftest import max_diff, run_cli  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402 - here: HF's lazy imports race in threads
 
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
@@ -54,7 +54,6 @@ def trio(work: Path, name: str, *extra, launcher=(sys.executable,), crash="train
             return {"ok": False, "why": f"the reference run failed: {p.stderr.strip().splitlines()[-1:]}"}
     out = work / f"{name}-crash"
     crashed = cli(f"{name} crash {crash}", out, *extra, failpoints=crash, launcher=launcher)
-    copy_experiment(out, work / f"{name}-as-crashed")  # what the crash left, for the log below
     left = sorted(p.name for p in out.iterdir())
     resumed = cli(f"{name} resume", out, *extra, *AUTO, launcher=launcher)
     r = {"crash_exit": crashed.returncode, "left_by_crash": left, "resume_exit": resumed.returncode,

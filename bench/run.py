@@ -147,6 +147,7 @@ def checkpoint_stall(work: Path, n: int, hidden: int, layers: int, inter: int, e
     costs the training steps on shared cores and the wait for the last write at the end."""
     data = features(64)
     runs: dict[str, list] = {"ours": [], "plain": []}
+    per_save: dict[str, list] = {"ours": [], "plain": []}
 
     def run(kind: str) -> float:
         d = tempfile.mkdtemp(dir=work)
@@ -163,7 +164,6 @@ def checkpoint_stall(work: Path, n: int, hidden: int, layers: int, inter: int, e
         return sum(clock.seconds) / len(clock.seconds)
 
     blocked = {"ours": [], "plain": []}
-    per_save = {"ours": [], "plain": []}
 
     def side(kind):
         blocked[kind].append(run(kind))

@@ -76,15 +76,27 @@ def whole_models():
         hf_deepspeed._hf_deepspeed_config_weak_ref = kept
 
 
+def _fsdp_module_dir(checkpoint: str) -> str:
+    from accelerate.utils.constants import FSDP_MODEL_NAME
+
+    return os.path.join(checkpoint, f"{FSDP_MODEL_NAME}_0")  # where accelerate's save_fsdp_model puts them
+
+
+def fsdp_shards_only(checkpoint: str) -> bool:
+    """Whether a checkpoint holds its module weights only as FSDP SHARDED_STATE_DICT files
+    (pytorch_model_fsdp_0/, through torch.distributed.checkpoint) and no HF model (no config.json)."""
+    return os.path.isdir(_fsdp_module_dir(checkpoint)) and not os.path.exists(os.path.join(checkpoint, "config.json"))
+
+
 def load_fsdp_weights(model, checkpoint: str) -> None:
-    """The module weights of an FSDP SHARDED_STATE_DICT checkpoint (accelerate writes them with
-    torch.distributed.checkpoint under pytorch_model_fsdp_0/, keyed "model") into an ordinary model,
-    on every rank (DCP reads whatever layout was written into whole tensors). For a checkpoint at
-    its iteration's last step: HF's resume, which would run FSDP's loader, is not called then."""
+    """The module weights of such a checkpoint (keyed "model", as accelerate writes them) into an
+    ordinary model, on every rank (DCP reads whatever layout was written into whole tensors). For a
+    checkpoint at its iteration's last step: HF's resume, which would run FSDP's loader, is not
+    called then."""
     import torch.distributed.checkpoint as dcp
 
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=os.path.join(checkpoint, "pytorch_model_fsdp_0"))
+    dcp.load(state, checkpoint_id=_fsdp_module_dir(checkpoint))
     model.load_state_dict(state["model"])
 
 

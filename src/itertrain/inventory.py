@@ -67,8 +67,7 @@ def _foreign(name: str, kind: str, number: int, path: str, max_steps: int) -> Ar
         return Artifact(name, kind, UNVERIFIED, iteration=number, global_step=(number + 1) * max_steps,
                         size=_dir_size(path), needs_config="config.json" not in present,
                         why="no itertrain manifest (weights-only model directory)")
-    sharded = any(f.startswith(("global_step", "pytorch_model_fsdp", "optimizer_")) for f in present)
-    files = manifest.list_files(path) if sharded else []
+    files = manifest.list_files(path)
     engine = sharded_engine(files)
     # DeepSpeed keeps optimizer and scheduler in global_step*/, FSDP its optimizer in optimizer_*/
     required = {"deepspeed": ("trainer_state.json",), "fsdp": ("scheduler.pt", "trainer_state.json")}.get(

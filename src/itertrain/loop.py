@@ -51,10 +51,9 @@ def first_start(cfg: Config, plan: Plan, base_dir: str, steps: int) -> Start:
         ckpt = os.path.join(out, plan.state_from)
         m = manifest.read(ckpt) if manifest.exists(ckpt) else {}
         local = m.get("local_step", plan.next_step - plan.next_iteration * steps)
-        # FSDP's SHARDED_STATE_DICT checkpoints hold no HF model (no config.json; the weights are in
-        # pytorch_model_fsdp_0/): the model is built from the base and FSDP's loader puts them in
-        sharded = os.path.isdir(os.path.join(ckpt, "pytorch_model_fsdp_0")) and not os.path.exists(
-            os.path.join(ckpt, "config.json"))
+        # FSDP's SHARDED_STATE_DICT checkpoints hold no HF model: the model is built from the base
+        # and FSDP's loader puts the checkpoint's weights in
+        sharded = engines.fsdp_shards_only(ckpt)
         return Start(plan.next_iteration, base_dir if sharded else ckpt, ckpt, plan.next_step - local,
                      m.get("started_from") or "unknown", curve=curve.read(ckpt),
                      training_finished=plan.training_finished, engine_weights=ckpt if sharded else None)
