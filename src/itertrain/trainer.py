@@ -106,8 +106,9 @@ class IterTrainer(Trainer):
             self.sync_curve()
         super()._maybe_log_save_evaluate(*args, learning_rate=learning_rate, **kwargs)
         step = self.step_offset + self.state.global_step
-        if failpoints.matches("train.step", step):
-            self.saver.wait()  # the failpoint's promise: every save of a step <= N has committed
+        if failpoints.matches("train.step", step):  # armed alike on every rank (no @R)
+            self.saver.wait()  # the failpoint's promise: every save of a step <= N has committed,
+            dist.barrier()  # also rank 0's commit: rank 1 must not die first (torchrun kills rank 0)
         failpoints.hit("train.step", step)
 
     def train(self, *args, **kwargs):
