@@ -198,6 +198,32 @@ def test_needs_config_becomes_an_action():
     assert {"create_config": "iter_1"} in plan.to_json()["actions"]
 
 
+def test_adopted_models_serve_as_the_model_of_their_iteration_and_get_a_config():
+    base = dataclasses.replace(itm(0, UNVERIFIED, name="base_model"), needs_config=True)
+    iter1 = dataclasses.replace(itm(1, UNVERIFIED), needs_config=True)
+    # training iteration 1 from a checkpoint: base_model generates its samples, so it is loaded too
+    plan = make_plan([base, ckpt(6)], req())
+    assert (plan.strategy, plan.next_iteration, plan.models) == (TRAINER, 1, {0: "base_model"})
+    assert plan.create_config == ["base_model"]
+    plan = make_plan([base, itm(0), iter1, ckpt(4)], req())  # our iter_0 shadows base_model
+    assert plan.models == {0: "iter_0", 1: "iter_1"} and plan.create_config == ["iter_1"]
+    assert plan.to_json()["iteration_models"] == {"0": "iter_0", "1": "iter_1"}
+    # a model the plan sets aside (later than the starting point) is not one it will load
+    plan = make_plan([base, iter1], req(NONE, Selector("explicit", 0)))
+    assert plan.models == {0: "base_model"} and plan.create_config == ["base_model"]
+
+
+def test_foreign_checkpoint_counting_another_runs_steps_is_refused_with_the_fix():
+    plain = dataclasses.replace(ckpt(6), state=UNVERIFIED, run_step=6, run_steps=8)  # HF's own count
+    with pytest.raises(PlanError, match=r"checkpoint-6 is a plain HF checkpoint at step 6 of a 8-step run .* "
+                                        r"places it at step 2 of iteration 1: pass the --max_steps of the run "
+                                        r"that wrote it \(8\)"):
+        make_plan([plain], req())
+    assert make_plan([plain], req(NONE, AUTO)).strategy == SCRATCH  # not resumed: nothing refused
+    seed = dataclasses.replace(plain, run_step=2)  # named by the global step, counting its iteration's
+    assert make_plan([seed], req()).state_from == "checkpoint-6"
+
+
 def test_done_writes_nothing():
     plan = make_plan(timeline(), req(NONE, AUTO))
     assert plan.done and not plan.renames

@@ -86,6 +86,8 @@ class Artifact:
     needs_config: bool = False  # iteration model without config.json: one is created from --model_name
     engine: str | None = None  # checkpoints: "deepspeed" or "fsdp" when it holds per-rank shards
     world_size: int | None = None  # checkpoints: processes that wrote it (when known)
+    run_step: int | None = None  # foreign checkpoints: the step its trainer_state.json counts
+    run_steps: int | None = None  # foreign checkpoints: the max_steps of the run that wrote it
 
     @property
     def usable(self) -> bool:

@@ -78,8 +78,9 @@ def _foreign(name: str, kind: str, number: int, path: str, max_steps: int) -> Ar
                         why=f"no manifest, and missing {', '.join(missing)}")
     try:
         with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
-            json.load(f)
-    except (OSError, ValueError) as e:
+            state = json.load(f)
+        run_step, run_steps = state.get("global_step"), state.get("max_steps")
+    except (OSError, ValueError, AttributeError) as e:
         return Artifact(name, kind, INCOMPLETE, iteration=0, global_step=number,
                         why=f"no manifest, and trainer_state.json unreadable ({type(e).__name__})")
     # Foreign checkpoints carry no iteration: infer it from N and the current --max_steps.
@@ -89,6 +90,7 @@ def _foreign(name: str, kind: str, number: int, path: str, max_steps: int) -> Ar
     return Artifact(name, kind, UNVERIFIED, iteration=iteration, global_step=number,
                     local_step=number - iteration * max_steps, iteration_steps=max_steps,
                     size=_dir_size(path), engine=engine, world_size=shard_count(engine, files),
+                    run_step=run_step, run_steps=run_steps,
                     why=f"no itertrain manifest (plain HF checkpoint; iteration {iteration} inferred "
                         f"from --max_steps {max_steps}{no_rng})")
 

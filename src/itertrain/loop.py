@@ -43,6 +43,33 @@ class Start:
     training_finished: bool = False
     engine_weights: str | None = None  # a checkpoint whose weights only the engine reads (FSDP shards)
     view_of: tuple[str, str] | None = None  # (iteration model, checkpoint) for a "both" view
+    done_steps: int = 0  # steps of this iteration already trained (resuming a checkpoint inside it)
+
+    def describe(self, k: int, steps: int, examples: int) -> str:
+        """The progress line: what this iteration trains from and the global steps it will run."""
+        end = self.step_offset + steps
+        if self.training_finished:
+            return f"▶️  iteration {k}: {self.resume_name} already trained all {steps} steps (global step {end}): " \
+                   "evaluating and saving"
+        first = self.step_offset + self.done_steps + 1
+        resumed = f", resuming {self.resume_name}" if self.resume_name else ""
+        return (f"▶️  iteration {k}: training on {examples} examples from {self.started_from}{resumed}, "
+                f"global steps {first}-{end}")
+
+    @property
+    def resume_name(self) -> str | None:
+        where = self.resume or self.engine_weights
+        return os.path.basename(where) if where else None
+
+
+def model_before(cfg: Config, models: dict[int, str], base_dir: str, k: int) -> tuple[str, str]:
+    """model_K, which generates iteration K's samples and which iteration K trains from (with
+    --train_from previous), and its name: the base for K=0, else iteration K-1's model as the plan
+    found it (iter_{K-1}, or an adopted model such as the seed's base_model) or as this run wrote it."""
+    if k == 0:
+        return base_dir, "base"
+    name = models.get(k - 1, iteration_name(k - 1))
+    return os.path.join(cfg.output_dir, name), name
 
 
 def first_start(cfg: Config, plan: Plan, base_dir: str, steps: int) -> Start:
@@ -51,12 +78,15 @@ def first_start(cfg: Config, plan: Plan, base_dir: str, steps: int) -> Start:
         ckpt = os.path.join(out, plan.state_from)
         m = manifest.read(ckpt) if manifest.exists(ckpt) else {}
         local = m.get("local_step", plan.next_step - plan.next_iteration * steps)
+        # a checkpoint we did not write records no provenance: it trained from what ours would have
+        origin = "base" if cfg.it.train_from == "base" else model_before(cfg, plan.models, base_dir, plan.next_iteration)[1]
         # FSDP's SHARDED_STATE_DICT checkpoints hold no HF model: the model is built from the base
         # and FSDP's loader puts the checkpoint's weights in
         sharded = engines.fsdp_shards_only(ckpt)
         return Start(plan.next_iteration, base_dir if sharded else ckpt, ckpt, plan.next_step - local,
-                     m.get("started_from") or "unknown", curve=curve.read(ckpt),
-                     training_finished=plan.training_finished, engine_weights=ckpt if sharded else None)
+                     m.get("started_from") or origin, curve=curve.read(ckpt),
+                     training_finished=plan.training_finished, engine_weights=ckpt if sharded else None,
+                     done_steps=local)
     if plan.strategy == BOTH:
         return Start(plan.next_iteration, os.path.join(out, plan.weights_from), None, plan.next_step,
                      plan.weights_from, view_of=(plan.weights_from, plan.state_from))
@@ -135,13 +165,6 @@ def write_metrics(output_dir: str, max_steps: int) -> list[dict]:
     return rows
 
 
-def _generator(cfg: Config, base_dir: str, k: int) -> tuple[str, str]:
-    """model_K, which generates iteration K's samples: the base for K=0, else iter_{K-1}."""
-    if k == 0:
-        return base_dir, "base"
-    return os.path.join(cfg.output_dir, iteration_name(k - 1)), iteration_name(k - 1)
-
-
 def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, task: Task) -> None:
     from itertrain.async_save import Saver
     from itertrain.trainer import IterTrainer  # heavy import, only when training
@@ -158,8 +181,8 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         # 1-2. generate with model_K (the base for K=0, else iter_{K-1}), verify and select
         for j in range(k):  # earlier iterations' selections, as committed (made again only if broken)
             if cfg.it.reuse_previous and j not in kept:
-                kept[j] = samples.earlier(cfg, j, *_generator(cfg, base_dir, j), task, tokenizer, load)
-        model_k, source = _generator(cfg, base_dir, k)
+                kept[j] = samples.earlier(cfg, j, *model_before(cfg, plan.models, base_dir, j), task, tokenizer, load)
+        model_k, source = model_before(cfg, plan.models, base_dir, k)
         found = samples.ensure(cfg, k, model_k, source, task, tokenizer, load)
         kept[k] = found.kept
         train_set = samples.training_set(k, kept, task.gold, reuse_previous=cfg.it.reuse_previous,
@@ -172,8 +195,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         # 3. train
         if cfg.it.train_from == "base" and start.resume is None and start.view_of is None:
             start.weights, start.started_from = base_dir, "base"
-        dist.log0(f"▶️  iteration {k}: training on {len(features)} examples from {start.started_from}, "
-                  f"global steps {start.step_offset + 1}-{start.step_offset + steps}")
+        dist.log0(start.describe(k, steps, len(features)))
         targs = copy.deepcopy(cfg.train)
         targs.output_dir = commit.staging_path(cfg.output_dir, "trainer")
         targs.max_steps, targs.save_total_limit = steps, None

@@ -50,6 +50,9 @@ class Plan:
     skipped: list[dict] = field(default_factory=list)
     renames: list[Rename] = field(default_factory=list)
     create_config: list[str] = field(default_factory=list)  # iteration models that get a config.json
+    # Which directory holds iteration K's model, for every K before next_iteration that has one: iter_K,
+    # or an adopted model (the seed's base_model). The phases read "the model of iteration K" from here.
+    models: dict[int, str] = field(default_factory=dict)
     done: bool = False  # every requested iteration is already complete
     training_finished: bool = False  # trainer strategy on a last-step checkpoint: evaluate and save only
 
@@ -64,6 +67,7 @@ class Plan:
             "warnings": list(self.warnings),
             "skipped": list(self.skipped),
             "done": self.done,
+            "iteration_models": {str(k): v for k, v in sorted(self.models.items())},
             "actions": [{"rename": r.artifact, "to": r.to, "why": r.why} for r in self.renames]
             + [{"create_config": name} for name in self.create_config],
         }
@@ -124,13 +128,16 @@ def make_plan(
         notes.append("--resume_from_iteration auto found no complete iteration model (treated as none)")
 
     plan = _strategy(ckpt, it, ckpts, req)
-    _check_world_size(next((a for a in inventory if a.name == plan.state_from), None), req)
+    state = next((a for a in inventory if a.name == plan.state_from), None)
+    _check_world_size(state, req)
+    _check_foreign_steps(state)
     if notes:
         plan.reason = f"{plan.reason}; " + "; ".join(notes)
     plan.done = plan.next_iteration >= req.num_iterations
     if plan.done:
         plan.reason += f"; every requested iteration (--num_iterations {req.num_iterations}) is already complete"
 
+    plan.models = {a.iteration: a.name for a in iters if a.iteration < plan.next_iteration}
     used = {plan.weights_from, plan.state_from} - {None}
     for a in shadowed:
         plan.skipped.append({"artifact": a.name, "why": "shadowed by iter_0 (same iteration, verified)"})
@@ -163,9 +170,10 @@ def make_plan(
         plan.warnings.append(
             f"trained progress newer than the chosen starting point will not be used: {_listing(later)} "
             "will be renamed aside (superseded), not deleted")
-    weights = next((a for a in inventory if a.name == plan.weights_from), None)
-    if weights is not None and weights.needs_config:
-        plan.create_config.append(weights.name)
+    # Every iteration model this run may load (to train from, or to generate with) needs a config.json
+    loaded = {plan.weights_from, *plan.models.values()}
+    plan.create_config = [a.name for a in sorted(inventory, key=Artifact.sort_key)
+                          if a.name in loaded and a.usable and a.needs_config]
     return plan
 
 
@@ -184,6 +192,20 @@ def _check_world_size(state: Artifact | None, req: Request) -> None:
             f"{req.world_size}: {state.engine} cannot load them on another number of processes. Resume with "
             f"{state.world_size} processes, or start from the newest iteration model without the training state "
             "(--resume_from none --resume_from_iteration auto)")
+
+
+def _check_foreign_steps(state: Artifact | None) -> None:
+    """A checkpoint we did not write is resumed at the step its own trainer_state.json counts. If
+    that is not the step --max_steps places it at, its step counter, data position and LR schedule
+    belong to a run of another shape: continuing it would not be that iteration's training."""
+    if state is None or state.run_step is None or state.run_step == state.local_step:
+        return
+    run = f" of a {state.run_steps}-step run" if state.run_steps else ""
+    raise PlanError(
+        f"{state.name} is a plain HF checkpoint at step {state.run_step}{run} (its trainer_state.json), but "
+        f"--max_steps {state.iteration_steps} places it at step {state.local_step} of iteration {state.iteration}: "
+        f"pass the --max_steps of the run that wrote it ({state.run_steps or 'its max_steps'}) to continue it as "
+        "iteration 0, or --resume_from none to leave it out")
 
 
 def _strategy(ckpt: Artifact | None, it: Artifact | None, ckpts: list[Artifact], req: Request) -> Plan:

@@ -14,7 +14,7 @@ from rich.table import Table
 from itertrain import banner, commit, dist, engines, failpoints, lock, manifest, tinymodel
 from itertrain.config import Config, UsageError, differences, resolved
 from itertrain.loop import write_metrics
-from itertrain.restore import RecoveryError, apply, resolve
+from itertrain.restore import RecoveryError, apply, check_generator, resolve
 from itertrain.plan import SCRATCH
 from itertrain.status import SAVED_CONFIG, saved_settings
 from itertrain.tasks import load_task
@@ -121,6 +121,7 @@ def train(cfg: Config) -> int:
             write_metrics(out, steps)  # derived state: a crash may have left it behind the artifacts
         dist.log0("✅ every requested iteration is already complete: nothing to do")
         return 0
+    check_generator(cfg, plan)
     base = ensure_base(cfg)
     apply(cfg, plan, base)
     if dist.is_main():
