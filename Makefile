@@ -38,6 +38,8 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --random 200 --jobs 2 --json chaos-random.json
 	$(BIN)/python tests/chaos_harness.py --random 20 --ranks 2 --jobs 1 --json chaos-random-2ranks.json
 	$(BIN)/python tests/chaos_harness.py --events sample:20 --ranks 2 --jobs 1 --json chaos-kill-2ranks.json
+	$(BIN)/python tests/chaos_harness.py --events all --adopt --jobs 2 --json chaos-kill-adopt.json
+	$(BIN)/python tests/chaos_harness.py --random 40 --adopt --jobs 2 --json chaos-random-adopt.json
 
 # Speed against plain HF code, side by side (bench/run.py): bench/results.json and BENCHMARKS.md.
 bench: $(STAMP)

@@ -9,13 +9,16 @@ final iteration model and metrics with an uninterrupted run. Verdicts:
   HARD_FAIL          a resume exited with an error, or never finished
   SILENT_DIVERGENCE  finished, but weights or metrics differ
   LOST_WORK          the resume started from an older point than the newest usable artifact
+With --adopt each run starts from an experiment itertrain did not write (the reference cut back to
+the seed's layout: iteration 0's model as base_model/, weights and tokenizer only, and iteration 0's
+last checkpoint without its manifest) and the crash points are the file events of its resume.
 With --ranks 2 the run is under torchrun (gloo) and each crash point is one rank's own N-th file
 event (file.event=N@R): rank 0's events and rank 1's, each killing only that rank (torchrun then
 stops the other, as it does when a worker dies).
 Random kills (--random N): each trial SIGKILLs the whole process group (every rank, under torchrun
 with --ranks 2) at 1-3 random moments of a run, resuming with `auto auto` after each, then compares.
-Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2] [--jobs 2] [--json out]
-       python tests/chaos_harness.py --random 200 [--ranks 2] [--jobs 2] [--json out]
+Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--jobs 2] [--json out]
+       python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--jobs 2] [--json out]
 """
 
 from __future__ import annotations
@@ -75,25 +78,69 @@ def reference_ranks(work: Path, ranks: int) -> tuple[Path, list[list[str]], tupl
         raise RuntimeError(proc.stderr[-2000:])
     logs = [log] + [Path(f"{log}.rank{r}") for r in range(1, ranks)]
     events = [p.read_text().splitlines() if p.exists() else [] for p in logs]
-    offsets = [float(e.split("\t")[3]) for e in events[0]]
+    return out, events, _window(total, events[0])
+
+
+def _window(total: float, events: list[str]) -> tuple[float, float]:
+    offsets = [float(e.split("\t")[3]) for e in events]
     active = offsets[-1] - offsets[0]  # the process's file-writing span; it ends about when the run does
-    return out, events, (max(0.5, total - active - 0.3), total - 0.3)
+    return max(0.5, total - active - 0.3), total - 0.3
 
 
-def _compare(out: Path, ref: Path) -> str | None:
+ADOPTED_STRIP_KEEP = ("model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def adopted_layout(ref: Path, work: Path) -> Path:
+    """The reference cut back to what the seed system leaves: base_model/ (iter_0's weights and
+    tokenizer, no manifest, no config.json) and checkpoint-6 without its manifest, beside the
+    built-in base model."""
+    out = work / "adopted-layout"
+    shutil.copytree(ref, out, ignore=shutil.ignore_patterns(".itertrain.lock"))
+    for p in list(out.iterdir()):
+        if p.name not in ("base", "iter_0", "checkpoint-6"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for f in (out / "iter_0").iterdir():
+        if f.name not in ADOPTED_STRIP_KEEP:
+            f.unlink()
+    (out / "iter_0").rename(out / "base_model")
+    (out / "checkpoint-6" / "itertrain.json").unlink()
+    return out
+
+
+def adopted_reference(ref: Path, work: Path) -> tuple[Path, list[str], tuple[float, float]]:
+    """The adopted layout, the file events of its uninterrupted resume (which must end as `ref`)
+    and the window for random kills."""
+    layout, out, log = adopted_layout(ref, work), work / "adopted-reference", work / "adopted-events.log"
+    shutil.copytree(layout, out)
+    t0 = time.monotonic()
+    proc = _run(out, *AUTO, env_extra={"ITERTRAIN_CHAOS_LOG": str(log)})
+    total = time.monotonic() - t0
+    if proc.returncode != 0 or (why := _compare(out, ref, adopted=True)):
+        raise RuntimeError(f"the adopted layout's own resume is wrong: {proc.stderr[-2000:] or why}")
+    events = log.read_text().splitlines()
+    return layout, events, _window(total, events)
+
+
+def _compare(out: Path, ref: Path, adopted: bool = False) -> str | None:
     a, b = _weights(out / "iter_1"), _weights(ref / "iter_1")
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    same_metrics = (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+    want = (ref / "metrics.jsonl").read_text().splitlines(keepends=True)
+    if adopted:  # the adopted iteration 0 has no metrics of its own
+        want = want[1:]
+    same_metrics = (out / "metrics.jsonl").read_text() == "".join(want)
     return None if diff == 0.0 and same_metrics else f"max abs diff {diff}, metrics same: {same_metrics}"
 
 
 def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: int = 3,
-                 window: tuple[float, float] = (0.5, 14.0)) -> dict:
+                 window: tuple[float, float] = (0.5, 14.0), layout: Path | None = None) -> dict:
     """SIGKILL every process of the run at 1..max_kills random moments in `window` (seconds after
-    launch: the reference run's file-writing span), resuming after each."""
+    launch: the reference run's file-writing span), resuming after each. `layout`: start from a
+    copy of that experiment (--adopt)."""
     rng = random.Random(seed)
     kills = rng.randint(1, max_kills)
     out = work / f"r{seed}"
+    if layout is not None:
+        shutil.copytree(layout, out)
     result = {"seed": seed, "ranks": ranks, "kills": kills, "killed_at": []}
     err_path = work / f"r{seed}.stderr"
     for _ in range(kills + 5):
@@ -121,7 +168,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
             return {**result, "verdict": "HARD_FAIL", "why": err_path.read_text()[-500:]}
     else:
         return {**result, "verdict": "HARD_FAIL", "why": "did not finish"}
-    if why := _compare(out, ref):
+    if why := _compare(out, ref, adopted=layout is not None):
         return {**result, "verdict": "SILENT_DIVERGENCE", "why": why}
     shutil.rmtree(out, ignore_errors=True)
     return {**result, "verdict": "PASS"}
@@ -143,10 +190,13 @@ def _weights(path: Path):
     return load_file(str(path / "model.safetensors"))
 
 
-def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: int = 0) -> dict:
+def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: int = 0,
+          layout: Path | None = None) -> dict:
     out = work / f"e{event}{'t' if torn else ''}r{rank}"
     spec = f"file.event={event}{':torn' if torn else ''}" + (f"@{rank}" if ranks > 1 else "")
-    crashed = _run(out, env_extra={"ITERTRAIN_FAILPOINTS": spec}, ranks=ranks)
+    if layout is not None:  # an adopted experiment, resumed: its resume is what is killed
+        shutil.copytree(layout, out)
+    crashed = _run(out, *(AUTO if layout else ()), env_extra={"ITERTRAIN_FAILPOINTS": spec}, ranks=ranks)
     result = {"event": event, "rank": rank, "torn": torn, "crash_rc": crashed.returncode}
     lost = None
     for attempt in range(4):
@@ -166,7 +216,7 @@ def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: i
             return {**result, "verdict": "HARD_FAIL", "why": proc.stderr.strip().splitlines()[-1:]}
     else:
         return {**result, "verdict": "HARD_FAIL", "why": "did not finish in 4 resumes"}
-    if why := _compare(out, ref):
+    if why := _compare(out, ref, adopted=layout is not None):
         return {**result, "verdict": "SILENT_DIVERGENCE", "why": why}
     if lost:
         return {**result, "verdict": "LOST_WORK", "why": lost}
@@ -174,9 +224,10 @@ def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: i
     return {**result, "verdict": "PASS"}
 
 
-def sweep(points: list[tuple[int, int]], torn: bool, jobs: int, work: Path, ref: Path, ranks: int) -> list[dict]:
+def sweep(points: list[tuple[int, int]], torn: bool, jobs: int, work: Path, ref: Path, ranks: int,
+          layout: Path | None = None) -> list[dict]:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda p: trial(ref, work, p[1], torn, ranks, p[0]), points))
+        return list(pool.map(lambda p: trial(ref, work, p[1], torn, ranks, p[0], layout), points))
 
 
 def choose(spec: str, n: int) -> list[int]:
@@ -196,13 +247,20 @@ def main() -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--random", type=int, default=0, help="random-kill trials instead of the event sweep")
     p.add_argument("--ranks", type=int, default=1)
+    p.add_argument("--adopt", action="store_true", help="start each run from the seed's layout (base_model/)")
     args = p.parse_args()
+    if args.adopt and args.ranks != 1:
+        p.error("--adopt runs one rank")
     work = Path(tempfile.mkdtemp(prefix="itertrain-chaos-"))
     if args.random:
         return _random_main(args, work)
     ref, logs, _ = reference_ranks(work, args.ranks)
+    layout = None
+    if args.adopt:
+        layout, events, _ = adopted_reference(ref, work)
+        logs = [events]
     points = [(r, e) for r, log in enumerate(logs) for e in choose(args.events, len(log))]
-    results = sweep(points, args.torn, args.jobs, work, ref, args.ranks)
+    results = sweep(points, args.torn, args.jobs, work, ref, args.ranks, layout)
     counts: dict[str, int] = {}
     for r in results:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
@@ -210,19 +268,25 @@ def main() -> int:
             print(f"{r['verdict']}: rank {r['rank']} event {r['event']} ({logs[r['rank']][r['event'] - 1]}): "
                   f"{r.get('why')}")
     sizes = "+".join(str(len(log)) for log in logs)
-    print(f"{len(results)} crash points ({'torn writes' if args.torn else 'kill'}, {args.ranks} rank(s)) of "
+    print(f"{len(results)} crash points ({'torn writes' if args.torn else 'kill'}, {args.ranks} rank(s)"
+          f"{', adopted layout' if layout else ''}) of "
           f"{sizes} file events: " + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
     if args.json:
         Path(args.json).write_text(json.dumps({"file_events": [len(log) for log in logs], "ranks": args.ranks,
-                                               "torn": args.torn, "counts": counts, "results": results}, indent=1))
+                                               "torn": args.torn, "adopt": args.adopt, "counts": counts,
+                                               "results": results}, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     return 0 if set(counts) == {"PASS"} else 1
 
 
 def _random_main(args, work: Path) -> int:
     ref, _, window = reference(work, args.ranks)
+    layout = None
+    if args.adopt:
+        layout, _, window = adopted_reference(ref, work)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda s: random_trial(ref, work, s, args.ranks, window=window), range(args.random)))
+        results = list(pool.map(lambda s: random_trial(ref, work, s, args.ranks, window=window, layout=layout),
+                                range(args.random)))
     counts: dict[str, int] = {}
     for r in results:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1

@@ -169,3 +169,17 @@ def test_checkpoint_past_iteration_0_without_the_model_that_generates_its_sample
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["checkpoint-9"]
     plan = plan_of(run_cli(out, *THREE, "--model_name", str(start), *AUTO, "--dry_run"))
     assert plan["state_from"] == "checkpoint-9"
+
+
+def test_adopted_base_model_with_carried_optimizer_state(tmp_path, start):
+    """--carry_optimizer_state: base_model's weights with the adopted checkpoint's optimizer, as
+    the uninterrupted run starts iteration 1."""
+    ref, out = tmp_path / "ref", tmp_path / "exp"
+    args = [*THREE, "--model_name", str(start), "--carry_optimizer_state"]
+    assert run_cli(ref, *args).returncode == 0
+    cut(ref, out, LAYOUTS["base_model+checkpoint"][0])
+    proc = run_cli(out, *args, *AUTO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "weights from base_model with the optimizer state of checkpoint-6" in proc.stdout
+    assert max_diff(out / "iter_2", ref / "iter_2") == 0.0
+    assert rows(out) == rows(ref)[1:]

@@ -1,7 +1,7 @@
 """A fast sample of the kill-at-every-file-event sweep (`make chaos` runs all of them)."""
 
 import pytest
-from chaos_harness import random_trial, reference, trial
+from chaos_harness import adopted_reference, random_trial, reference, trial
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +24,21 @@ def test_random_sigkills_resume_exactly(tmp_path, ref, seed):
     out, _, window = ref
     result = random_trial(out, tmp_path, seed, window=window)
     assert result["verdict"] == "PASS", result
+
+
+@pytest.fixture(scope="module")
+def adopted(ref, tmp_path_factory):
+    return adopted_reference(ref[0], tmp_path_factory.mktemp("adopted"))
+
+
+@pytest.mark.parametrize("fraction,torn", [(0.05, False), (0.3, True), (0.7, False)])
+def test_crash_while_resuming_an_adopted_experiment_resumes_exactly(tmp_path, ref, adopted, fraction, torn):
+    """The seed's layout (base_model/ without config.json, a checkpoint without manifest) killed in
+    its own resume: among the first events is the creation of base_model/config.json."""
+    layout, events, _ = adopted
+    event = max(1, int(len(events) * fraction))
+    result = trial(ref[0], tmp_path, event, torn, layout=layout)
+    assert result["verdict"] == "PASS", (events[event - 1], result)
 
 
 def test_crash_at_the_last_metrics_write(tmp_path, ref):

@@ -115,6 +115,14 @@ def test_retention_keeps_newest_and_protected(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [".staging", "checkpoint-12", "checkpoint-15", "checkpoint-3"]
 
 
+def test_retention_never_deletes_a_checkpoint_it_did_not_write(tmp_path):
+    make(tmp_path, "checkpoint-3", committed=False)  # adopted: the user's
+    for s in (6, 9):
+        make(tmp_path, f"checkpoint-{s}", step=s)
+    arts = inventory.scan(str(tmp_path), 6)[0]
+    assert retention.doomed(arts, 1, protect=set()) == ["checkpoint-6"]
+
+
 def test_set_aside_picks_a_free_name(tmp_path):
     for _ in range(3):
         (tmp_path / "samples_1").mkdir()
