@@ -78,6 +78,20 @@ def reference(tmp_path_factory):
     return out
 
 
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+
+
+@pytest.fixture(scope="session")
+def reference_two_ranks(tmp_path_factory):
+    """The uninterrupted 2-iteration run under torchrun with 2 ranks."""
+    out = tmp_path_factory.mktemp("ref2") / "exp"
+    proc = run_cli(out, launcher=TORCHRUN, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("CHECKPOINT RECOVERY SYSTEM") == 1  # rank 0 prints, once
+    assert proc.stdout.count("✅ iteration 1:") == 1  # no line once per rank
+    return out
+
+
 @pytest.fixture(scope="session")
 def reference_carry(tmp_path_factory):
     out = tmp_path_factory.mktemp("refc") / "exp"

@@ -37,11 +37,20 @@ def train_main(argv: list[str]) -> int:
     from itertrain.restore import RecoveryError
     from itertrain.tasks import TaskError
 
+    from itertrain import stop
+
     try:
         cfg = parse(argv)
+        stop.install(cfg.it.stop_signals, stop.parse_duration(cfg.it.stop_after) if cfg.it.stop_after else None)
         from itertrain import dist, run
 
-        code = run.train(cfg)
+        try:
+            code = run.train(cfg)
+        except stop.Stopped as e:
+            if dist.is_main():
+                stop.record(cfg.output_dir, e)
+                print(f"itertrain: {e}. Resume with: {stop.resume_command(argv, dist.world_size())}", flush=True)
+            code = stop.EXIT_STOPPED
         several = dist.world_size() > 1
         dist.finish()
         if several:  # (in-process callers, tests and tools, are single processes)

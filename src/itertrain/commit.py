@@ -78,6 +78,7 @@ def commit_dir(staged: str, final: str, *, failpoint: tuple[str, int], **provena
     if os.path.lexists(final):
         raise FileExistsError(f"refusing to overwrite {final}: it already exists")
     fsync_tree(staged)
+    failpoints.send_signal(*failpoint)  # a stop request while saving: the commit goes on
     failpoints.hit(*failpoint)  # "half way": files written, manifest not yet
     m = manifest.build(staged, **provenance)
     atomic_write_json(os.path.join(staged, MANIFEST_NAME), m)

@@ -42,6 +42,12 @@ class IterArguments:
         "help": "Write trainer checkpoints in the background: training is blocked only while the state is "
                 "copied into memory (one extra host copy of model and optimizer state). false: write them "
                 "synchronously."})
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGINT"], metadata={
+        "help": "Signals that ask the run to stop at the next safe point, commit, and exit with status 75 "
+                "(stopped, resumable); a second SIGINT exits at once. none: no signal is caught."})
+    stop_after: str | None = field(default=None, metadata={
+        "help": "Stop the same way once the run has lasted this long (23h30m, 90m, 45s, or seconds): for "
+                "schedulers with a time limit."})
     dry_run: bool = field(default=False, metadata={
         "help": "Print the recovery banner and the plan as one JSON line, write nothing, exit."})
     num_iterations: int = field(default=5, metadata={"help": "Number of iterations (iter_0 .. iter_{N-1})."})
@@ -206,6 +212,17 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
                          "optimizer state belongs to the previous iteration's weights)")
     if train.max_steps <= 0 and train.num_train_epochs <= 0:
         raise UsageError("set --max_steps (> 0) or --num_train_epochs (> 0) for each iteration's training")
+    from itertrain import stop
+
+    try:
+        it.stop_signals = stop.signal_names(it.stop_signals)
+        if it.stop_after is not None:
+            stop.parse_duration(it.stop_after)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if train.enable_jit_checkpoint and "SIGTERM" not in it.stop_signals:
+        raise UsageError("--enable_jit_checkpoint asks for a checkpoint on SIGTERM: itertrain does that in every "
+                         "phase when SIGTERM is among --stop_signals (the default); add it there instead")
     if train.save_only_model:
         raise UsageError("--save_only_model is not supported: checkpoints must hold the full training state")
     if "tensorboard" in train.report_to:
@@ -231,7 +248,7 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
 
 # Settings that do not change what an experiment computes: a resume may change them freely.
 NOT_RESULTS = {"output_dir", "resume_from", "resume_from_iteration", "dry_run", "strict_resume", "num_iterations",
-               "async_save",
+               "async_save", "stop_signals", "stop_after", "enable_jit_checkpoint",
                "disable_tqdm", "report_to", "run_name", "logging_steps", "logging_strategy", "logging_first_step",
                "save_steps", "save_strategy", "save_total_limit", "use_cpu", "log_level", "log_level_replica",
                "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",

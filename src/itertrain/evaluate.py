@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import torch
 
-from itertrain import dist
+from itertrain import dist, failpoints
 from itertrain.generate import complete
 
 
 @torch.no_grad()
-def greedy_accuracy(model, tokenizer, examples, is_correct, batch_size: int = 256, max_new_tokens: int = 8) -> float:
+def greedy_accuracy(model, tokenizer, examples, is_correct, batch_size: int = 256, max_new_tokens: int = 8,
+                    should_stop=None) -> float | None:
+    """The share of examples answered correctly; None if `should_stop()` said so between batches
+    (the evaluation is abandoned: it is redone on resume)."""
     if not examples:
         return 0.0
     was_training = model.training
     model.eval()
     correct = 0
     starts = range(0, len(examples), batch_size)
-    for i in dist.progress(starts, desc="evaluate"):
+    for n, i in enumerate(dist.progress(starts, desc="evaluate"), 1):
+        failpoints.send_signal("evaluate", n)
+        if should_stop is not None and should_stop():
+            model.train(was_training)
+            return None
         chunk = examples[i:i + batch_size]
         texts = complete(model, tokenizer, [e.prompt for e in chunk], do_sample=False, max_new_tokens=max_new_tokens)
         correct += sum(is_correct(e, t) for e, t in zip(chunk, texts, strict=True))

@@ -18,6 +18,12 @@ os._exit(137), as a kill -9 would: no finally blocks, no flushing, no atexit.
                       on a full disk. @R: only on rank R (default: every rank counts its own events)
   load.fail=NAME@R     verifying artifact NAME fails on rank R only (as a bad local disk would)
   view.hide=NAME@R     rank R's listing of --output_dir lacks NAME (ranks whose views differ)
+  signal.POINT=V[:SIG][@R]
+                      the process sends itself SIGTERM (or SIG) at POINT with value V, through the
+                      real handler: train.step=N (global step), generate=B (after generation
+                      round B, from 1), verify=I (prompt I, from 1), evaluate=B (eval batch B, from
+                      1), iteration.write=K / checkpoint.write=N / samples.write=K (half way through
+                      that commit), iteration=K (as iteration K starts)
 A bare name matches any value. ITERTRAIN_CHAOS_LOG=path appends every file event to `path`
 (number, event, path, seconds since the process started).
 """
@@ -76,6 +82,19 @@ def hit(name: str, value: int | None = None, *, at_least: bool = False) -> None:
         sys.stderr.write(f"itertrain: failpoint {name}={value} hit: exiting with 137\n")
         sys.stderr.flush()
         os._exit(137)
+
+
+def send_signal(point: str, value: int) -> None:
+    """Armed `signal.POINT=V[:SIG]` for this value and rank: send this process the signal (a stop
+    request at an exact point, for tests)."""
+    spec = on_this_rank(f"signal.{point}")
+    if spec is None:
+        return
+    want, _, name = spec.partition(":")
+    if want == str(value):
+        import signal
+
+        os.kill(os.getpid(), getattr(signal, name or "SIGTERM"))
 
 
 def install_file_events(root: str) -> None:

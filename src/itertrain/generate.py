@@ -36,16 +36,21 @@ def complete(model, tokenizer, prompts: list[str], **generate_kwargs) -> list[st
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], *, num_samples: int, seed: int, iteration: int,
-           batch_size: int, max_new_tokens: int, temperature: float) -> list[list[str]]:
-    """completions[i][s]: sample s for prompt i, identical on every rank."""
+           batch_size: int, max_new_tokens: int, temperature: float, safe_point=None) -> list[list[str]]:
+    """completions[i][s]: sample s for prompt i, identical on every rank. `safe_point()` is called
+    on every rank after each round (one batch per rank): a stop request ends the phase there."""
     model.eval()
     device = next(model.parameters()).device
     rank, world = dist.state().process_index, dist.world_size()
     mine: dict[int, list[list[str]]] = {}
     produced = 0
-    batches = range(rank, math.ceil(len(prompts) / batch_size), world)
-    for b in dist.progress(batches, desc=f"generate (iteration {iteration})"):
+    rounds = math.ceil(math.ceil(len(prompts) / batch_size) / world)
+    for r in dist.progress(range(rounds), desc=f"generate (iteration {iteration})"):
+        b = r * world + rank
         chunk = prompts[b * batch_size:(b + 1) * batch_size]
+        if not chunk:  # the last round has fewer batches than ranks
+            _round_end(safe_point, r)
+            continue
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(batch_seed(seed, iteration, b))
             texts = complete(model, tokenizer, chunk, do_sample=True, temperature=temperature, top_k=None,
@@ -53,7 +58,14 @@ def sample(model, tokenizer, prompts: list[str], *, num_samples: int, seed: int,
         mine[b] = [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(chunk))]
         produced += len(texts)
         failpoints.hit("generate", produced, at_least=True)
+        _round_end(safe_point, r)
     merged: dict[int, list[list[str]]] = {}
     for part in dist.gather(mine):
         merged.update(part)
     return [row for b in sorted(merged) for row in merged[b]]
+
+
+def _round_end(safe_point, r: int) -> None:
+    failpoints.send_signal("generate", r + 1)
+    if safe_point is not None:
+        safe_point()

@@ -19,12 +19,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 from transformers.trainer_callback import ExportableState
 
-from itertrain import board, commit, curve, dist, engines, inventory, manifest, samples
+from itertrain import board, commit, curve, dist, engines, failpoints, inventory, manifest, samples, stop
 from itertrain.artifacts import ITERATION, checkpoint_name, iteration_name
 from itertrain.config import Config, UsageError
 from itertrain.data import Collator, encode
 from itertrain.evaluate import greedy_accuracy
 from itertrain.plan import BOTH, TRAINER, Plan
+from itertrain.restore import RecoveryError
 from itertrain.tasks import Task, TaskError
 
 METRICS = "metrics.jsonl"
@@ -176,14 +177,19 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
     protect = {plan.weights_from, plan.state_from} - {None}
     start = first_start(cfg, plan, base_dir, cfg.iteration_steps(dist.world_size()))
     board = open_board(cfg, plan, start) if dist.is_main() else None
+    at = stop.Place(plan.next_iteration, plan.next_step, plan.state_from or plan.weights_from or "nothing yet")
     for k in range(plan.next_iteration, cfg.it.num_iterations):
         began = time.monotonic()
+        at.iteration, at.global_step = k, start.step_offset + start.done_steps
+        failpoints.send_signal("iteration", k)
+        at.check("generate")
         # 1-2. generate with model_K (the base for K=0, else iter_{K-1}), verify and select
         for j in range(k):  # earlier iterations' selections, as committed (made again only if broken)
             if cfg.it.reuse_previous and j not in kept:
-                kept[j] = samples.earlier(cfg, j, *model_before(cfg, plan.models, base_dir, j), task, tokenizer, load)
+                kept[j] = samples.earlier(cfg, j, *model_before(cfg, plan.models, base_dir, j), task, tokenizer,
+                                          load, at)
         model_k, source = model_before(cfg, plan.models, base_dir, k)
-        found = samples.ensure(cfg, k, model_k, source, task, tokenizer, load)
+        found = samples.ensure(cfg, k, model_k, source, task, tokenizer, load, at)
         kept[k] = found.kept
         train_set = samples.training_set(k, kept, task.gold, reuse_previous=cfg.it.reuse_previous,
                                          gold_iterations=cfg.it.gold_iterations)
@@ -200,6 +206,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         targs.output_dir = commit.staging_path(cfg.output_dir, "trainer")
         targs.max_steps, targs.save_total_limit = steps, None
         targs.report_to = [r for r in targs.report_to if r != "tensorboard"]  # ours: board.py
+        targs.enable_jit_checkpoint = False  # HF's SIGTERM handler: ours (stop.py) stops every phase
         engines.before_trainer(targs)
         trainer = IterTrainer(
             model=load_model(start.weights, for_training=True, device=cfg.train.device), args=targs,
@@ -214,14 +221,18 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
             trainer.train(resume_from_checkpoint=resume)
         elif start.engine_weights:  # nothing left to train, so the engine's loader never ran
             engines.load_fsdp_weights(trainer.model, start.engine_weights)
+        finished_training(trainer, start, k, steps, at)
         train_loss = trainer.mean_loss()
-        # 4. evaluate
-        accuracy = None
+        # 4. evaluate (rank 0; a stop request abandons it, and the resume evaluates again)
+        result = None
         trained = engines.trained_model(trainer)  # every rank takes part; an ordinary model on rank 0
         if dist.is_main():
             accuracy = greedy_accuracy(trained, tokenizer, task.eval_prompts, task.verify,
-                                       max_new_tokens=cfg.it.max_new_tokens)
-        accuracy = dist.broadcast(accuracy)
+                                       max_new_tokens=cfg.it.max_new_tokens, should_stop=stop.requested_here)
+            result = (accuracy, None if accuracy is not None else stop.requested_here())
+        accuracy, stopped = dist.broadcast(result)
+        if stopped:
+            at.check("evaluate", stopped)
         global_step = start.step_offset + steps
         metrics = {"iteration": k, "eval_accuracy": accuracy, "acceptance_rate": found.stats["acceptance_rate"],
                    "pass_at_k": found.stats["pass_at_k"], "num_generated": found.stats["num_generated"],
@@ -235,9 +246,31 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
             if board is not None:
                 board.iteration(metrics)
         dist.barrier()
+        at.committed = iteration_name(k)
+        if k + 1 < cfg.it.num_iterations:  # after the last iteration there is nothing left to stop
+            at.check("save")
         start = next_start(cfg, k, global_step)
     if board is not None:
         board.close()
+
+
+def finished_training(trainer, start: Start, k: int, steps: int, at: stop.Place) -> None:
+    """Training ended: by a stop request (exit through Stopped, its checkpoint committed), by running
+    every step, or by anything else that set should_training_stop (an early-stopping callback, a
+    user's callback): then the iteration is not finished and is not committed as if it were."""
+    done = steps if start.training_finished else trainer.state.global_step
+    at.global_step = start.step_offset + done
+    if trainer.stop_reason:
+        at.committed = checkpoint_name(at.global_step)
+        at.check("train", trainer.stop_reason)
+    if done < steps:
+        raise RecoveryError(
+            f"iteration {k}'s training ended after {done} of its {steps} steps without a stop request (a callback "
+            f"set should_training_stop?): iter_{k} is not committed, since an iteration is finished only when its "
+            "Trainer ran all its steps. Resume with --resume_from auto --resume_from_iteration auto to go on from "
+            "its newest checkpoint")
+    at.committed = checkpoint_name(at.global_step)  # a checkpoint is always committed at the last step
+    at.check("train")
 
 
 def save_iteration(cfg: Config, k: int, trainer, model, tokenizer, global_step: int, started_from: str,

@@ -11,7 +11,7 @@ import warnings
 from rich.console import Console
 from rich.table import Table
 
-from itertrain import banner, commit, dist, engines, failpoints, lock, manifest, tinymodel
+from itertrain import banner, commit, dist, engines, failpoints, lock, manifest, stop, tinymodel
 from itertrain.config import Config, UsageError, differences, resolved
 from itertrain.loop import write_metrics
 from itertrain.restore import RecoveryError, apply, check_generator, resolve
@@ -102,6 +102,7 @@ def train(cfg: Config) -> int:
                 raise UsageError(f"--output_dir {out}: not writable")
             handle = lock.acquire(out)  # held until the process exits  # noqa: F841
             commit.clear_staging(out)
+            stop.clear(out)  # the record says how the last run ended: this one has not
         dist.barrier()
         check_shared(out)
     steps = cfg.iteration_steps(dist.world_size())

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from itertrain import commit, dist, manifest
+from itertrain import commit, dist, failpoints, manifest, stop
 from itertrain.tasks import Example, Task, TaskError
 
 GENERATED, SELECTED = "generated.jsonl", "selected.jsonl"
@@ -28,11 +28,19 @@ class Samples:
     stats: dict  # num_generated, num_kept, acceptance_rate, pass_at_k
 
 
+class Abandoned(Exception):
+    """Verification was left for a stop request; the reason is the message."""
+
+
 def select(prompts: list[Example], completions: list[list[str]], verify, max_per_prompt: int,
-           verifier_name: str = "verifier") -> tuple[list[Example], list[list[bool]], dict]:
-    """Keep correct completions, deduplicated, at most max_per_prompt per prompt."""
+           verifier_name: str = "verifier", should_stop=None) -> tuple[list[Example], list[list[bool]], dict]:
+    """Keep correct completions, deduplicated, at most max_per_prompt per prompt. `should_stop()`
+    is asked before each prompt: a stop request abandons the verdicts (they are made again)."""
     kept, verdicts, solved = [], [], 0
-    for ex, outs in zip(prompts, completions, strict=True):
+    for i, (ex, outs) in enumerate(zip(prompts, completions, strict=True), 1):
+        failpoints.send_signal("verify", i)
+        if should_stop is not None and (reason := should_stop()):
+            raise Abandoned(reason)
         row, seen = [], set()
         for text in outs:
             try:
@@ -129,8 +137,11 @@ def save(output_dir: str, k: int, prompts: list[Example], completions: list[list
                       extra={"source_digest": source_digest, "settings": settings, "stats": stats})
 
 
-def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load_model) -> Samples:
-    """Iteration k's samples: reused when committed, else generated (every rank) and committed."""
+def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load_model,
+           at: stop.Place | None = None) -> Samples:
+    """Iteration k's samples: reused when committed, else generated (every rank) and committed.
+    `at`: the run's safe points (a stop request ends generation after a round, verification
+    between prompts, and is agreed again once the samples are committed)."""
     from itertrain.generate import sample
 
     it = cfg.it
@@ -154,28 +165,39 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
 
         completions = vllm_backend.sample(model_dir, prompts, num_samples=it.num_samples, seed=cfg.train.seed,
                                           iteration=k, max_new_tokens=it.max_new_tokens, temperature=it.temperature)
+        if at is not None:
+            at.check("generate")
     else:
         model = load_model(model_dir)
         completions = sample(model, tokenizer, prompts, num_samples=it.num_samples, seed=cfg.train.seed,
                              iteration=k, batch_size=it.generation_batch_size, max_new_tokens=it.max_new_tokens,
-                             temperature=it.temperature)
+                             temperature=it.temperature,
+                             safe_point=None if at is None else lambda: at.check("generate"))
         del model
     result = None
     if dist.is_main():
         try:
             kept, verdicts, stats = select(task.train_prompts, completions, task.verify, it.max_per_prompt,
-                                           f"--verifier {it.verifier}" if it.train_prompts else "the task's verifier")
+                                           f"--verifier {it.verifier}" if it.train_prompts else "the task's verifier",
+                                           should_stop=None if at is None else stop.requested_here)
             save(cfg.output_dir, k, task.train_prompts, completions, verdicts, kept, stats, source, digest, settings)
             result = ("ok", kept, stats)
         except TaskError as e:
             result = ("error", str(e), None)
+        except Abandoned as e:
+            result = ("stop", str(e), None)
     status, kept, stats = dist.broadcast(result)
     if status == "error":
         raise TaskError(kept)
+    if at is not None:
+        if status == "ok":
+            at.committed = samples_name(k)
+        at.check("verify", kept if status == "stop" else None)
     return Samples(kept, stats)
 
 
-def earlier(cfg, j: int, model_dir: str, source: str, task: Task, tokenizer, load_model) -> list[Example]:
+def earlier(cfg, j: int, model_dir: str, source: str, task: Task, tokenizer, load_model,
+            at: stop.Place | None = None) -> list[Example]:
     """An earlier iteration's kept samples (--reuse_previous). History is reused as committed, even
     if settings changed since; a samples_j that is broken or gone is made again from model_j, which
     gives the same samples (seeded per batch), so the training set is the uninterrupted run's."""
@@ -186,7 +208,7 @@ def earlier(cfg, j: int, model_dir: str, source: str, task: Task, tokenizer, loa
         dist.log0(f"⚠️  {samples_name(j)} is {verdict} and {source}, which made it, is gone: iteration {j}'s "
                   "samples are left out of the training set (this run's data differs from the original)")
         return []
-    return ensure(cfg, j, model_dir, source, task, tokenizer, load_model).kept
+    return ensure(cfg, j, model_dir, source, task, tokenizer, load_model, at).kept
 
 
 def _check_source(output_dir: str, model_dir: str, k: int, digest: str | None) -> None:

@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import asdict
 
-from itertrain import inventory, manifest
+from itertrain import inventory, manifest, stop
 from itertrain.artifacts import CHECKPOINT, COMPLETE, ITERATION, Artifact
 from itertrain.plan import PlanError, Request, make_plan
 from itertrain.selectors import SelectorError, parse_checkpoint_selector, parse_iteration_selector
@@ -22,13 +22,18 @@ from itertrain.selectors import SelectorError, parse_checkpoint_selector, parse_
 SAVED_CONFIG = "itertrain_config.json"
 
 
-def saved_settings(output_dir: str) -> dict:
+def _json(path: str) -> dict:
+    """A JSON object written by itertrain, or {} if it is missing or unreadable."""
     try:
-        with open(os.path.join(output_dir, SAVED_CONFIG), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def saved_settings(output_dir: str) -> dict:
+    return _json(os.path.join(output_dir, SAVED_CONFIG))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_steps", type=int, default=None, help="default: the experiment's own")
     p.add_argument("--carry_optimizer_state", action="store_true", default=None)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout, nothing else")
+    p.add_argument("--stopped", action="store_true",
+                   help=f"exit {stop.EXIT_STOPPED} if the last run stopped on request (resumable), else 0: for "
+                        "job scripts whose launcher (torchrun) does not pass the exit status on")
     return p
 
 
@@ -48,6 +56,8 @@ def main(argv: list[str]) -> int:
     if not os.path.isdir(args.output_dir):
         print(f"itertrain status: error: {args.output_dir} is not a directory", file=sys.stderr)
         return 2
+    if args.stopped:
+        return stop.EXIT_STOPPED if os.path.exists(os.path.join(args.output_dir, stop.RECORD)) else 0
     try:
         report = build(args)
     except (SelectorError, ValueError) as e:
@@ -77,8 +87,12 @@ def build(args) -> dict:
                 "model_name": saved.get("model_name"), "world_size": saved.get("world_size", 1)}
     checkpoints = [asdict(a) for a in sorted(artifacts, key=Artifact.sort_key) if a.kind == CHECKPOINT]
     aside = sorted(n for n in names if any(t in n for t in (".corrupt", ".incomplete", ".superseded-")))
-    return {"output_dir": args.output_dir, "settings": settings,
-            "iterations": iteration_rows(args.output_dir, artifacts, num_iterations),
+    last_stop = _json(os.path.join(args.output_dir, stop.RECORD)) or None
+    rows = iteration_rows(args.output_dir, artifacts, num_iterations)
+    for row in rows:
+        if last_stop and row["iteration"] == last_stop.get("iteration") and not row["state"].startswith("complete"):
+            row["state"] = f"stopped ({last_stop.get('reason')}, {last_stop.get('phase')}): {row['state']}"
+    return {"output_dir": args.output_dir, "settings": settings, "last_stop": last_stop, "iterations": rows,
             "checkpoints": checkpoints, "artifacts": [asdict(a) for a in sorted(artifacts, key=lambda a: (a.kind, a.sort_key()))],
             "set_aside": aside, "plan": plan, "hints": hints(args.output_dir, settings, artifacts, plan, aside)}
 
@@ -176,6 +190,10 @@ def show(r: dict) -> None:
                     samples, _fmt(row["global_step"]), _fmt(row["train_loss"], ".4f"), _fmt(row["seconds"], ".1f"),
                     (row["finished"] or "").replace("+00:00", ""))
     console.print(its)
+    if stopped := r["last_stop"]:
+        console.print(f"stopped: {stopped['reason']} in the {stopped['phase']} phase of iteration {stopped['iteration']} "
+                      f"at global step {stopped['global_step']} ({stopped['time']}); committed: {stopped['committed']}",
+                      highlight=False)
     ck = Table(title="checkpoints")
     for col in ("checkpoint", "iteration", "step in iteration", "state", "size", "note"):
         ck.add_column(col, no_wrap=col == "checkpoint")

@@ -23,7 +23,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 
-from itertrain import commit, dist, failpoints, retention
+from itertrain import commit, dist, failpoints, retention, stop
 from itertrain.async_save import Saver
 from itertrain import curve as curve_file
 from itertrain.artifacts import CHECKPOINT, checkpoint_name
@@ -35,6 +35,22 @@ class SaveAtLastStep(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
             control.should_save = True
+        return control
+
+
+class StopAtStep(TrainerCallback):
+    """A stop request, agreed over ranks after every optimizer step: save a checkpoint at exactly
+    this step (synchronously) and end training."""
+
+    def __init__(self, trainer: "IterTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        failpoints.send_signal("train.step", self.trainer.step_offset + state.global_step)
+        if reason := stop.agreed():
+            self.trainer.stop_reason = reason
+            control.should_save = True
+            control.should_training_stop = True
         return control
 
 
@@ -67,7 +83,9 @@ class IterTrainer(Trainer):
         self._deferred: list | None = None  # writes left to the background, during an async save
         if self.async_save:
             dist.side_group()  # collective: every rank builds its trainer at the same point
+        self.stop_reason: str | None = None  # set when a stop request ended training
         self.add_callback(SaveAtLastStep())
+        self.add_callback(StopAtStep(self))
 
     def training_step(self, *args, **kwargs):
         loss = super().training_step(*args, **kwargs)
@@ -148,7 +166,8 @@ class IterTrainer(Trainer):
         if dist.is_main() and os.path.lexists(staged):
             shutil.rmtree(staged)  # a leftover of a crashed save: never committed
         dist.barrier()
-        self._deferred = [] if self.async_save else None
+        # a stop's checkpoint is written now: the process is about to exit
+        self._deferred = [] if self.async_save and not self.stop_reason else None
         try:
             super()._save_checkpoint(model, trial)  # HF writes every rank's files into `staged`
         finally:
