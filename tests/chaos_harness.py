@@ -15,10 +15,13 @@ last checkpoint without its manifest) and the crash points are the file events o
 With --ranks 2 the run is under torchrun (gloo) and each crash point is one rank's own N-th file
 event (file.event=N@R): rank 0's events and rank 1's, each killing only that rank (torchrun then
 stops the other, as it does when a worker dies).
+Random stops (--random N --signal SIGTERM): the same, but the run is sent that signal (under
+torchrun: the launcher, which forwards it) instead of SIGKILL, and must stop by itself (exit 75, or
+0 if it had finished); a run that ignores it or dies otherwise is a HARD_FAIL.
 Random kills (--random N): each trial SIGKILLs the whole process group (every rank, under torchrun
 with --ranks 2) at 1-3 random moments of a run, resuming with `auto auto` after each, then compares.
 Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--jobs 2] [--json out]
-       python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--jobs 2] [--json out]
+       python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--jobs 2] [--json out]
 """
 
 from __future__ import annotations
@@ -132,7 +135,8 @@ def _compare(out: Path, ref: Path, adopted: bool = False) -> str | None:
 
 
 def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: int = 3,
-                 window: tuple[float, float] = (0.5, 14.0), layout: Path | None = None) -> dict:
+                 window: tuple[float, float] = (0.5, 14.0), layout: Path | None = None,
+                 sig: str | None = None) -> dict:
     """SIGKILL every process of the run at 1..max_kills random moments in `window` (seconds after
     launch: the reference run's file-writing span), resuming after each. `layout`: start from a
     copy of that experiment (--adopt)."""
@@ -141,7 +145,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
     out = work / f"r{seed}"
     if layout is not None:
         shutil.copytree(layout, out)
-    result = {"seed": seed, "ranks": ranks, "kills": kills, "killed_at": []}
+    result = {"seed": seed, "ranks": ranks, "kills": kills, "killed_at": [], "signal": sig or "SIGKILL"}
     err_path = work / f"r{seed}.stderr"
     for _ in range(kills + 5):
         with open(err_path, "w") as err:  # a file, not a pipe: a full pipe would stall the run
@@ -152,8 +156,17 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
                 try:
                     p.wait(timeout=t)
                 except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)  # every rank, the launcher too: as a node dying
-                    p.wait()
+                    if sig:  # a stop request: the run (torchrun: its launcher) must stop by itself
+                        p.send_signal(getattr(signal, sig))
+                        p.wait(timeout=600)
+                        # 75: stopped; 0: it had finished; -SIG: it came before the handler was installed
+                        if ranks == 1 and p.returncode not in (0, 75, -getattr(signal, sig)):
+                            return {**result, "verdict": "HARD_FAIL",
+                                    "why": f"exit {p.returncode} after {sig}: {err_path.read_text()[-500:]}"}
+                        result.setdefault("exits", []).append(p.returncode)
+                    else:
+                        os.killpg(p.pid, signal.SIGKILL)  # every rank, the launcher too: as a node dying
+                        p.wait()
                     result["killed_at"].append(t)
                     # where it landed: committed artifacts so far (0: still starting up)
                     result.setdefault("committed_at_kill", []).append(
@@ -164,7 +177,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
                 p.wait(timeout=600)
         if p.returncode == 0:  # finished (possibly before a planned kill: fewer kills, still a trial)
             break
-        if p.returncode not in (0, 137):
+        if p.returncode not in (0, 137) and not sig:
             return {**result, "verdict": "HARD_FAIL", "why": err_path.read_text()[-500:]}
     else:
         return {**result, "verdict": "HARD_FAIL", "why": "did not finish"}
@@ -248,6 +261,7 @@ def main() -> int:
     p.add_argument("--random", type=int, default=0, help="random-kill trials instead of the event sweep")
     p.add_argument("--ranks", type=int, default=1)
     p.add_argument("--adopt", action="store_true", help="start each run from the seed's layout (base_model/)")
+    p.add_argument("--signal", default=None, help="with --random: send this stop signal instead of SIGKILL")
     args = p.parse_args()
     if args.adopt and args.ranks != 1:
         p.error("--adopt runs one rank")
@@ -285,8 +299,8 @@ def _random_main(args, work: Path) -> int:
     if args.adopt:
         layout, _, window = adopted_reference(ref, work)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda s: random_trial(ref, work, s, args.ranks, window=window, layout=layout),
-                                range(args.random)))
+        results = list(pool.map(lambda s: random_trial(ref, work, s, args.ranks, window=window, layout=layout,
+                                                       sig=args.signal), range(args.random)))
     counts: dict[str, int] = {}
     for r in results:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
@@ -296,11 +310,13 @@ def _random_main(args, work: Path) -> int:
     landed = [c for r in results for c in r.get("committed_at_kill", [])]
     print(f"committed artifacts when killed: {sorted(landed)[len(landed) // 2] if landed else 0} (median), "
           f"{sum(c == 0 for c in landed)} kills before the first commit")
-    print(f"{len(results)} runs with {kills} random SIGKILLs ({args.ranks} rank(s), kills {window[0]:.1f}-{window[1]:.1f} s "
+    print(f"{len(results)} runs with {kills} random {args.signal or 'SIGKILL'}s ({args.ranks} rank(s), "
+          f"sent {window[0]:.1f}-{window[1]:.1f} s "
           "after launch): "
           + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
     if args.json:
-        Path(args.json).write_text(json.dumps({"ranks": args.ranks, "kills": kills, "window": window, "counts": counts,
+        Path(args.json).write_text(json.dumps({"ranks": args.ranks, "signal": args.signal or "SIGKILL", "kills": kills,
+                                               "window": window, "counts": counts,
                                                "results": results}, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     return 0 if set(counts) == {"PASS"} else 1

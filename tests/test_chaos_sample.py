@@ -41,6 +41,13 @@ def test_crash_while_resuming_an_adopted_experiment_resumes_exactly(tmp_path, re
     assert result["verdict"] == "PASS", (events[event - 1], result)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_random_sigterms_stop_and_resume_exactly(tmp_path, ref, seed):
+    out, _, window = ref
+    result = random_trial(out, tmp_path, seed, window=window, sig="SIGTERM")
+    assert result["verdict"] == "PASS", result
+
+
 def test_crash_at_the_last_metrics_write(tmp_path, ref):
     """Found by the full sweep: iter_1 committed, metrics.jsonl not yet rewritten. The resumed run
     found the experiment complete and left metrics.jsonl one line short."""
