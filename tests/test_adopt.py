@@ -133,7 +133,8 @@ def test_adopted_model_that_fails_to_load_is_set_aside_and_the_run_falls_back(tm
 
 def test_plain_hf_trainer_output_directory(tmp_path, start):
     """A plain HF Trainer run stopped after checkpoint-4 of 8: itertrain resumes it at step 4 as
-    iteration 0, says so, and leaves that checkpoint as it was (retention deletes only its own)."""
+    iteration 0, says so, and leaves that checkpoint as it was, also once it is no longer the
+    one resumed from (retention deletes only its own)."""
     out = tmp_path / "hf"
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "plain_hf.py"), str(start), str(out), "8", "4"],
                           capture_output=True, text=True)
@@ -147,6 +148,10 @@ def test_plain_hf_trainer_output_directory(tmp_path, start):
     assert "iteration 1: training on 64 examples from iter_0, global steps 9-16" in proc.stdout
     assert files(out / "checkpoint-4") == before
     assert [r["global_step"] for r in rows(out)] == [8, 16]
+    proc = run_cli(out, *args, "--num_iterations", "3", *AUTO)  # checkpoint-4 is not protected now
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "deleting checkpoint-16" in proc.stdout and "deleting checkpoint-4" not in proc.stdout
+    assert files(out / "checkpoint-4") == before
     # another --max_steps would put it inside iteration 1, which its own step count (4) is not
     again = tmp_path / "again"
     shutil.copytree(out, again, ignore=shutil.ignore_patterns("iter_*", "checkpoint-[!4]*", "samples_*", ".*"))

@@ -36,12 +36,11 @@ def train_main(argv: list[str]) -> int:
     from itertrain.lock import LockedError
     from itertrain.restore import RecoveryError
     from itertrain.tasks import TaskError
-
     from itertrain import stop
 
     try:
         cfg = parse(argv)
-        stop.install(cfg.it.stop_signals, stop.parse_duration(cfg.it.stop_after) if cfg.it.stop_after else None)
+        handlers = stop.install(cfg.it.stop_signals, cfg.it.stop_after)
         from itertrain import dist, run
 
         try:
@@ -51,6 +50,8 @@ def train_main(argv: list[str]) -> int:
                 stop.record(cfg.output_dir, e)
                 print(f"itertrain: {e}. Resume with: {stop.resume_command(argv, dist.world_size())}", flush=True)
             code = stop.EXIT_STOPPED
+        finally:
+            stop.uninstall(handlers)
         several = dist.world_size() > 1
         dist.finish()
         if several:  # (in-process callers, tests and tools, are single processes)

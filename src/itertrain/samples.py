@@ -186,14 +186,14 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
             result = ("error", str(e), None)
         except Abandoned as e:
             result = ("stop", str(e), None)
-    status, kept, stats = dist.broadcast(result)
+    status, value, stats = dist.broadcast(result)  # value: the kept samples, or what stopped them
     if status == "error":
-        raise TaskError(kept)
+        raise TaskError(value)
     if at is not None:
         if status == "ok":
             at.committed = samples_name(k)
-        at.check("verify", kept if status == "stop" else None)
-    return Samples(kept, stats)
+        at.check("verify", value if status == "stop" else None)
+    return Samples(value, stats)
 
 
 def earlier(cfg, j: int, model_dir: str, source: str, task: Task, tokenizer, load_model,

@@ -78,12 +78,22 @@ def _handler(signum, _frame) -> None:
         _requested = signum
 
 
-def install(names: list[str], stop_after: float | None) -> None:
-    """Catch these signals as stop requests, and request one `stop_after` seconds from now."""
+def install(names: list[str], stop_after: str | None) -> dict:
+    """Catch these signals as stop requests, and request one after the --stop_after duration from
+    now. Returns the handlers it replaced, for `uninstall`."""
     global _deadline
-    for name in names:
-        signal.signal(getattr(signal, name), _handler)
-    _deadline = time.monotonic() + stop_after if stop_after else None
+    previous = {name: signal.signal(getattr(signal, name), _handler) for name in names}
+    _deadline = time.monotonic() + parse_duration(stop_after) if stop_after else None
+    return previous
+
+
+def uninstall(previous: dict) -> None:
+    """The run is over: the process's own handlers again, and no request pending (callers that
+    run several trainings in one process, such as tests)."""
+    global _requested, _deadline
+    for name, handler in previous.items():
+        signal.signal(getattr(signal, name), handler)
+    _requested, _deadline = 0, None
 
 
 def _local() -> int:
