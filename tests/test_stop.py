@@ -93,7 +93,9 @@ def test_second_ctrl_c_exits_at_once():
 @pytest.mark.parametrize("flags,needle", [
     (["--stop_signals", "SIGKILL"], "--stop_signals 'SIGKILL': not a signal that can be caught"),
     (["--stop_after", "soon"], "--stop_after 'soon': use a duration such as 23h30m"),
-    (["--stop_after", "0"], "--stop_after '0': must be more than 0 seconds"),
+    (["--stop_after", "0"], "--stop_after '0': must be a finite number of seconds, more than 0"),
+    (["--stop_after", "nan"], "--stop_after 'nan': must be a finite number of seconds, more than 0"),
+    (["--stop_after", "inf"], "--stop_after 'inf': must be a finite number"),
     (["--stop_signals", "none", "--enable_jit_checkpoint", "true"], "--enable_jit_checkpoint asks for a checkpoint"),
 ])
 def test_bad_stop_flags_are_one_line(tmp_path, flags, needle):

@@ -9,6 +9,7 @@ they stop together at the same point whether the signal reached every process or
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -65,8 +66,8 @@ def parse_duration(text: str) -> float:
                              "seconds") from None
         d, h, mi, s = (int(g or 0) for g in m.groups())
         seconds = float(((d * 24 + h) * 60 + mi) * 60 + s)
-    if seconds <= 0:
-        raise ValueError(f"--stop_after {text!r}: must be more than 0 seconds")
+    if not 0 < seconds < math.inf:  # (nan and inf too: a budget that never ends is no budget)
+        raise ValueError(f"--stop_after {text!r}: must be a finite number of seconds, more than 0")
     return seconds
 
 
