@@ -35,6 +35,7 @@ from itertrain.selectors import Selector  # noqa: E402
 from itertrain.tasks.addition import make_task  # noqa: E402
 from itertrain.tinymodel import make_model, make_tokenizer  # noqa: E402
 from itertrain.trainer import IterTrainer  # noqa: E402
+from stop_bench import agreement_cost, stop_latency, stop_markdown  # noqa: E402
 
 TOK = make_tokenizer()
 
@@ -353,7 +354,8 @@ def generation(n_prompts: int, n_loop: int, device: str = "cpu") -> dict:
 
 TARGETS = {"train_throughput_ratio": (">=", 0.98), "checkpoint_stall_ratio": ("<=", 0.15),
            "resume_ratio": ("<=", 1.0), "plan_seconds_1000": ("<", 0.2), "generate_speedup": (">=", 20),
-           "generate_vs_batched": (">=", 0.9), "resume_step_10000_vs_100": ("<=", 1.2), "stall_vs_size": ("<=", 1.25)}
+           "generate_vs_batched": (">=", 0.9), "resume_step_10000_vs_100": ("<=", 1.2), "stall_vs_size": ("<=", 1.25),
+           "stop_latency_ratio": ("<=", 2.0), "stop_agreement_vs_step": ("<=", 0.01)}
 
 
 def main() -> int:
@@ -374,6 +376,8 @@ def main() -> int:
     results["resume_step_10000_vs_100"] = resume_by_position(work)
     results["plan_seconds_1000"] = plan_1000(work)
     results.update(generation(256, 32 if args.quick else 64))
+    results["stop_latency_ratio"] = stop_latency(work, n, (256, 4, 704) if args.quick else MAIN_SIZE)
+    results["stop_agreement_vs_step"] = agreement_cost()
     for key, r in results.items():
         op, target = TARGETS[key]
         r["target"] = f"{op} {target}"
@@ -404,7 +408,7 @@ def write_markdown(meta: dict, results: dict) -> None:
     text = (REPO / "bench" / "BENCHMARKS.template.md").read_text()
     for key, value in {"{{DATE}}": meta["date"], "{{MACHINE}}": meta["machine"], "{{SECONDS}}": str(meta["seconds"]),
                        "{{ROWS}}": rows, "{{WHOLE_RUN}}": f"{stall['whole_run_ratio']:.2f}x", "{{SIZES}}": table,
-                       "{{CHECKS}}": checks, "{{PROFILE}}": profile_markdown()}.items():
+                       "{{CHECKS}}": checks, "{{PROFILE}}": profile_markdown(), **stop_markdown(results)}.items():
         text = text.replace(key, value)
     (REPO / "BENCHMARKS.md").write_text(text)
 
