@@ -160,7 +160,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
                         p.send_signal(getattr(signal, sig))
                         p.wait(timeout=600)
                         # 75: stopped; 0: it had finished; -SIG: it came before the handler was installed
-                        if ranks == 1 and p.returncode not in (0, 75, -getattr(signal, sig)):
+                        if not _stopped(p.returncode, ranks, out, err_path.read_text(), -getattr(signal, sig)):
                             return {**result, "verdict": "HARD_FAIL",
                                     "why": f"exit {p.returncode} after {sig}: {err_path.read_text()[-500:]}"}
                         result.setdefault("exits", []).append(p.returncode)
@@ -185,6 +185,17 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
         return {**result, "verdict": "SILENT_DIVERGENCE", "why": why}
     shutil.rmtree(out, ignore_errors=True)
     return {**result, "verdict": "PASS"}
+
+
+def _stopped(rc: int, ranks: int, out: Path, stderr: str, by_signal: int) -> bool:
+    """Did the run end as a stop request should end it: finished (0), stopped (75), or killed by the
+    signal itself because it came before the handler was installed (while importing)? Under
+    torchrun the launcher's own status says none of this (it exits 1, or dies of the signal once
+    its workers are done): the stop record, the last iteration model, or a worker's status does."""
+    if ranks == 1:
+        return rc in (0, 75, by_signal)
+    return rc == 0 or (out / "itertrain_stop.json").exists() or (out / "iter_1").is_dir() \
+        or f"exitcode  : {by_signal} " in stderr
 
 
 def _progress(a: dict) -> float:
