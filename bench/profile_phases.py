@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from itertrain import tinymodel  # noqa: E402
 from itertrain.data import encode  # noqa: E402
-from itertrain.generate import sample  # noqa: E402
+from itertrain.generate import sample  # noqa: E402  (every prompt as one shard)
 from itertrain.samples import select  # noqa: E402
 from itertrain.tasks.addition import make_task  # noqa: E402
 

@@ -20,8 +20,14 @@ torchrun: the launcher, which forwards it) instead of SIGKILL, and must stop by 
 0 if it had finished); a run that ignores it or dies otherwise is a HARD_FAIL.
 Random kills (--random N): each trial SIGKILLs the whole process group (every rank, under torchrun
 with --ranks 2) at 1-3 random moments of a run, resuming with `auto auto` after each, then compares.
-Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--jobs 2] [--json out]
-       python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--jobs 2] [--json out]
+With --generate the crash points are the generate phase's own: its file events (shards committed,
+samples_K assembled, shards removed), or random moments while it runs; a resume that does not keep
+every shard committed before the crash is LOST_WORK. Runs generate in shards of 8 prompts (3 per
+iteration).
+Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--generate]
+                                     [--jobs 2] [--json out]
+       python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--generate] [--jobs 2]
+                                     [--json out]
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--num_iterations", "2", "--max_steps", "6", "--save_steps", "3", "--num_gold", "64",
          "--num_prompts", "24", "--num_samples", "2", "--generation_batch_size", "8", "--num_eval", "8",
-         "--per_device_train_batch_size", "8", "--disable_tqdm", "true"]
+         "--per_device_train_batch_size", "8", "--generation_shard_size", "8", "--disable_tqdm", "true"]
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
 
@@ -82,6 +88,19 @@ def reference_ranks(work: Path, ranks: int) -> tuple[Path, list[list[str]], tupl
     logs = [log] + [Path(f"{log}.rank{r}") for r in range(1, ranks)]
     events = [p.read_text().splitlines() if p.exists() else [] for p in logs]
     return out, events, _window(total, events[0])
+
+
+def generate_windows(events: list[str]) -> list[tuple[float, float]]:
+    """Each iteration's generate phase, in seconds after launch: from the file event before its first
+    shard's to its last samples_K event (the shards removed once samples_K is committed)."""
+    out = []
+    for k in range(100):
+        mine = [n for n, e in enumerate(events) if f"samples_{k}" in e.split("\t")[2]]
+        if not mine:
+            break
+        at = [float(e.split("\t")[3]) for e in events]
+        out.append((at[max(mine[0] - 1, 0)], at[mine[-1]]))
+    return out
 
 
 def _window(total: float, events: list[str]) -> tuple[float, float]:
@@ -152,7 +171,9 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
             p = subprocess.Popen(_cmd(out, ranks, *AUTO), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                                  stderr=err, start_new_session=True)
             if len(result["killed_at"]) < kills:
-                t = round(rng.uniform(*window), 2)
+                lo, hi = window if not isinstance(window, list) else \
+                    rng.choices(window, weights=[b - a + 1e-3 for a, b in window])[0]
+                t = round(rng.uniform(lo, hi), 2)
                 try:
                     p.wait(timeout=t)
                 except subprocess.TimeoutExpired:
@@ -185,6 +206,10 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
         return {**result, "verdict": "SILENT_DIVERGENCE", "why": why}
     shutil.rmtree(out, ignore_errors=True)
     return {**result, "verdict": "PASS"}
+
+
+def _spans(window) -> str:
+    return ", ".join(f"{a:.1f}-{b:.1f}" for a, b in (window if isinstance(window, list) else [window]))
 
 
 def _stopped(rc: int, ranks: int, out: Path, stderr: str, by_signal: int) -> bool:
@@ -222,7 +247,7 @@ def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: i
         shutil.copytree(layout, out)
     crashed = _run(out, *(AUTO if layout else ()), env_extra={"ITERTRAIN_FAILPOINTS": spec}, ranks=ranks)
     result = {"event": event, "rank": rank, "torn": torn, "crash_rc": crashed.returncode}
-    lost = None
+    lost = gen = None
     for attempt in range(4):
         if attempt == 0 and crashed.returncode != 0:
             st = _status(out)
@@ -233,7 +258,12 @@ def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: i
                 best = max(usable, key=_progress)
                 if start != best["name"]:
                     lost = f"newest usable {best['name']}, plan starts from {start}"
+            gen = st.get("generation")
         proc = _run(out, *AUTO, ranks=ranks)
+        if attempt == 0 and crashed.returncode != 0 and gen and not torn and not lost \
+                and f"({gen['prompts_done']} already committed" not in proc.stdout:
+            lost = f"{gen['prompts_done']} prompts were committed in shards of iteration {gen['iteration']}, " \
+                   "the resume did not keep them"
         if proc.returncode == 0:
             break
         if proc.returncode != 137:
@@ -273,6 +303,8 @@ def main() -> int:
     p.add_argument("--ranks", type=int, default=1)
     p.add_argument("--adopt", action="store_true", help="start each run from the seed's layout (base_model/)")
     p.add_argument("--signal", default=None, help="with --random: send this stop signal instead of SIGKILL")
+    p.add_argument("--generate", action="store_true",
+                   help="crash only in the generate phase: its file events, or random moments while it runs")
     args = p.parse_args()
     if args.adopt and args.ranks != 1:
         p.error("--adopt runs one rank")
@@ -284,7 +316,11 @@ def main() -> int:
     if args.adopt:
         layout, events, _ = adopted_reference(ref, work)
         logs = [events]
-    points = [(r, e) for r, log in enumerate(logs) for e in choose(args.events, len(log))]
+    if args.generate:  # only the generate phase's own file events (its shards, samples_K, their removal)
+        points = [(r, e) for r, log in enumerate(logs) for e in choose(args.events, len(log))
+                  if "samples_" in log[e - 1].split("\t")[2]]
+    else:
+        points = [(r, e) for r, log in enumerate(logs) for e in choose(args.events, len(log))]
     results = sweep(points, args.torn, args.jobs, work, ref, args.ranks, layout)
     counts: dict[str, int] = {}
     for r in results:
@@ -305,7 +341,9 @@ def main() -> int:
 
 
 def _random_main(args, work: Path) -> int:
-    ref, _, window = reference(work, args.ranks)
+    ref, events, window = reference(work, args.ranks)
+    if args.generate:
+        window = generate_windows(events)
     layout = None
     if args.adopt:
         layout, _, window = adopted_reference(ref, work)
@@ -322,7 +360,7 @@ def _random_main(args, work: Path) -> int:
     print(f"committed artifacts when killed: {sorted(landed)[len(landed) // 2] if landed else 0} (median), "
           f"{sum(c == 0 for c in landed)} kills before the first commit")
     print(f"{len(results)} runs with {kills} random {args.signal or 'SIGKILL'}s ({args.ranks} rank(s), "
-          f"sent {window[0]:.1f}-{window[1]:.1f} s "
+          f"sent {_spans(window)} s "
           "after launch): "
           + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
     if args.json:

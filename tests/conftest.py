@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Small enough for seconds per run: 2 iterations of 6 steps, a checkpoint every 3 steps.
 SMALL = ["--num_iterations", "2", "--max_steps", "6", "--save_steps", "3", "--num_gold", "64",
          "--num_prompts", "24", "--num_samples", "2", "--generation_batch_size", "8", "--num_eval", "8",
-         "--per_device_train_batch_size", "8", "--disable_tqdm", "true"]
+         "--per_device_train_batch_size", "8", "--generation_shard_size", "8", "--disable_tqdm", "true"]
 
 
 def run_cli(out, *extra, failpoints=None, entry=("train_iterative.py",), launcher=(sys.executable,), timeout=300):

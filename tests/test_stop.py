@@ -34,7 +34,8 @@ def same_as(out, ref):
 
 CASES = {
     # failpoint (or flags), phase, iteration, global step, newest commit
-    "generate": ("signal.generate=2", [], "generate", 0, 0, "nothing yet"),
+    # (its first shard of 8 prompts committed after round 1)
+    "generate": ("signal.generate=2", [], "generate", 0, 0, "samples_0.shards/prompts-00000000-00000008"),
     "verify": ("signal.verify=5", [], "verify", 0, 0, "nothing yet"),
     "train": ("signal.train.step=8", [], "train", 1, 8, "checkpoint-8"),
     "train-last-step": ("signal.train.step=6", [], "train", 0, 6, "checkpoint-6"),

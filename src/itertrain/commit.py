@@ -105,10 +105,12 @@ def set_aside(output_dir: str, name: str, suffix: str) -> str:
     return to
 
 
-def remove_committed(output_dir: str, name: str) -> None:
-    """Delete an artifact (rotation only): first rename it into staging, so that a crash half way
-    through the delete never leaves a half artifact under its real name."""
-    doomed = staging_path(output_dir, f"deleting-{name}")
+def remove_committed(output_dir: str, name: str, staging_root: str | None = None) -> None:
+    """Delete an artifact (rotation only): first rename it into staging (the experiment's: pass its
+    directory as `staging_root` for an artifact in a subfolder), so that a crash half way through
+    the delete never leaves a half artifact under its real name."""
+    root = staging_root or output_dir
+    doomed = staging_path(root, f"deleting-{os.path.relpath(os.path.join(output_dir, name), root).replace(os.sep, '-')}")
     if os.path.lexists(doomed):
         shutil.rmtree(doomed)
     os.makedirs(os.path.dirname(doomed), exist_ok=True)

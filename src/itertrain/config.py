@@ -23,6 +23,9 @@ from itertrain.selectors import (
 )
 
 
+DEFAULT_SHARD_PROMPTS = 512
+
+
 class UsageError(ValueError):
     """Bad input from the user: printed as one line, exit code 2."""
 
@@ -75,8 +78,17 @@ class IterArguments:
     generation_backend: str = field(default="hf", metadata={
         "choices": ["hf", "vllm"],
         "help": "Who samples the generate phase: hf (batched HF generate, in the training process) or vllm "
-                "(a vLLM process per rank and generate phase, its GPU memory freed before training; needs a "
-                "GPU and the vllm extra)."})
+                "(a vLLM process per rank and generate phase, its memory freed before training; on a GPU or "
+                "the CPU, with the vLLM of --vllm_python)."})
+    generation_shard_size: int | None = field(default=None, metadata={
+        "help": "Prompts per committed shard of the generate phase: a stopped or crashed phase keeps its "
+                "committed shards and makes only the rest. Default: 512 rounded up to whole "
+                "--generation_batch_size batches (minutes of work per shard on a GPU)."})
+    vllm_python: str | None = field(default=None, metadata={
+        "help": "The interpreter whose vLLM samples with --generation_backend vllm (make vllm builds "
+                ".venv-vllm/bin/python). Default: the one running itertrain."})
+    vllm_gpu_memory_utilization: float = field(default=0.85, metadata={
+        "help": "Share of the GPU's memory vLLM may take during the generate phase (freed before training)."})
     num_gold: int = field(default=700, metadata={"help": "Built-in task: gold (supervised) examples."})
     num_prompts: int = field(default=2000, metadata={"help": "Built-in task: unlabelled training prompts."})
     num_eval: int = field(default=500, metadata={"help": "Built-in task: held-out prompts."})
@@ -203,6 +215,18 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
         raise UsageError("--num_gold, --num_prompts and --num_eval must be >= 0, and some training data is needed")
     if it.num_samples < 1 or it.max_per_prompt < 1 or it.generation_batch_size < 1 or it.max_new_tokens < 1:
         raise UsageError("--num_samples, --max_per_prompt, --generation_batch_size and --max_new_tokens must be >= 1")
+    if it.generation_shard_size is None:
+        it.generation_shard_size = math.ceil(DEFAULT_SHARD_PROMPTS / it.generation_batch_size) * it.generation_batch_size
+    elif it.generation_shard_size < 1:
+        raise UsageError(f"--generation_shard_size must be >= 1, got {it.generation_shard_size}")
+    elif it.generation_backend == "hf" and it.generation_shard_size % it.generation_batch_size:
+        raise UsageError(f"--generation_shard_size {it.generation_shard_size} must be a multiple of "
+                         f"--generation_batch_size {it.generation_batch_size} (each batch is seeded by its place "
+                         "among the prompts, so a shard holds whole batches)")
+    if it.vllm_python is None:
+        it.vllm_python = sys.executable
+    if not 0 < it.vllm_gpu_memory_utilization <= 1:
+        raise UsageError(f"--vllm_gpu_memory_utilization must be in (0, 1], got {it.vllm_gpu_memory_utilization}")
     if not it.temperature > 0:
         raise UsageError(f"--temperature must be > 0, got {it.temperature}")
     if it.train_from not in ("previous", "base"):
@@ -248,7 +272,8 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
 
 # Settings that do not change what an experiment computes: a resume may change them freely.
 NOT_RESULTS = {"output_dir", "resume_from", "resume_from_iteration", "dry_run", "strict_resume", "num_iterations",
-               "async_save", "stop_signals", "stop_after", "enable_jit_checkpoint",
+               "async_save", "stop_signals", "stop_after", "enable_jit_checkpoint", "generation_shard_size",
+               "vllm_python", "vllm_gpu_memory_utilization",
                "disable_tqdm", "report_to", "run_name", "logging_steps", "logging_strategy", "logging_first_step",
                "save_steps", "save_strategy", "save_total_limit", "use_cpu", "log_level", "log_level_replica",
                "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",

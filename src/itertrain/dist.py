@@ -37,11 +37,13 @@ class _Stdout(logging.StreamHandler):
         pass
 
 
-def progress(iterable, *, desc: str):
-    """A progress bar on rank 0 when stderr is a terminal; the bare iterable otherwise."""
+def progress(iterable=None, *, desc: str, total: int | None = None, initial: int = 0):
+    """A progress bar on rank 0 when stderr is a terminal (starting from `initial` done); a silent
+    one otherwise."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, disable=not (is_main() and sys.stderr.isatty()))
+    return tqdm(iterable, desc=desc, total=total, initial=initial, leave=False,
+                disable=not (is_main() and sys.stderr.isatty()))
 
 
 def logger() -> logging.Logger:
@@ -75,6 +77,23 @@ def broadcast(obj):
     box = [obj]
     broadcast_object_list(box, from_process=0)
     return box[0]
+
+
+def on_main(fn, *args, **kwargs):
+    """fn(*args, **kwargs) run on rank 0 alone: its value on every rank, or its exception raised on
+    every rank (the one way for rank 0 to decide for all)."""
+    if world_size() == 1:
+        return fn(*args, **kwargs)
+    result = None
+    if is_main():
+        try:
+            result = (True, fn(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001 - raised again below, on every rank
+            result = (False, e)
+    ok, value = broadcast(result)
+    if not ok:
+        raise value
+    return value
 
 
 def gather(obj) -> list:

@@ -8,7 +8,8 @@ os._exit(137), as a kill -9 would: no finally blocks, no flushing, no atexit.
                       in the background write of checkpoint N (async save), once the training
                       thread has taken a step past it
   iteration.write[=K] half way through committing iteration model K (or the first)
-  generate=K          after K generated samples
+  generate=K[@R]      after K generated samples (by this rank, in this generate phase)
+  shard.write=F       half way through committing the generate phase's shard that starts at prompt F
   file.event=N[:torn|:enospc][@R]
                       at the N-th file event under --output_dir (open for write, rename, mkdir,
                       remove, rmdir, rmtree, symlink, truncate; Python audit events, so before the
@@ -71,8 +72,10 @@ def matches(name: str, value: int | None = None, *, at_least: bool = False) -> b
     armed = _armed()
     if name not in armed:
         return False
-    want = armed[name]
-    return want is None or (value is not None and (str(value) == want or (at_least and value >= int(want))))
+    if armed[name] is None:
+        return True
+    want = on_this_rank(name)  # None: armed for another rank
+    return want is not None and value is not None and (str(value) == want or (at_least and value >= int(want)))
 
 
 def hit(name: str, value: int | None = None, *, at_least: bool = False) -> None:

@@ -1,14 +1,15 @@
 """The generate phase: sample completions with HF `generate` (batched, KV cache).
 
 Prompts are cut into batches by their global index, and batch b is sampled under a seed derived
-from (--seed, iteration, b). Under torchrun rank r runs batches r, r+W, r+2W, ... and rank 0
-gathers them in order, so no prompt is dropped or duplicated and the samples are the same with
-one process or several, and again after a resume.
+from (--seed, iteration, b). Under torchrun each rank makes whole shards of the phase (samples.py),
+batch after batch, so the samples are the same with one process or several, shard by shard or all
+at once, and again after a resume.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import xxhash
@@ -34,38 +35,65 @@ def complete(model, tokenizer, prompts: list[str], **generate_kwargs) -> list[st
     return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-@torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], *, num_samples: int, seed: int, iteration: int,
-           batch_size: int, max_new_tokens: int, temperature: float, safe_point=None) -> list[list[str]]:
-    """completions[i][s]: sample s for prompt i, identical on every rank. `safe_point()` is called
-    on every rank after each round (one batch per rank): a stop request ends the phase there."""
-    model.eval()
-    device = next(model.parameters()).device
-    rank, world = dist.state().process_index, dist.world_size()
-    mine: dict[int, list[list[str]]] = {}
-    produced = 0
-    rounds = math.ceil(math.ceil(len(prompts) / batch_size) / world)
-    for r in dist.progress(range(rounds), desc=f"generate (iteration {iteration})"):
-        b = r * world + rank
-        chunk = prompts[b * batch_size:(b + 1) * batch_size]
-        if not chunk:  # the last round has fewer batches than ranks
-            _round_end(safe_point, r)
-            continue
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(batch_seed(seed, iteration, b))
-            texts = complete(model, tokenizer, chunk, do_sample=True, temperature=temperature, top_k=None,
-                             top_p=None, num_return_sequences=num_samples, max_new_tokens=max_new_tokens)
-        mine[b] = [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(chunk))]
-        produced += len(texts)
-        failpoints.hit("generate", produced, at_least=True)
-        _round_end(safe_point, r)
-    merged: dict[int, list[list[str]]] = {}
-    for part in dist.gather(mine):
-        merged.update(part)
-    return [row for b in sorted(merged) for row in merged[b]]
+@dataclass
+class Counters:
+    """Over a whole generate phase, what the failpoints count."""
+
+    rounds: int = 0
+    produced: int = 0
 
 
-def _round_end(safe_point, r: int) -> None:
-    failpoints.send_signal("generate", r + 1)
-    if safe_point is not None:
-        safe_point()
+class Generator:
+    """The HF backend of the generate phase: one model for the phase. Each round makes up to one shard
+    per rank, rank r the r-th; batch b of a shard starting at prompt `first` is batch
+    first/batch_size+b of the phase and has that batch's seed, whichever rank makes it."""
+
+    def __init__(self, model, tokenizer, *, num_samples: int, seed: int, iteration: int, batch_size: int,
+                 max_new_tokens: int, temperature: float):
+        self.model, self.tokenizer = model, tokenizer
+        self.num_samples, self.seed, self.iteration, self.batch_size = num_samples, seed, iteration, batch_size
+        self.gen_kwargs = dict(do_sample=True, temperature=temperature, top_k=None, top_p=None,
+                               num_return_sequences=num_samples, max_new_tokens=max_new_tokens)
+        self.counters = Counters()
+
+    @torch.no_grad()
+    def round(self, spans: list[tuple[int, int]], prompts: list[str], *, safe_point=None,
+              advance=None) -> dict[tuple[int, int], list[list[str]]]:
+        """{span: completions[i][s]} for these shards (at most one per rank), on every rank.
+        `safe_point()` is called on every rank after each batch (a stop request ends the phase there),
+        `advance(n)` with the prompts that batch step covered on all ranks."""
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        rank, size = dist.state().process_index, self.batch_size
+        mine = spans[rank] if rank < len(spans) else None
+        rows: list[list[str]] = []
+        for step in range(max(math.ceil((end - first) / size) for first, end in spans)):
+            if mine is not None and mine[0] + step * size < mine[1]:
+                start = mine[0] + step * size
+                chunk = prompts[start:min(start + size, mine[1])]
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(batch_seed(self.seed, self.iteration, start // size))
+                    texts = complete(self.model, self.tokenizer, chunk, **self.gen_kwargs)
+                n = self.num_samples
+                rows += [texts[i * n:(i + 1) * n] for i in range(len(chunk))]
+                self.counters.produced += len(texts)
+                failpoints.hit("generate", self.counters.produced, at_least=True)
+            self.counters.rounds += 1
+            failpoints.send_signal("generate", self.counters.rounds)
+            if advance is not None:
+                advance(sum(max(0, min(size, end - first - step * size)) for first, end in spans))
+            if safe_point is not None:
+                safe_point()
+        merged: dict[tuple[int, int], list[list[str]]] = {}
+        for part in dist.gather({mine: rows} if mine is not None else {}):
+            merged.update(part)
+        return merged
+
+    def close(self) -> None:
+        self.model = None
+
+
+def sample(model, tokenizer, prompts: list[str], **opts) -> list[list[str]]:
+    """Every prompt as one shard, in this process (benchmarks): completions[i][s]."""
+    span = (0, len(prompts))
+    return Generator(model, tokenizer, **opts).round([span], prompts)[span]

@@ -89,7 +89,7 @@ def train(cfg: Config) -> int:
     if cfg.it.generation_backend == "vllm":
         from itertrain import vllm_backend
 
-        vllm_backend.require()
+        vllm_backend.require(cfg.it.vllm_python, cfg.it.model_name)
     engines.require(cfg.train)
     if not cfg.it.dry_run:
         failpoints.install_file_events(out)

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from itertrain import commit, dist, failpoints, manifest, stop
+from itertrain import commit, dist, failpoints, manifest, shards, stop
 from itertrain.tasks import Example, Task, TaskError
 
 GENERATED, SELECTED = "generated.jsonl", "selected.jsonl"
@@ -32,33 +32,51 @@ class Abandoned(Exception):
     """Verification was left for a stop request; the reason is the message."""
 
 
-def select(prompts: list[Example], completions: list[list[str]], verify, max_per_prompt: int,
-           verifier_name: str = "verifier", should_stop=None) -> tuple[list[Example], list[list[bool]], dict]:
-    """Keep correct completions, deduplicated, at most max_per_prompt per prompt. `should_stop()`
-    is asked before each prompt: a stop request abandons the verdicts (they are made again)."""
-    kept, verdicts, solved = [], [], 0
-    for i, (ex, outs) in enumerate(zip(prompts, completions, strict=True), 1):
+def verify(prompts: list[Example], completions: list[list[str]], verify_fn, verifier_name: str = "verifier",
+           should_stop=None, first: int = 0) -> list[list[bool]]:
+    """The verifier's verdict on every completion. `should_stop()` is asked before each prompt: a stop
+    request abandons the verdicts (they are made again with the shard)."""
+    verdicts = []
+    for i, (ex, outs) in enumerate(zip(prompts, completions, strict=True), first + 1):
         failpoints.send_signal("verify", i)
         if should_stop is not None and (reason := should_stop()):
             raise Abandoned(reason)
-        row, seen = [], set()
+        row = []
         for text in outs:
             try:
-                ok = bool(verify(ex, text))
+                row.append(bool(verify_fn(ex, text)))
             except Exception as e:  # noqa: BLE001 - the user's verifier: name it and what it raised
                 raise TaskError(f"{verifier_name} raised {type(e).__name__}: {e} (prompt {ex.prompt!r}, "
                                 f"completion {text!r})") from None
-            row.append(ok)
-            if ok and text not in seen and len(seen) < max_per_prompt:
-                seen.add(text)
-                kept.append(Example(ex.prompt, text))
-        solved += any(row)
         verdicts.append(row)
-    generated = sum(len(o) for o in completions)
-    stats = {"num_generated": generated, "num_kept": len(kept),
-             "acceptance_rate": len(kept) / generated if generated else 0.0,
-             "pass_at_k": solved / len(prompts) if prompts else 0.0}
+    return verdicts
+
+
+def select(prompts: list[Example], completions: list[list[str]], verify_fn, max_per_prompt: int,
+           verifier_name: str = "verifier") -> tuple[list[Example], list[list[bool]], dict]:
+    """verify, then keep, over prompts 0..n-1 (one phase at once)."""
+    verdicts = verify(prompts, completions, verify_fn, verifier_name)
+    kept, stats = keep(shards.rows(0, [e.prompt for e in prompts], completions, verdicts), max_per_prompt)
     return kept, verdicts, stats
+
+
+def keep(rows: list[dict], max_per_prompt: int) -> tuple[list[Example], dict]:
+    """From generated rows (in prompt, sample order): the correct completions, deduplicated, at most
+    max_per_prompt per prompt, and the phase's statistics."""
+    kept, seen, solved, prompts = [], {}, set(), set()
+    for r in rows:
+        prompts.add(r["i"])
+        if not r["correct"]:
+            continue
+        solved.add(r["i"])
+        texts = seen.setdefault(r["i"], set())
+        if r["completion"] not in texts and len(texts) < max_per_prompt:
+            texts.add(r["completion"])
+            kept.append(Example(r["prompt"], r["completion"]))
+    stats = {"num_generated": len(rows), "num_kept": len(kept),
+             "acceptance_rate": len(kept) / len(rows) if rows else 0.0,
+             "pass_at_k": len(solved) / len(prompts) if prompts else 0.0}
+    return kept, stats
 
 
 def training_set(k: int, kept: dict[int, list[Example]], gold: list[Example], *, reuse_previous: bool,
@@ -120,15 +138,12 @@ def load(output_dir: str, k: int, source_digest: str, settings: dict) -> Samples
     return None
 
 
-def save(output_dir: str, k: int, prompts: list[Example], completions: list[list[str]],
-         verdicts: list[list[bool]], kept: list[Example], stats: dict, source: str, source_digest: str,
-         settings: dict) -> None:
+def save(output_dir: str, k: int, rows: list[dict], kept: list[Example], stats: dict, source: str,
+         source_digest: str, settings: dict) -> None:
     name = samples_name(k)
     staged = commit.fresh_staging(output_dir, name)
-    with open(os.path.join(staged, GENERATED), "w", encoding="utf-8") as f:
-        for i, (ex, outs, oks) in enumerate(zip(prompts, completions, verdicts, strict=True)):
-            for s, (text, ok) in enumerate(zip(outs, oks, strict=True)):
-                f.write(json.dumps({"i": i, "s": s, "prompt": ex.prompt, "completion": text, "correct": ok}) + "\n")
+    with open(os.path.join(staged, GENERATED), "wb") as f:
+        f.write(shards.encode(rows))
     with open(os.path.join(staged, SELECTED), "w", encoding="utf-8") as f:
         for ex in kept:
             f.write(json.dumps({"prompt": ex.prompt, "completion": ex.answer}) + "\n")
@@ -137,63 +152,109 @@ def save(output_dir: str, k: int, prompts: list[Example], completions: list[list
                       extra={"source_digest": source_digest, "settings": settings, "stats": stats})
 
 
-def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load_model,
-           at: stop.Place | None = None) -> Samples:
-    """Iteration k's samples: reused when committed, else generated (every rank) and committed.
-    `at`: the run's safe points (a stop request ends generation after a round, verification
-    between prompts, and is agreed again once the samples are committed)."""
-    from itertrain.generate import sample
-
+def settings_of(cfg, task: Task) -> dict:
+    """What the samples of a phase depend on, as recorded with them (and with each shard)."""
     it = cfg.it
     settings = {"num_samples": it.num_samples, "temperature": it.temperature, "seed": cfg.train.seed,
                 "max_new_tokens": it.max_new_tokens, "batch_size": it.generation_batch_size,
                 "max_per_prompt": it.max_per_prompt, "num_prompts": len(task.train_prompts)}
     if it.generation_backend != "hf":  # (absent for hf: samples committed before the flag still match)
         settings["backend"] = it.generation_backend
+    return settings
+
+
+def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load_model,
+           at: stop.Place | None = None) -> Samples:
+    """Iteration k's samples: reused when committed; else generated (every rank) shard by shard,
+    each shard verified and committed by rank 0 as it is made (a resume keeps them), and assembled
+    into samples_k. `at`: the run's safe points (after every generation round, between prompts
+    being verified, after every shard)."""
+    settings = settings_of(cfg, task)
     digest = dist.broadcast(weights_digest(model_dir) if dist.is_main() else None)
     if (found := load(cfg.output_dir, k, digest, settings)) is not None:
+        dist.on_main(shards.remove, cfg.output_dir, k)  # left by a run that stopped just after the commit
         dist.log0(f"♻️  iteration {k}: reusing committed {samples_name(k)} ({found.stats['num_kept']} kept)")
         return found
     if not task.train_prompts:
         return Samples([], {"num_generated": 0, "num_kept": 0, "acceptance_rate": 0.0, "pass_at_k": 0.0})
-    dist.log0(f"🎲 iteration {k}: generating {it.num_samples} samples for each of {len(task.train_prompts)} "
-              f"prompts with {source}")
     _check_source(cfg.output_dir, model_dir, k, digest)
-    prompts = [e.prompt for e in task.train_prompts]
+    spans = shards.spans(len(task.train_prompts), cfg.it.generation_shard_size)
+    done = dist.on_main(shards.committed, cfg.output_dir, k, digest, settings, spans, log=dist.log0)
+    todo = [sp for sp in spans if sp not in done]
+    have = sum(end - first for first, end in done)
+    dist.log0(f"🎲 iteration {k}: generating {cfg.it.num_samples} samples for each of {len(task.train_prompts)} "
+              f"prompts with {source}" + (f" ({have} already committed in {len(done)} shard{'s' * (len(done) > 1)})"
+                                         if done else ""))
+    if todo:
+        _generate(cfg, k, model_dir, source, task, tokenizer, load_model, at, todo, have, digest, settings)
+    kept, stats = dist.on_main(_assemble, cfg.output_dir, k, spans, source, digest, settings, cfg.it.max_per_prompt)
+    if at is not None:
+        at.committed = samples_name(k)
+        at.check("verify")
+    return Samples(kept, stats)
+
+
+def _generate(cfg, k, model_dir, source, task, tokenizer, load_model, at, todo, have, digest, settings) -> None:
+    """Make the shards in `todo`, a round of one shard per rank at a time, each committed by rank 0
+    once verified: a stop or a crash loses at most the shards of the round under way."""
+    it, prompts = cfg.it, [e.prompt for e in task.train_prompts]
+    opts = dict(num_samples=it.num_samples, seed=cfg.train.seed, iteration=k, max_new_tokens=it.max_new_tokens,
+                temperature=it.temperature)
     if it.generation_backend == "vllm":
         from itertrain import vllm_backend
 
-        completions = vllm_backend.sample(model_dir, prompts, num_samples=it.num_samples, seed=cfg.train.seed,
-                                          iteration=k, max_new_tokens=it.max_new_tokens, temperature=it.temperature)
-        if at is not None:
-            at.check("generate")
+        gen = vllm_backend.Generator(it.vllm_python, model_dir, tokenizer, todo, prompts,
+                                     engine={"gpu_memory_utilization": it.vllm_gpu_memory_utilization},
+                                     log_dir=commit.staging_path(cfg.output_dir, "logs"), **opts)
     else:
-        model = load_model(model_dir)
-        completions = sample(model, tokenizer, prompts, num_samples=it.num_samples, seed=cfg.train.seed,
-                             iteration=k, batch_size=it.generation_batch_size, max_new_tokens=it.max_new_tokens,
-                             temperature=it.temperature,
+        from itertrain.generate import Generator
+
+        gen = Generator(load_model(model_dir), tokenizer, batch_size=it.generation_batch_size, **opts)
+    verifier = f"--verifier {it.verifier}" if it.train_prompts else "the task's verifier"
+    bar = dist.progress(desc=f"generate (iteration {k})", total=len(prompts), initial=have)
+    world = dist.world_size()
+    try:
+        for n in range(0, len(todo), world):
+            made = gen.round(todo[n:n + world], prompts, advance=bar.update,
                              safe_point=None if at is None else lambda: at.check("generate"))
-        del model
-    result = None
-    if dist.is_main():
+            if made is not None:  # (None: a rank's part was left for a stop request)
+                names, abandoned = dist.on_main(_verify_and_commit, cfg.output_dir, k, made, task, verifier, source,
+                                                digest, settings, None if at is None else stop.requested_here)
+                if at is not None:
+                    at.committed = names[-1] if names else at.committed
+                    if abandoned:
+                        at.check("verify", abandoned)
+            if at is not None:
+                at.check("generate")
+            if made is None:
+                raise RuntimeError("a rank left its part of a shard without a stop request")
+    finally:
+        bar.close()
+        gen.close()
+
+
+def _verify_and_commit(output_dir, k, made, task, verifier, source, digest, settings, should_stop):
+    """Rank 0: verify each shard made in a round and commit it; returns the shards committed and, if
+    a stop request abandoned the verification of the rest, its reason."""
+    names = []
+    for first, end in sorted(made):
+        exs = task.train_prompts[first:end]
         try:
-            kept, verdicts, stats = select(task.train_prompts, completions, task.verify, it.max_per_prompt,
-                                           f"--verifier {it.verifier}" if it.train_prompts else "the task's verifier",
-                                           should_stop=None if at is None else stop.requested_here)
-            save(cfg.output_dir, k, task.train_prompts, completions, verdicts, kept, stats, source, digest, settings)
-            result = ("ok", kept, stats)
-        except TaskError as e:
-            result = ("error", str(e), None)
+            verdicts = verify(exs, made[(first, end)], task.verify, verifier, should_stop, first=first)
         except Abandoned as e:
-            result = ("stop", str(e), None)
-    status, value, stats = dist.broadcast(result)  # value: the kept samples, or what stopped them
-    if status == "error":
-        raise TaskError(value)
-    if at is not None:
-        if status == "ok":
-            at.committed = samples_name(k)
-        at.check("verify", value if status == "stop" else None)
-    return Samples(value, stats)
+            return names, str(e)
+        rows = shards.rows(first, [e.prompt for e in exs], made[(first, end)], verdicts)
+        names.append(shards.write(output_dir, k, (first, end), rows, source=source, digest=digest, settings=settings))
+    return names, None
+
+
+def _assemble(output_dir, k, spans, source, digest, settings, max_per_prompt) -> tuple[list[Example], dict]:
+    """samples_k from its shards (rank 0), then the shards are removed."""
+    rows = [r for sp in spans for r in shards.read(output_dir, k, sp)]
+    kept, stats = keep(rows, max_per_prompt)
+    save(output_dir, k, rows, kept, stats, source, digest, settings)
+    shards.remove(output_dir, k)
+    return kept, stats
 
 
 def earlier(cfg, j: int, model_dir: str, source: str, task: Task, tokenizer, load_model,

@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import asdict
 
-from itertrain import inventory, manifest, stop
+from itertrain import inventory, manifest, shards, stop
 from itertrain.artifacts import CHECKPOINT, COMPLETE, ITERATION, Artifact
 from itertrain.plan import PlanError, Request, make_plan
 from itertrain.selectors import SelectorError, parse_checkpoint_selector, parse_iteration_selector
@@ -87,12 +87,16 @@ def build(args) -> dict:
                 "model_name": saved.get("model_name"), "world_size": saved.get("world_size", 1)}
     checkpoints = [asdict(a) for a in sorted(artifacts, key=Artifact.sort_key) if a.kind == CHECKPOINT]
     aside = sorted(n for n in names if any(t in n for t in (".corrupt", ".incomplete", ".superseded-")))
+    aside += shards.aside(args.output_dir)
     last_stop = _json(os.path.join(args.output_dir, stop.RECORD)) or None
     rows = iteration_rows(args.output_dir, artifacts, num_iterations)
     for row in rows:
         if last_stop and row["iteration"] == last_stop.get("iteration") and not row["state"].startswith("complete"):
             row["state"] = f"stopped ({last_stop.get('reason')}, {last_stop.get('phase')}): {row['state']}"
-    return {"output_dir": args.output_dir, "settings": settings, "last_stop": last_stop, "iterations": rows,
+    generation = next(({"iteration": r["iteration"], "prompts_done": r["prompts_done"],
+                        "prompts_total": r["prompts_total"]} for r in rows if "prompts_done" in r), None)
+    return {"output_dir": args.output_dir, "settings": settings, "last_stop": last_stop, "generation": generation,
+            "iterations": rows,
             "checkpoints": checkpoints, "artifacts": [asdict(a) for a in sorted(artifacts, key=lambda a: (a.kind, a.sort_key()))],
             "set_aside": aside, "plan": plan, "hints": hints(args.output_dir, settings, artifacts, plan, aside)}
 
@@ -131,6 +135,9 @@ def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: i
                        global_step=c.global_step)
         elif samples:
             row["state"] = "generated, not trained"
+        elif progress := shards.progress(output_dir, k):
+            row.update(state=f"generating: {progress[0]}/{progress[1]} prompts", prompts_done=progress[0],
+                       prompts_total=progress[1])
         rows.append(row)
     return rows
 
