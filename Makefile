@@ -61,6 +61,9 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --random 40 --adopt --jobs 2 --json chaos-random-adopt.json
 	$(BIN)/python tests/chaos_harness.py --random 100 --signal SIGTERM --jobs 2 --json chaos-sigterm.json
 	$(BIN)/python tests/chaos_harness.py --random 20 --signal SIGTERM --ranks 2 --jobs 1 --json chaos-sigterm-2ranks.json
+	$(BIN)/python tests/chaos_harness.py --events all --generate --jobs 2 --json chaos-kill-generate.json
+	$(BIN)/python tests/chaos_harness.py --random 40 --generate --jobs 2 --json chaos-random-generate.json
+	$(BIN)/python tests/chaos_harness.py --random 10 --generate --ranks 2 --jobs 1 --json chaos-random-generate-2ranks.json
 
 # Speed against plain HF code, side by side (bench/run.py): bench/results.json and BENCHMARKS.md.
 bench: $(STAMP)

@@ -11,7 +11,9 @@ the command and what it gave).
    FULL_STATE_DICT: the same crash and resume, the checkpoint manifest's FSDP files, iter_1 loaded
    with from_pretrained; and --carry_optimizer_state killed in iteration 1 before its first
    checkpoint, resumed as "both" (iteration weights + FSDP optimizer state).
-3. --generation_backend vllm where vllm is not installed: one line, exit 2.
+3. --generation_backend vllm where vllm is not installed: one line, exit 2; and where a vLLM
+   environment is on the machine (ITERTRAIN_VLLM_PYTHON), vLLM against the HF backend on a ~0.5B
+   Llama made from a config: samples/s, start-up apart.
 4. Side by side with HF on this GPU (bench/run.py's functions): time blocked per checkpoint,
    training throughput, resume, generate-phase samples/s; each started only while time is left.
 """
@@ -98,6 +100,33 @@ def vllm_missing(work: Path) -> dict:
             "ok": proc.returncode == 2 and len(lines) == 1 and not (work / "vllm").exists()}
 
 
+def vllm_half_billion(work: Path) -> dict:
+    """vLLM against the HF backend on a ~0.5B Llama made from a config (random init, the built-in
+    tokenizer), on the GPU: samples/s, vLLM's start-up apart. Needs a vLLM environment on the
+    machine (ITERTRAIN_VLLM_PYTHON, default .venv-vllm/bin/python)."""
+    import os
+
+    from generation_bench import vllm_vs_hf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from itertrain import tinymodel
+
+    python = Path(os.environ.get("ITERTRAIN_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+    if not python.exists():
+        return {"ok": False, "how": f"not run: no vLLM here ({python})"}
+    tok = tinymodel.make_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=2816, num_hidden_layers=36,
+                         num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=64,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2, torch_dtype="bfloat16")
+    model_dir = work / "llama-0.5b"
+    model = LlamaForCausalLM(config)
+    params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    out = vllm_vs_hf(work, model_dir, python, device="cuda")
+    return {"ok": "vllm_samples_per_s" in out, "params": params, **out}
+
+
 def figures(work: Path, deadline: float) -> dict:
     import run as bench  # bench/run.py
     import torch
@@ -133,7 +162,7 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/itertrain-gpu", help="scratch directory for the experiments")
     p.add_argument("--seconds", type=float, default=330, help="no figure is started after this many seconds")
     p.add_argument("--nproc", type=int, default=1, help="FSDP processes (more than 1 needs as many GPUs)")
-    p.add_argument("--only", help="comma-separated: single_gpu,fsdp_sharded,fsdp_full,vllm_missing,figures")
+    p.add_argument("--only", help="comma-separated: single_gpu,fsdp_sharded,fsdp_full,vllm_missing,vllm_half_billion,figures")
     args = p.parse_args()
     TORCHRUN[-1] = f"--nproc_per_node={args.nproc}"
     started = time.monotonic()
@@ -153,7 +182,8 @@ def main() -> int:
             return {"ok": False, "error": traceback.format_exc()[-2000:]}
 
     checks = {"single_gpu": (single_gpu, work), "fsdp_sharded": (fsdp, work, "sharded"),
-              "fsdp_full": (fsdp, work, "full"), "vllm_missing": (vllm_missing, work)}
+              "fsdp_full": (fsdp, work, "full"), "vllm_missing": (vllm_missing, work),
+              "vllm_half_billion": (vllm_half_billion, work)}
     chosen = args.only.split(",") if args.only else [*checks, "figures"]
     with ThreadPoolExecutor(max_workers=4) as pool:
         jobs = {key: pool.submit(guarded, *checks[key]) for key in chosen if key in checks}

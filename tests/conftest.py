@@ -22,7 +22,47 @@ def run_cli(out, *extra, failpoints=None, entry=("train_iterative.py",), launche
         env["ITERTRAIN_FAILPOINTS"] = failpoints
     cmd = [*launcher, *[str(REPO / e) if e.endswith(".py") else e for e in entry], "--output_dir", str(out),
            *SMALL, *extra]
+    if tuple(launcher) == (sys.executable,) and tuple(entry) == ("train_iterative.py",) and not os.environ.get("ITERTRAIN_NO_ZYGOTE"):
+        return _zygote().run(cmd, cmd[2:], env, timeout)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class Zygote:
+    """train_iterative.py runs forked from a process that has imported the CLI once (tests/zygote.py):
+    the same runs, without 4 s of imports each."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "zygote.py")], cwd=REPO, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert json.loads(self.proc.stdout.readline()) == {"ready": True}
+
+    def run(self, cmd, argv, env, timeout) -> subprocess.CompletedProcess:
+        import select
+        import signal
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="itertrain-run-") as tmp:
+            out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+            self.proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(REPO), "out": out, "err": err}) + "\n")
+            self.proc.stdin.flush()
+            pid = json.loads(self.proc.stdout.readline())["pid"]
+            if not select.select([self.proc.stdout], [], [], timeout)[0]:
+                os.killpg(pid, signal.SIGKILL)
+                self.proc.stdout.readline()
+                raise subprocess.TimeoutExpired(cmd, timeout)
+            rc = json.loads(self.proc.stdout.readline())["rc"]
+            with open(out, encoding="utf-8", errors="replace") as f, open(err, encoding="utf-8", errors="replace") as g:
+                return subprocess.CompletedProcess(cmd, rc, f.read(), g.read())
+
+
+_ZYGOTE = None
+
+
+def _zygote() -> Zygote:
+    global _ZYGOTE
+    if _ZYGOTE is None or _ZYGOTE.proc.poll() is not None:
+        _ZYGOTE = Zygote()
+    return _ZYGOTE
 
 
 def plan_of(proc) -> dict:

@@ -100,7 +100,7 @@ def test_status_json_schema_hint_and_plot(tmp_path, crashed_in_iter1):
     proc = subprocess.run([sys.executable, "-m", "itertrain", "status", str(crashed_in_iter1), "--json"],
                           capture_output=True, text=True)
     d = json.loads(proc.stdout)
-    assert set(d) == {"output_dir", "settings", "last_stop", "iterations", "checkpoints", "artifacts", "set_aside",
+    assert set(d) == {"output_dir", "settings", "last_stop", "generation", "iterations", "checkpoints", "artifacts", "set_aside",
                       "plan", "hints"}
     assert d["last_stop"] is None
     assert [(r["iteration"], r["state"]) for r in d["iterations"]] == [(0, "complete"), (1, "interrupted at step 3/6")]

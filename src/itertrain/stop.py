@@ -15,7 +15,7 @@ import re
 import signal
 import time
 
-from itertrain import commit, dist
+from itertrain import commit
 
 EXIT_STOPPED = 75  # sysexits.h EX_TEMPFAIL: a scheduler requeues on it
 RECORD = "itertrain_stop.json"  # how the last run stopped, for `itertrain status`; cleared as a run starts
@@ -116,6 +116,8 @@ def requested_here() -> str | None:
 
 def agreed() -> str | None:
     """The stop request of any rank, on every rank (collective: every rank calls it at the same point)."""
+    from itertrain import dist  # (torch: not for `itertrain status`, which reads the stop record)
+
     code = _local()
     if dist.world_size() > 1:
         import torch

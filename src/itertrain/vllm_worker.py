@@ -4,7 +4,7 @@ It runs in the interpreter that --vllm_python names (vLLM in an environment of i
 own torch and transformers), so it imports nothing but the standard library and vllm. It loads the
 model once, samples the job's shards one after the other and writes OUT_DIR/<n>.json (the token ids
 of every completion, a list per prompt) atomically as each shard is done, so the training process
-commits shards while the next one is sampled. A failure is written to OUT_DIR/error.txt as one line
+commits shards while the next one is sampled (OUT_DIR/ready.json: the engine's start-up time). A failure is written to OUT_DIR/error.txt as one line
 before the exit.
 
 PYTHON -I vllm_worker.py --probe MODEL_DIR prints what this vLLM is and why it cannot sample
@@ -19,6 +19,9 @@ import signal
 import sys
 import threading
 import time
+
+
+STARTED = time.monotonic()
 
 
 def _write(path: str, obj) -> None:
@@ -80,6 +83,8 @@ def main(job_path: str, out_dir: str) -> int:
         from vllm import LLM, SamplingParams
 
         llm = LLM(model=job["model"], seed=0, **job["engine"])
+        _write(os.path.join(out_dir, "ready.json"), {"seconds": time.monotonic() - STARTED, "device":
+                                                     current_platform.device_type})
         for n, shard in enumerate(job["shards"]):
             # one request per (prompt, sample), each with its own seed: with n > 1 vLLM seeds sample s
             # with seed + s, and prompts whose seeds lie close together would share samples
