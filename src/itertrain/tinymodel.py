@@ -21,10 +21,10 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def make_config(vocab_size: int) -> LlamaConfig:
-    # 2 heads of 32: vLLM's CPU attention has no kernel for heads of 16
+    # 4 heads of 32 (on a width of 64): vLLM's CPU attention has no kernel for heads of 16
     return LlamaConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=32, max_position_embeddings=64,
         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
 
