@@ -46,7 +46,9 @@ demo: $(STAMP)
 		--resume_from auto --resume_from_iteration auto
 	$(BIN)/itertrain plot $(DEMO_DIR)
 
-test: $(STAMP) $(DS_STAMP) $(VLLM_STAMP)
+# The two environments are built side by side (vLLM's is mostly a download).
+test:
+	$(MAKE) -j2 $(DS_STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
 # Every file event of a short 2-iteration run, killed and resumed (tests/chaos_harness.py); about

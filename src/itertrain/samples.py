@@ -220,6 +220,9 @@ def _generate(cfg, k, model_dir, source, task, tokenizer, load_model, at, todo, 
             if made is not None:  # (None: a rank's part was left for a stop request)
                 names, abandoned = dist.on_main(_verify_and_commit, cfg.output_dir, k, made, task, verifier, source,
                                                 digest, settings, None if at is None else stop.requested_here)
+                have += sum(end - first for first, end in sorted(made)[:len(names)])
+                if names:  # the progress bar is for terminals; a log file gets a line per round
+                    dist.log0(f"   💾 iteration {k}: {have}/{len(prompts)} prompts generated, verified and committed")
                 if at is not None:
                     at.committed = names[-1] if names else at.committed
                     if abandoned:
