@@ -127,9 +127,12 @@ class Config:
         if a.max_steps > 0:
             return a.max_steps
         n = num_examples if num_examples is not None else self.it.num_gold + self.it.num_prompts
-        per_rank = math.ceil(max(n, 1) / world_size)
-        batches = math.ceil(per_rank / a.per_device_train_batch_size)
-        return max(1, math.ceil(a.num_train_epochs * max(batches // a.gradient_accumulation_steps, 1)))
+        # as HF's Trainer.set_initial_training_values: batches per rank (accelerate shards whole
+        # batches), a last partial accumulation counts as an update step
+        global_batch = a.per_device_train_batch_size * world_size
+        batches = max(n, 1) // global_batch if a.dataloader_drop_last else math.ceil(max(n, 1) / global_batch)
+        per_epoch = max(math.ceil(batches / a.gradient_accumulation_steps), 1)
+        return max(1, math.ceil(a.num_train_epochs * per_epoch))
 
 
 class _Parser(HfArgumentParser):

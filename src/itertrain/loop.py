@@ -197,6 +197,9 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
             raise TaskError(f"iteration {k} has nothing to train on: no completion passed the verifier and "
                             "no gold data is mixed in (--sft_data, --gold_iterations)")
         features = encode(train_set, tokenizer)
+        if cfg.train.dataloader_drop_last and len(features) < cfg.train.per_device_train_batch_size * dist.world_size():
+            raise TaskError(f"iteration {k} has {len(features)} training examples, less than one batch across the "
+                            "ranks, and --dataloader_drop_last drops it: nothing would be trained")
         steps = cfg.iteration_steps(dist.world_size(), len(features))
         # 3. train
         if cfg.it.train_from == "base" and start.resume is None and start.view_of is None:
