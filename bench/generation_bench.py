@@ -113,5 +113,7 @@ def generation_markdown(results: dict, recorded: dict) -> dict:
                 f"{v['vllm_startup_seconds']:.1f} s to start vLLM's engine once per generate phase. How: {v['how']}.")
     else:
         line = v.get("how", "")
+    when = f" Measured {redo['measured']}, after the full run in the header, whose other figures predate the " \
+           "shards and the built-in base's heads of 32." if "measured" in redo else ""
     return {"{{GENERATION}}": f"Redone after a random kill: largest share {redo['value']:.3f}, mean {redo['mean']:.3f} "
-                              f"(one shard: {redo['target_share']:.3f}).\n\n{line}"}
+                              f"(one shard: {redo['target_share']:.3f}).{when}\n\n{line}"}
