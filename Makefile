@@ -66,6 +66,8 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --events all --generate --jobs 2 --json chaos-kill-generate.json
 	$(BIN)/python tests/chaos_harness.py --random 40 --generate --jobs 2 --json chaos-random-generate.json
 	$(BIN)/python tests/chaos_harness.py --random 10 --generate --ranks 2 --jobs 1 --json chaos-random-generate-2ranks.json
+	$(MAKE) vllm
+	$(BIN)/python tests/chaos_harness.py --random 4 --generate --vllm --jobs 1 --json chaos-random-vllm.json
 
 # Speed against plain HF code, side by side (bench/run.py): bench/results.json and BENCHMARKS.md.
 bench: $(STAMP)

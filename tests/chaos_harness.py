@@ -23,11 +23,11 @@ with --ranks 2) at 1-3 random moments of a run, resuming with `auto auto` after 
 With --generate the crash points are the generate phase's own: its file events (shards committed,
 samples_K assembled, shards removed), or random moments while it runs; a resume that does not keep
 every shard committed before the crash is LOST_WORK. Runs generate in shards of 8 prompts (3 per
-iteration).
+iteration); with --vllm they sample with real vLLM (.venv-vllm).
 Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--generate]
                                      [--jobs 2] [--json out]
-       python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--generate] [--jobs 2]
-                                     [--json out]
+       python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--generate] [--vllm]
+                                     [--jobs 2] [--json out]
 """
 
 from __future__ import annotations
@@ -52,10 +52,13 @@ SMALL = ["--num_iterations", "2", "--max_steps", "6", "--save_steps", "3", "--nu
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
 
+VLLM: list[str] = []  # --vllm: the runs sample with real vLLM (.venv-vllm)
+
+
 def _cmd(out: Path, ranks: int, *extra: str) -> list[str]:
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
                                    if ranks > 1 else [])
-    return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *extra]
+    return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM, *extra]
 
 
 def _env(env_extra: dict | None = None) -> dict:
@@ -305,7 +308,11 @@ def main() -> int:
     p.add_argument("--signal", default=None, help="with --random: send this stop signal instead of SIGKILL")
     p.add_argument("--generate", action="store_true",
                    help="crash only in the generate phase: its file events, or random moments while it runs")
+    p.add_argument("--vllm", action="store_true", help="sample with real vLLM (.venv-vllm, make vllm)")
     args = p.parse_args()
+    if args.vllm:
+        VLLM.extend(["--generation_backend", "vllm", "--vllm_python", str(REPO / ".venv-vllm" / "bin" / "python")])
+        os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".venv-vllm" / "cache"))
     if args.adopt and args.ranks != 1:
         p.error("--adopt runs one rank")
     work = Path(tempfile.mkdtemp(prefix="itertrain-chaos-"))
