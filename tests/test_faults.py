@@ -76,3 +76,20 @@ def test_model_dir_without_weights_is_one_line_error(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("no model weights (*.safetensors or *.bin)")
     assert not (tmp_path / "exp").exists()
+
+
+def test_file_event_hooks_do_not_stack_in_one_process(tmp_path, monkeypatch):
+    """Runs in one process (in-process callers) arm the file-event hook each time: one hook counts."""
+    from itertrain import failpoints
+
+    root, log = tmp_path / "exp", tmp_path / "events.log"  # the log outside the watched directory
+    root.mkdir()
+    monkeypatch.setenv(failpoints.LOG_ENV, str(log))
+    for _ in range(3):
+        failpoints.install_file_events(str(root))
+    (root / "x").write_text("1")
+    assert len(log.read_text().splitlines()) == 1
+    monkeypatch.delenv(failpoints.LOG_ENV)
+    failpoints.install_file_events(str(root))  # unarmed now: nothing counts
+    (root / "y").write_text("1")
+    assert len(log.read_text().splitlines()) == 1

@@ -170,3 +170,15 @@ def test_plain_checkpoints_have_no_engine(tmp_path):
     make(tmp_path, "checkpoint-3")
     (a,), _ = inventory.scan(str(tmp_path), 6)
     assert a.engine is None
+
+
+def test_the_pure_core_imports_no_torch():
+    """Inventory, planner, retention and status read manifests only: no torch, no accelerate."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import itertrain.inventory, itertrain.plan, itertrain.retention, itertrain.status, "
+            "itertrain.shards; heavy = sorted(m for m in ('torch', 'accelerate', 'transformers') if m in sys.modules); "
+            "print(heavy); raise SystemExit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

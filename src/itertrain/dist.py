@@ -133,6 +133,8 @@ def finish() -> None:
     """Every rank leaves together and closes the process group. (A rank that exits while another
     still talks gloo can abort with "terminate called without an active exception", and torchrun
     then fails the whole run: 3 of about 14 two-rank runs on a loaded 2-core machine before this.)"""
+    global _side_group
     if world_size() > 1:
         barrier()
         state().destroy_process_group()
+    _side_group = None  # it belonged to the process group just destroyed

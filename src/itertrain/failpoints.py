@@ -102,8 +102,10 @@ def send_signal(point: str, value: int) -> None:
 
 def install_file_events(root: str) -> None:
     """Arm `file.event` and the event log for paths under `root` (tests and the chaos harness)."""
+    global _active
     spec = on_this_rank("file.event")  # None here too when aimed at another rank
     log_path = os.environ.get(LOG_ENV)
+    _active = None  # an earlier run's hook in this process (in-process callers) counts no more
     if spec is None and not log_path:
         return
     target, _, mode = (spec or "0").partition(":")
@@ -156,4 +158,21 @@ def install_file_events(root: str) -> None:
         if event == "open":
             state["last_written"] = full
 
-    sys.addaudithook(hook)
+    _active = hook
+    _install_once()
+
+
+_active = None  # the hook of the newest install_file_events; audit hooks cannot be removed, so one
+_installed = False  # dispatcher is added per process and forwards to it
+
+
+def _dispatch(event, args):
+    if _active is not None:
+        _active(event, args)
+
+
+def _install_once() -> None:
+    global _installed
+    if not _installed:
+        sys.addaudithook(_dispatch)
+        _installed = True

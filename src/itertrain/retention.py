@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from itertrain import commit, dist, inventory
+from itertrain import commit, inventory
 from itertrain.artifacts import CHECKPOINT, COMPLETE, Artifact
 
 
@@ -16,8 +16,9 @@ def doomed(artifacts: list[Artifact], keep: int, protect: set[str]) -> list[str]
     return [a.name for a in usable if a not in kept and a.name not in protect and a.state == COMPLETE]
 
 
-def rotate(output_dir: str, keep: int, protect: set[str], max_steps: int) -> None:
+def rotate(output_dir: str, keep: int, protect: set[str], max_steps: int, log=print) -> None:
+    """Delete what `doomed` names (rank 0; `log`: how to say so, without importing torch here)."""
     artifacts, _ = inventory.scan(output_dir, max_steps)
     for name in doomed(artifacts, keep, protect):
-        dist.log0(f"🗑  save_total_limit={keep}: deleting {name}")
+        log(f"🗑  save_total_limit={keep}: deleting {name}")
         commit.remove_committed(output_dir, name)

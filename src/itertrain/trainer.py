@@ -184,7 +184,7 @@ class IterTrainer(Trainer):
                 extra={"world_size": dist.world_size()},
             )
             if self.keep:
-                retention.rotate(self.experiment_dir, self.keep, self.protect, self.iteration_steps)
+                retention.rotate(self.experiment_dir, self.keep, self.protect, self.iteration_steps, log=dist.log0)
 
         if deferred is None:
             dist.barrier()
