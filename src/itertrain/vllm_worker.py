@@ -39,6 +39,15 @@ def probe(model_dir: str) -> dict:
         config = json.load(f)
     heads = config.get("num_attention_heads")
     head_dim = config.get("head_dim") or (config["hidden_size"] // heads if heads and config.get("hidden_size") else None)
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    if dtype in ("float16", "bfloat16", "float32"):
+        import torch
+
+        if getattr(torch, dtype) not in current_platform.supported_dtypes:
+            supported = ", ".join(str(d).removeprefix("torch.") for d in current_platform.supported_dtypes)
+            out["problem"] = f"its weights are {dtype} and vLLM {vllm.__version__} on this {current_platform.device_type} " \
+                             f"supports {supported}"
+            return out
     if current_platform.device_type == "cpu" and head_dim is not None:
         try:  # the sizes vLLM's CPU attention has kernels for (it refuses others only inside the engine)
             from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
