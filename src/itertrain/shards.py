@@ -75,16 +75,17 @@ def committed(output_dir: str, k: int, digest: str, settings: dict, wanted: list
         if any(t in entry for t in ASIDE):
             continue
         path = os.path.join(top, entry)
-        why = manifest.problem(path) if entry in by_name else "made with another --generation_shard_size"
-        if why is None:
-            extra = manifest.read(path).get("extra", {})
-            if extra.get("source_digest") != digest or extra.get("settings") != settings:
-                why = "made by other weights or settings"
-        if why is None:
+        broken = manifest.problem(path) if entry in by_name else None
+        if broken:
+            why, suffix = broken, "corrupt"
+        elif entry not in by_name:
+            why, suffix = "made with another --generation_shard_size", f"superseded-{commit.utc_stamp()}"
+        elif (extra := manifest.read(path).get("extra", {})).get("source_digest") != digest \
+                or extra.get("settings") != settings:
+            why, suffix = "made by other weights or settings", f"superseded-{commit.utc_stamp()}"
+        else:
             kept.append(by_name[entry])
             continue
-        suffix = "corrupt" if entry in by_name and why != "made by other weights or settings" \
-            else f"superseded-{commit.utc_stamp()}"
         to = commit.set_aside(top, entry, suffix)
         log(f"⏭️  {folder(k)}/{entry}: {why}: renamed aside ({to})")
     return sorted(kept)

@@ -4,8 +4,8 @@ vLLM pins its own torch and transformers, so it lives in an environment of its o
 builds .venv-vllm) and --vllm_python names its interpreter; the worker (vllm_worker.py) imports
 nothing of ours. vLLM also keeps its memory until its process ends (vllm #1908), and training needs
 it right after the generate phase: every rank starts one worker for the phase, on its own device,
-with its share of every shard left to make (prompt i goes to rank i mod W); the worker exits when
-the phase is done and its memory goes with it.
+with the shards it is to make (rank r: shard r of each round of W); the worker exits when the phase
+is done and its memory goes with it.
 
 Prompts go to the worker as token ids and completions come back as token ids, both through the
 training tokenizer, as with the HF backend. Sample s of prompt i is one request seeded with
@@ -29,6 +29,7 @@ import xxhash
 
 from itertrain import dist, failpoints, stop
 from itertrain.config import UsageError
+from itertrain.generate import Counters
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vllm_worker.py")
 CPU_KV_CACHE_GIB = "2"  # VLLM_CPU_KVCACHE_SPACE when unset: vLLM on a CPU refuses to start without it
@@ -77,7 +78,11 @@ def require(python: str, model_dir: str | None) -> dict:
     if proc.returncode != 0:
         raise UsageError(f"--generation_backend vllm: {python} has no usable vLLM ({cause(proc.stderr)}); "
                          "make vllm builds one in .venv-vllm, then pass --vllm_python .venv-vllm/bin/python")
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise UsageError(f"--generation_backend vllm: {python} did not answer the vLLM probe (its output: "
+                         f"{proc.stdout.strip()[-200:]!r})") from None
     if found["problem"]:
         raise UsageError(f"--generation_backend vllm cannot sample {model_dir or 'the built-in base'}: "
                          f"{found['problem']}; use "
@@ -95,7 +100,7 @@ def cause(stderr: str) -> str:
 
 def _is_exception_line(line: str) -> bool:
     head = line.split(":", 1)[0].split(" ")[-1]
-    return ":" in line and (head.endswith(("Error", "Exception", "Interrupt")) or head == "AssertionError")
+    return ":" in line and head.endswith(("Error", "Exception", "Interrupt"))
 
 
 class Generator:
@@ -122,7 +127,7 @@ class Generator:
         self.proc = subprocess.Popen([python, "-I", WORKER, os.path.join(self.tmp, "job.json"), self.tmp],
                                      env=worker_env(), stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True, preexec_fn=_die_with_parent)
-        self.produced = self.rounds = 0
+        self.counters = Counters()
 
     def round(self, spans: list[tuple[int, int]], prompts: list[str], *, safe_point=None,
               advance=None) -> dict[tuple[int, int], list[list[str]]] | None:
@@ -137,10 +142,10 @@ class Generator:
                 part = None
             else:
                 part = {mine: [self.tokenizer.batch_decode(row, skip_special_tokens=True) for row in ids]}
-                self.produced += sum(len(row) for row in ids)
-                failpoints.hit("generate", self.produced, at_least=True)
-        self.rounds += 1
-        failpoints.send_signal("generate", self.rounds)
+                self.counters.produced += sum(len(row) for row in ids)
+                failpoints.hit("generate", self.counters.produced, at_least=True)
+        self.counters.rounds += 1
+        failpoints.send_signal("generate", self.counters.rounds)
         parts = dist.gather(part)
         if advance is not None:
             advance(sum(end - first for first, end in spans))
