@@ -8,7 +8,7 @@ import json
 import pytest
 
 from itertrain.artifacts import CHECKPOINT, COMPLETE, CORRUPT, INCOMPLETE, ITERATION, UNVERIFIED, Artifact
-from itertrain.plan import BOTH, ITERATION_STRATEGY, SCRATCH, TRAINER, PlanError, Request, make_plan
+from itertrain.plan import BOTH, ITERATION_STRATEGY, SCRATCH, SHADOWED, TRAINER, PlanError, Request, Skip, make_plan
 from itertrain.selectors import Selector
 
 STEPS, SAVE, ITERS = 4, 2, 3
@@ -61,7 +61,7 @@ def test_auto_auto_resumes_from_most_progress(carry):
         plan = make_plan(inv, req(carry=carry))
         usable = [a for a in inv if a.usable]
         assert broken is None or broken not in (plan.weights_from, plan.state_from)
-        assert {s["artifact"] for s in plan.skipped} == {a.name for a in inv if not a.usable}
+        assert {s.artifact for s in plan.skipped} == {a.name for a in inv if not a.usable}
         if not usable:
             assert (plan.strategy, plan.next_iteration, plan.next_step) == (SCRATCH, 0, 0)
             continue
@@ -132,14 +132,13 @@ def test_every_flag_form_over_every_crash_point():
                 assert len(set(renamed)) == len(renamed)
 
 
-def test_json_has_the_spec_keys_and_is_one_line():
-    plan = make_plan(timeline()[:4], req())
-    line = json.dumps(plan.to_json())
-    d = json.loads(line)
-    for key in ("strategy", "weights_from", "state_from", "next_iteration", "next_step", "reason",
-                "warnings", "skipped"):
-        assert key in d
-    assert "\n" not in line
+def test_json_has_the_documented_keys_and_round_trips():
+    plan = make_plan(timeline()[:4] + [ckpt(99, CORRUPT)], req())
+    d = json.loads(json.dumps(plan.to_json()))
+    assert set(d) == {"strategy", "weights_from", "state_from", "next_iteration", "next_step", "reason",
+                      "warnings", "skipped", "done", "iteration_models", "actions"}
+    assert (d["strategy"], d["weights_from"], d["state_from"]) == (plan.strategy, plan.weights_from, plan.state_from)
+    assert d["skipped"] == [{"artifact": "checkpoint-99", "state": CORRUPT, "reason": "x", "why": "corrupt: x"}]
 
 
 def test_explicit_missing_lists_what_exists():
@@ -187,7 +186,7 @@ def test_seed_base_model_is_iteration_zero_and_iter_0_shadows_it():
     assert plan.weights_from == "base_model" and plan.next_iteration == 1
     plan = make_plan([base, itm(0)], req(NONE, AUTO))
     assert plan.weights_from == "iter_0"
-    assert plan.skipped == [{"artifact": "base_model", "why": "shadowed by iter_0 (same iteration, verified)"}]
+    assert plan.skipped == [Skip("base_model", SHADOWED, "iter_0 is the same iteration, and verified")]
     assert not plan.renames
 
 

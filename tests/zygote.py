@@ -40,7 +40,7 @@ def child(req: dict) -> None:
         for fd, path in ((1, req["out"]), (2, req["err"])):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
         sys.argv = [os.path.join(REPO, "train_iterative.py"), *req["argv"]]
-        code = cli.train_main(req["argv"])
+        code = cli.train_command(req["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001 - as the interpreter would: the traceback, exit 1

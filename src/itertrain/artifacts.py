@@ -20,6 +20,23 @@ UNVERIFIED = "unverified"  # no manifest, but complete by its own format's rules
 INCOMPLETE = "incomplete"  # no manifest and not complete by its format's rules
 CORRUPT = "corrupt"  # manifest unreadable, a listed file missing or of the wrong size, or bad checksum
 
+# Why an artifact was renamed aside, which is also the suffix its name gets (commit.set_aside): the
+# only reasons there are. A superseded name is stamped, as several resumes may supersede one name.
+SUPERSEDED = "superseded"  # usable, but later than where the run goes on, or made from other inputs
+ASIDE = (CORRUPT, INCOMPLETE, SUPERSEDED)
+
+
+def aside_suffix(why: str, stamp: str = "") -> str:
+    if why not in ASIDE:
+        raise ValueError(f"not a reason to set an artifact aside: {why!r}")
+    return f"{SUPERSEDED}-{stamp}" if why == SUPERSEDED else why
+
+
+def aside_why(name: str) -> str | None:
+    """Why the artifact called `name` was renamed aside (one of ASIDE), or None if it was not."""
+    return next((head for part in name.split(".")[1:] if (head := part.split("-", 1)[0]) in ASIDE), None)
+
+
 MANIFEST_NAME = "itertrain.json"
 SEED_BASE_MODEL = "base_model"  # the seed system's name for the iteration-0 model
 

@@ -1,7 +1,7 @@
 """Asynchronous checkpoints (--async_save, on by default): the training loop is blocked only while
 the state is copied into memory; the big files are written, fsynced and committed on a thread.
 
-The rules (SPEC section 2 still holds; issue 5):
+The rules (a checkpoint is visible only once complete, as for a synchronous save):
 - The snapshot is taken at the save step, in the training thread: model weights and optimizer
   state are copied into host buffers that are kept from one save to the next (pinned memory on a
   GPU, so the copy is one device-to-host transfer). HF's own code writes the small files (RNG

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from itertrain.artifacts import CHECKPOINT, COMPLETE, UNVERIFIED, Artifact
+from itertrain.artifacts import CHECKPOINT, COMPLETE, ITERATION, UNVERIFIED, Artifact
 from itertrain.plan import BOTH, ITERATION_STRATEGY, SCRATCH, TRAINER, Plan
 
 RULE, THIN = "=" * 60, "-" * 60
@@ -36,7 +36,7 @@ def render(output_dir: str, inventory: list[Artifact], plan: Plan, model_name: s
     lines = [RULE, "CHECKPOINT RECOVERY SYSTEM", RULE]
     usable = [a for a in inventory if a.state in (COMPLETE, UNVERIFIED)]
     shown = {plan.weights_from, plan.state_from} - {None}
-    for kind in (CHECKPOINT, "iteration"):
+    for kind in (CHECKPOINT, ITERATION):
         of_kind = sorted((a for a in usable if a.kind == kind), key=Artifact.sort_key, reverse=True)
         if not of_kind:
             lines.append(f"∅ No complete {'trainer checkpoint' if kind == CHECKPOINT else 'iteration model'} found")
@@ -49,7 +49,7 @@ def render(output_dir: str, inventory: list[Artifact], plan: Plan, model_name: s
             lines.append(f"   (+{others} other complete {'checkpoints' if kind == CHECKPOINT else 'iteration models'}: "
                          "`itertrain status` lists them)")
     for s in plan.skipped:
-        lines.append(f"⏭️  Skipped {p(s['artifact'])}: {s['why']}")
+        lines.append(f"⏭️  Skipped {p(s.artifact)}: {s.why}")
     lines += [THIN, "RECOVERY STRATEGY:", _HEADLINES[plan.strategy], f"   📋 Reason: {plan.reason}",
               f"   🎯 Model weights from: {p(plan.weights_from)}",
               f"   📁 Training state from: {p(plan.state_from) if plan.state_from else 'fresh (new optimizer/scheduler)'}"]

@@ -26,10 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     elif argv and not argv[0].startswith("-") and not argv[0].endswith((".yaml", ".yml", ".json")):
         print(f"itertrain: error: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
-    return train_main(argv)
+    return train_command(argv)
 
 
-def train_main(argv: list[str]) -> int:
+def train_command(argv: list[str]) -> int:
+    """`itertrain train`: parse the flags, run the experiment, turn each kind of failure into its exit code."""
     from itertrain.commit import PeerWriteError
     from itertrain.vllm_backend import GenerationError
     from itertrain.config import UsageError, parse
@@ -44,7 +45,7 @@ def train_main(argv: list[str]) -> int:
         from itertrain import dist, run
 
         try:
-            code = run.train(cfg)
+            code = run.run_experiment(cfg)
         except stop.Stopped as e:
             if dist.is_main():
                 stop.record(cfg.output_dir, e)

@@ -14,7 +14,7 @@ import os
 import shutil
 
 from itertrain import failpoints, manifest
-from itertrain.artifacts import MANIFEST_NAME
+from itertrain.artifacts import MANIFEST_NAME, aside_suffix
 
 STAGING = ".staging"
 
@@ -96,8 +96,10 @@ def utc_stamp() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def set_aside(output_dir: str, name: str, suffix: str) -> str:
-    """Rename `name` to the first free `name.suffix[.N]`; returns the new name. Never deletes."""
+def set_aside(output_dir: str, name: str, why: str) -> str:
+    """Rename `name` to the first free `name.SUFFIX[.N]` (SUFFIX: artifacts.aside_suffix of `why`);
+    returns the new name. Never deletes."""
+    suffix = aside_suffix(why, utc_stamp())
     to, n = f"{name}.{suffix}", 1
     while os.path.lexists(os.path.join(output_dir, to)):
         to, n = f"{name}.{suffix}.{n}", n + 1

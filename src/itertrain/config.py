@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from itertrain import defaults
 from itertrain.selectors import (
     Selector,
     SelectorError,
@@ -53,7 +54,7 @@ class IterArguments:
                 "schedulers with a time limit."})
     dry_run: bool = field(default=False, metadata={
         "help": "Print the recovery banner and the plan as one JSON line, write nothing, exit."})
-    num_iterations: int = field(default=5, metadata={"help": "Number of iterations (iter_0 .. iter_{N-1})."})
+    num_iterations: int = field(default=defaults.NUM_ITERATIONS, metadata={"help": "Number of iterations (iter_0 .. iter_{N-1})."})
     carry_optimizer_state: bool = field(default=False, metadata={
         "help": "Carry optimizer and LR-scheduler state from one iteration to the next (one schedule over "
                 "the whole experiment) instead of a fresh optimizer each iteration."})
@@ -99,7 +100,7 @@ class IterTrainingArguments(TrainingArguments):
     """HF TrainingArguments with the demo's defaults. --max_steps / --num_train_epochs are per iteration."""
 
     output_dir: str | None = field(default=None, metadata={"help": "The experiment directory (required)."})
-    max_steps: int = field(default=300, metadata={"help": "Optimizer steps of each iteration."})
+    max_steps: int = field(default=defaults.MAX_STEPS, metadata={"help": "Optimizer steps of each iteration."})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
     learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate."})
     warmup_steps: float = field(default=5, metadata={"help": "Warm-up steps of each iteration's schedule."})

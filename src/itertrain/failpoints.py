@@ -1,4 +1,4 @@
-"""Named crash points for tests (SPEC section 8).
+"""Named crash points for tests: kill the process where a real crash could, to prove recovery.
 
 ITERTRAIN_FAILPOINTS="train.step=25,checkpoint.write" makes the process die at once with
 os._exit(137), as a kill -9 would: no finally blocks, no flushing, no atexit.

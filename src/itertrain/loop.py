@@ -110,8 +110,8 @@ def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:
     iteration model, optimizer/scheduler/RNG from the checkpoint, and a fresh trainer state (step 0
     of the new iteration). Symlinks; built by rank 0 in staging."""
     it_name, ckpt_name = start.view_of
-    view = commit.staging_path(cfg.output_dir, "resume-view")
-    if dist.is_main():
+
+    def build() -> str:
         view = commit.fresh_staging(cfg.output_dir, "resume-view")
         it_dir, ck_dir = os.path.join(cfg.output_dir, it_name), os.path.join(cfg.output_dir, ckpt_name)
         for f in os.listdir(it_dir):
@@ -130,8 +130,9 @@ def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:
                              stateful_callbacks=[cb for cb in callbacks if isinstance(cb, ExportableState)])
         state.compute_steps(trainer.args, steps)
         state.save_to_json(os.path.join(view, "trainer_state.json"))
-    dist.barrier()
-    return view
+        return view
+
+    return dist.on_main(build)
 
 
 def load_model(path: str, *, for_training: bool = False, device=None):
@@ -157,13 +158,17 @@ def load_model(path: str, *, for_training: bool = False, device=None):
     return model.to(device) if device is not None else model
 
 
-def write_metrics(output_dir: str, max_steps: int) -> list[dict]:
-    """metrics.jsonl is derived from the committed iteration manifests, rewritten atomically."""
-    rows = [m["extra"]["metrics"] for m in inventory.committed_iterations(output_dir, max_steps)
+def metrics_rows(output_dir: str, max_steps: int) -> list[dict]:
+    """Each committed iteration's metrics, from its manifest."""
+    return [m["extra"]["metrics"] for m in inventory.committed_iterations(output_dir, max_steps)
             if m.get("extra", {}).get("metrics")]
+
+
+def write_metrics(output_dir: str, max_steps: int) -> None:
+    """metrics.jsonl is derived from the committed iteration manifests, rewritten atomically."""
+    rows = metrics_rows(output_dir, max_steps)
     commit.atomic_write_bytes(os.path.join(output_dir, METRICS),
                               "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
-    return rows
 
 
 def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, task: Task) -> None:
@@ -227,13 +232,14 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         finished_training(trainer, start, k, steps, at)
         train_loss = trainer.mean_loss()
         # 4. evaluate (rank 0; a stop request abandons it, and the resume evaluates again)
-        result = None
         trained = engines.trained_model(trainer)  # every rank takes part; an ordinary model on rank 0
-        if dist.is_main():
+
+        def evaluate():
             accuracy = greedy_accuracy(trained, tokenizer, task.eval_prompts, task.verify,
                                        max_new_tokens=cfg.it.max_new_tokens, should_stop=stop.requested_here)
-            result = (accuracy, None if accuracy is not None else stop.requested_here())
-        accuracy, stopped = dist.broadcast(result)
+            return accuracy, None if accuracy is not None else stop.requested_here()
+
+        accuracy, stopped = dist.on_main(evaluate)
         if stopped:
             at.check("evaluate", stopped)
         global_step = start.step_offset + steps
@@ -243,12 +249,13 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         dist.log0(f"✅ iteration {k}: eval_accuracy={accuracy:.3f} acceptance_rate="
                   f"{found.stats['acceptance_rate']:.3f} train_loss={train_loss:.4f} step={global_step}")
         # 5. save iter_K
-        if dist.is_main():
+        def save():
             extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3)}
             save_iteration(cfg, k, trainer, trained, tokenizer, global_step, start.started_from, extra, steps)
             if board is not None:
                 board.iteration(metrics)
-        dist.barrier()
+
+        dist.on_main(save)
         at.committed = iteration_name(k)
         if k + 1 < cfg.it.num_iterations:  # after the last iteration there is nothing left to stop
             at.check("save")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from itertrain.artifacts import CHECKPOINT, CORRUPT, ITERATION, Artifact
+from itertrain.artifacts import CHECKPOINT, ITERATION, SUPERSEDED, Artifact, aside_suffix
 from itertrain.selectors import AUTO, NONE, Selector
 
 SCRATCH, TRAINER, ITERATION_STRATEGY, BOTH = "scratch", "trainer", "iteration", "both"
@@ -38,6 +38,25 @@ class Rename:
     why: str
 
 
+SHADOWED = "shadowed"  # usable, but another artifact of the same iteration is preferred
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An artifact the plan does not use: its state (CORRUPT, INCOMPLETE or SHADOWED) and why."""
+
+    artifact: str
+    state: str
+    reason: str
+
+    @property
+    def why(self) -> str:
+        return f"{self.state}: {self.reason}"
+
+    def to_json(self) -> dict:
+        return {"artifact": self.artifact, "state": self.state, "reason": self.reason, "why": self.why}
+
+
 @dataclass
 class Plan:
     strategy: str
@@ -47,7 +66,7 @@ class Plan:
     next_step: int  # global optimizer step the run continues from
     reason: str
     warnings: list[str] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
     renames: list[Rename] = field(default_factory=list)
     create_config: list[str] = field(default_factory=list)  # iteration models that get a config.json
     # Which directory holds iteration K's model, for every K before next_iteration that has one: iter_K,
@@ -65,7 +84,7 @@ class Plan:
             "next_step": self.next_step,
             "reason": self.reason,
             "warnings": list(self.warnings),
-            "skipped": list(self.skipped),
+            "skipped": [s.to_json() for s in self.skipped],
             "done": self.done,
             "iteration_models": {str(k): v for k, v in sorted(self.models.items())},
             "actions": [{"rename": r.artifact, "to": r.to, "why": r.why} for r in self.renames]
@@ -140,9 +159,9 @@ def make_plan(
     plan.models = {a.iteration: a.name for a in iters if a.iteration < plan.next_iteration}
     used = {plan.weights_from, plan.state_from} - {None}
     for a in shadowed:
-        plan.skipped.append({"artifact": a.name, "why": "shadowed by iter_0 (same iteration, verified)"})
+        plan.skipped.append(Skip(a.name, SHADOWED, "iter_0 is the same iteration, and verified"))
     for a in sorted((a for a in inventory if not a.usable), key=Artifact.sort_key):
-        plan.skipped.append({"artifact": a.name, "why": f"{a.state}: {a.why}"})
+        plan.skipped.append(Skip(a.name, a.state, a.why))
     if plan.done:
         return plan  # nothing will be written, so nothing is renamed
 
@@ -156,7 +175,7 @@ def make_plan(
         plan.renames.append(Rename(a.name, to, why))
 
     for a in sorted((a for a in inventory if not a.usable), key=Artifact.sort_key):
-        aside(a, "corrupt" if a.state == CORRUPT else "incomplete", f"{a.state}: {a.why}")
+        aside(a, aside_suffix(a.state), f"{a.state}: {a.why}")
     later = [
         a for a in inventory
         if a.usable and a.name not in used and a not in shadowed
@@ -164,7 +183,7 @@ def make_plan(
              or (a.kind == CHECKPOINT and a.global_step > plan.next_step))
     ]
     for a in sorted(later, key=Artifact.sort_key):
-        aside(a, f"superseded-{stamp}", f"later than the starting point (iteration {plan.next_iteration}, "
+        aside(a, aside_suffix(SUPERSEDED, stamp), f"later than the starting point (iteration {plan.next_iteration}, "
                                         f"step {plan.next_step})")
     if later:
         plan.warnings.append(

@@ -77,12 +77,12 @@ def _safe_load(path: str) -> None:
             torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) file
 
 
-def _plan_rank0(cfg: Config, req: Request, max_steps: int):
+def _plan(cfg: Config, req: Request, max_steps: int) -> tuple[list[Artifact], Plan]:
+    inv, names = inventory.scan(cfg.output_dir, max_steps)
     try:
-        inv, names = inventory.scan(cfg.output_dir, max_steps)
-        return "ok", inv, make_plan(inv, req, existing=names, stamp=commit.utc_stamp())
+        return inv, make_plan(inv, req, existing=names, stamp=commit.utc_stamp())
     except PlanError as e:
-        return "usage", None, str(e)
+        raise UsageError(str(e)) from None
 
 
 def resolve(cfg: Config, max_steps: int) -> tuple[list[Artifact], Plan]:
@@ -90,11 +90,9 @@ def resolve(cfg: Config, max_steps: int) -> tuple[list[Artifact], Plan]:
     req = request(cfg)
     failures: list[str] = []
     while True:
-        status, inv, plan = dist.broadcast(_plan_rank0(cfg, req, max_steps) if dist.is_main() else None)
-        if status == "usage":
-            raise UsageError(plan)
+        inv, plan = dist.on_main(_plan, cfg, req, max_steps)
         plan.warnings[:0] = [f"fallback: {f}" for f in failures]
-        damaged = failures + [f"{s['artifact']} {s['why']}" for s in plan.skipped if s["why"].startswith(CORRUPT)]
+        damaged = failures + [f"{s.artifact} {s.why}" for s in plan.skipped if s.state == CORRUPT]
         if plan.strategy == SCRATCH and damaged and AUTO in (req.resume_from.mode, req.resume_from_iteration.mode):
             refusal = ("no artifact of this experiment loads, refusing to restart from scratch over it: "
                        + "; ".join(damaged) + ". To start over anyway, pass --resume_from none "
@@ -105,9 +103,9 @@ def resolve(cfg: Config, max_steps: int) -> tuple[list[Artifact], Plan]:
         if cfg.it.dry_run or plan.done:
             return inv, plan
         if cfg.it.strict_resume:
-            broken = [s for s in plan.skipped if s["why"].startswith((CORRUPT, INCOMPLETE))]
+            broken = [s for s in plan.skipped if s.state in (CORRUPT, INCOMPLETE)]
             if broken:
-                raise RecoveryError("--strict_resume: " + "; ".join(f"{s['artifact']} {s['why']}" for s in broken))
+                raise RecoveryError("--strict_resume: " + "; ".join(f"{s.artifact} {s.why}" for s in broken))
         selected = sorted({plan.weights_from, plan.state_from} - {None})
         verdicts = dist.gather({n: verify(cfg.output_dir, n) for n in selected})
         bad = {}
@@ -117,8 +115,7 @@ def resolve(cfg: Config, max_steps: int) -> tuple[list[Artifact], Plan]:
                     bad[n] = why if len(verdicts) == 1 else f"{why} (rank {rank})"
         if not bad:
             return inv, plan
-        renamed = dist.broadcast({n: commit.set_aside(cfg.output_dir, n, "corrupt") for n in bad}
-                                 if dist.is_main() else None)
+        renamed = dist.on_main(lambda: {n: commit.set_aside(cfg.output_dir, n, CORRUPT) for n in bad})
         failures += [f"{n} failed to load ({why}): renamed to {renamed[n]}" for n, why in bad.items()]
         if cfg.it.strict_resume:
             raise RecoveryError("--strict_resume: " + "; ".join(failures))
@@ -147,21 +144,18 @@ def shape_problem(weights_dir: str, config_dir: str) -> str | None:
 
 def apply(cfg: Config, plan: Plan, model_source: str) -> None:
     """Rank 0: the plan's renames and config.json creation; every rank learns the outcome."""
-    error = None
-    if dist.is_main():
-        for name in plan.create_config:
-            if problem := shape_problem(os.path.join(cfg.output_dir, name), model_source):
-                error = f"{name} does not fit --model_name: {problem}"
-                break
-        else:
-            for r in plan.renames:
-                commit.rename_aside(cfg.output_dir, r.artifact, r.to)
-            for name in plan.create_config:
-                with open(os.path.join(model_source, "config.json"), "rb") as f:
-                    commit.atomic_write_bytes(os.path.join(cfg.output_dir, name, "config.json"), f.read())
-    error = dist.broadcast(error)
-    if error:
-        raise UsageError(error)
+    dist.on_main(_apply, cfg.output_dir, plan, model_source)
+
+
+def _apply(output_dir: str, plan: Plan, model_source: str) -> None:
+    for name in plan.create_config:  # checked before anything is renamed
+        if problem := shape_problem(os.path.join(output_dir, name), model_source):
+            raise UsageError(f"{name} does not fit --model_name: {problem}")
+    for r in plan.renames:
+        commit.rename_aside(output_dir, r.artifact, r.to)
+    for name in plan.create_config:
+        with open(os.path.join(model_source, "config.json"), "rb") as f:
+            commit.atomic_write_bytes(os.path.join(output_dir, name, "config.json"), f.read())
 
 
 def check_generator(cfg: Config, plan: Plan) -> None:
@@ -170,11 +164,9 @@ def check_generator(cfg: Config, plan: Plan) -> None:
     from itertrain.samples import samples_name
 
     k = plan.next_iteration
-    missing = None
-    if dist.is_main() and k > 0 and k - 1 not in plan.models \
-            and not os.path.isdir(os.path.join(cfg.output_dir, samples_name(k))):
-        missing = (f"iteration {k} cannot start: its samples ({samples_name(k)}) are not here, and neither is "
-                   f"iteration {k - 1}'s model, which generates them (iter_{k - 1}"
-                   f"{', or base_model' if k == 1 else ''}). Bring that model back, or resume from an earlier point")
-    if missing := dist.broadcast(missing):
-        raise RecoveryError(missing)
+    if k > 0 and k - 1 not in plan.models and not dist.on_main(os.path.isdir,
+                                                                os.path.join(cfg.output_dir, samples_name(k))):
+        raise RecoveryError(f"iteration {k} cannot start: its samples ({samples_name(k)}) are not here, and neither "
+                            f"is iteration {k - 1}'s model, which generates them (iter_{k - 1}"
+                            f"{', or base_model' if k == 1 else ''}). Bring that model back, or resume from an "
+                            "earlier point")

@@ -1,4 +1,5 @@
-"""One training run, start to end: lock, plan, banner, (dry run: JSON and stop), renames, train."""
+"""One run of an experiment: check the inputs, claim the directory, plan, show the banner, (dry run:
+print the plan and stop), prepare (base model, renames, settings), run the iterations."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from itertrain import banner, commit, dist, engines, failpoints, lock, manifest, stop, tinymodel
+from itertrain.artifacts import CORRUPT, SUPERSEDED
 from itertrain.config import Config, UsageError, differences, resolved
-from itertrain.loop import write_metrics
+from itertrain.loop import metrics_rows, write_metrics
 from itertrain.restore import RecoveryError, apply, check_generator, resolve
 from itertrain.plan import SCRATCH
 from itertrain.status import SAVED_CONFIG, saved_settings
@@ -26,18 +28,19 @@ def ensure_base(cfg: Config) -> str:
     """--model_name, or the built-in tiny base model (written once, committed like any artifact)."""
     if cfg.it.model_name:
         return cfg.it.model_name
-    base = os.path.join(cfg.output_dir, BASE)
-    if dist.is_main():
-        problem = _base_problem(base, cfg.train.seed)
-        if problem:
-            if os.path.lexists(base):
-                suffix = f"superseded-{commit.utc_stamp()}" if problem == "other seed" else "corrupt"
-                dist.log0(f"⏭️  {BASE}: {problem}: renamed to {commit.set_aside(cfg.output_dir, BASE, suffix)}")
-            staged = commit.fresh_staging(cfg.output_dir, BASE)
-            tinymodel.write_base(staged, cfg.train.seed)
-            commit.commit_dir(staged, base, failpoint=("base.write", 0), kind="base", name=BASE,
-                              iteration=0, global_step=0, extra={"seed": cfg.train.seed})
-    dist.barrier()
+    return dist.on_main(_write_base, cfg.output_dir, cfg.train.seed)
+
+
+def _write_base(output_dir: str, seed: int) -> str:
+    base = os.path.join(output_dir, BASE)
+    if problem := _base_problem(base, seed):
+        if os.path.lexists(base):
+            why = SUPERSEDED if problem == "other seed" else CORRUPT
+            dist.log0(f"⏭️  {BASE}: {problem}: renamed to {commit.set_aside(output_dir, BASE, why)}")
+        staged = commit.fresh_staging(output_dir, BASE)
+        tinymodel.write_base(staged, seed)
+        commit.commit_dir(staged, base, failpoint=("base.write", 0), kind="base", name=BASE,
+                          iteration=0, global_step=0, extra={"seed": seed})
     return base
 
 
@@ -49,7 +52,7 @@ def check_shared(output_dir: str) -> None:
     experiment directory, or they would plan, load and commit from different directories."""
     if dist.world_size() == 1:
         return
-    token = dist.broadcast(f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}" if dist.is_main() else None)
+    token = dist.on_main(lambda: f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}")
     if dist.is_main():
         commit.atomic_write_bytes(os.path.join(output_dir, SHARED_CHECK), token.encode())
     dist.barrier()
@@ -82,59 +85,85 @@ def quiet_library_noise() -> None:
     warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator is found.*")
 
 
-def train(cfg: Config) -> int:
-    out = cfg.output_dir
+def run_experiment(cfg: Config) -> int:
+    """Start-up, as its steps, then the iterations; returns the exit code."""
     quiet_library_noise()
-    task = load_task(cfg.it, cfg.train.seed)  # bad task input fails here, before anything is written
+    task = check_inputs(cfg)
+    held = None if cfg.it.dry_run else claim_directory(cfg.output_dir)  # noqa: F841 (the lock, for this run)
+    steps = cfg.iteration_steps(dist.world_size())
+    inv, plan = decide(cfg, steps)
+    dist.log0(banner.render(cfg.output_dir, inv, plan,
+                            cfg.it.model_name or f"built-in tiny model ({cfg.output_dir}/{BASE})"))
+    if cfg.it.dry_run:
+        dist.log0(json.dumps(plan.to_json()))
+        return 0
+    base = None if plan.done else prepare(cfg, plan, steps)
+    dist.on_main(write_metrics, cfg.output_dir, steps)  # derived: a crash or a rename may have left it behind
+    if plan.done:
+        dist.log0("✅ every requested iteration is already complete: nothing to do")
+        return 0
+    from itertrain.loop import run_iterations
+
+    run_iterations(cfg, plan, base, base, task)
+    if dist.is_main():
+        show_metrics(metrics_rows(cfg.output_dir, steps))
+    return 0
+
+
+def check_inputs(cfg: Config):
+    """Everything that can be refused without writing: the task, the generation backend, the engine."""
+    task = load_task(cfg.it, cfg.train.seed)
     if cfg.it.generation_backend == "vllm":
         from itertrain import vllm_backend
 
         vllm_backend.require(cfg.it.vllm_python, cfg.it.model_name)
     engines.require(cfg.train)
-    if not cfg.it.dry_run:
-        failpoints.install_file_events(out)
-        if dist.is_main():
-            try:
-                os.makedirs(out, exist_ok=True)
-            except OSError as e:
-                raise UsageError(f"--output_dir {out}: cannot create it ({e.strerror})") from None
-            if not os.access(out, os.W_OK):
-                raise UsageError(f"--output_dir {out}: not writable")
-            handle = lock.acquire(out)  # held until the process exits  # noqa: F841
-            commit.clear_staging(out)
-            stop.clear(out)  # the record says how the last run ended: this one has not
-        dist.barrier()
-        check_shared(out)
-    steps = cfg.iteration_steps(dist.world_size())
+    return task
+
+
+def claim_directory(out: str):
+    """Create --output_dir, take its lock, drop what a dead run staged; returns the lock (rank 0's),
+    held while the caller keeps it (the kernel drops it if the process dies)."""
+    failpoints.install_file_events(out)
+    held = []
+
+    def claim() -> None:
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--output_dir {out}: cannot create it ({e.strerror})") from None
+        if not os.access(out, os.W_OK):
+            raise UsageError(f"--output_dir {out}: not writable")
+        held.append(lock.acquire(out))
+        commit.clear_staging(out)
+        stop.clear(out)  # the record says how the last run ended: this one has not
+
+    dist.on_main(claim)
+    check_shared(out)
+    return held[0] if held else None
+
+
+def decide(cfg: Config, steps: int):
+    """Inventory and plan (rank 0's, given to every rank), with the warnings a user must see."""
     inv, plan = resolve(cfg, steps)
-    if dist.is_main() and plan.strategy != SCRATCH and (changed := settings_changes(cfg)):
-        plan.warnings.append("resuming with other settings than the experiment was started with: "
-                             + "; ".join(changed))
-    if dist.is_main():
-        plan.warnings += engines.notes(cfg.train)
-    plan = dist.broadcast(plan)
-    dist.log0(banner.render(out, inv, plan, cfg.it.model_name or f"built-in tiny model ({out}/{BASE})"))
-    if cfg.it.dry_run:
-        dist.log0(json.dumps(plan.to_json()))
-        return 0
-    if plan.done:
-        if dist.is_main():
-            write_metrics(out, steps)  # derived state: a crash may have left it behind the artifacts
-        dist.log0("✅ every requested iteration is already complete: nothing to do")
-        return 0
+
+    def warn():
+        if plan.strategy != SCRATCH and (changed := settings_changes(cfg)):
+            plan.warnings.append("resuming with other settings than the experiment was started with: "
+                                 + "; ".join(changed))
+        plan.warnings.extend(engines.notes(cfg.train))
+        return plan
+
+    return inv, dist.on_main(warn)
+
+
+def prepare(cfg: Config, plan, steps: int) -> str:
+    """Carry the plan out on disk (base model, renames) and record the settings; returns the base."""
     check_generator(cfg, plan)
     base = ensure_base(cfg)
     apply(cfg, plan, base)
-    if dist.is_main():
-        save_settings(cfg, steps, scratch=plan.strategy == SCRATCH)
-    from itertrain.loop import run_iterations
-
-    if dist.is_main():
-        write_metrics(out, steps)  # renames may have set iterations aside
-    run_iterations(cfg, plan, base, base, task)
-    if dist.is_main():
-        show_metrics(write_metrics(out, steps))
-    return 0
+    dist.on_main(save_settings, cfg, steps, scratch=plan.strategy == SCRATCH)
+    return base
 
 
 def settings_changes(cfg: Config) -> list[str]:

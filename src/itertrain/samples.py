@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from itertrain import commit, dist, failpoints, manifest, shards, stop
+from itertrain.artifacts import CORRUPT, SUPERSEDED
 from itertrain.tasks import Example, Task, TaskError
 
 GENERATED, SELECTED = "generated.jsonl", "selected.jsonl"
@@ -111,30 +112,29 @@ def _read_kept(directory: str) -> list[Example]:
         return [Example(r["prompt"], r["completion"]) for r in map(json.loads, f)]
 
 
-def _verdict(output_dir: str, k: int) -> str | None:
-    """Rank 0's view of samples_K, agreed by every rank: "ok", "missing", or why it is broken."""
+def _verdict(output_dir: str, k: int) -> str:
+    """samples_K is "ok", "missing", or why it is broken."""
     d = os.path.join(output_dir, samples_name(k))
-    if dist.is_main():
-        verdict = (manifest.problem(d) or "ok") if os.path.isdir(d) else "missing"
-    return dist.broadcast(verdict if dist.is_main() else None)
+    return (manifest.problem(d) or "ok") if os.path.isdir(d) else "missing"
 
 
 def load(output_dir: str, k: int, source_digest: str, settings: dict) -> Samples | None:
     """samples_K if it is complete, intact and made by this model with these settings; else it is
     renamed aside (never deleted) and None is returned. Rank 0 decides for every rank."""
+    return dist.on_main(_load, output_dir, k, source_digest, settings)
+
+
+def _load(output_dir: str, k: int, source_digest: str, settings: dict) -> Samples | None:
     d = os.path.join(output_dir, samples_name(k))
-    verdict = _verdict(output_dir, k)
-    if verdict == "missing":
+    if (verdict := _verdict(output_dir, k)) == "missing":
         return None
-    extra = manifest.read(d).get("extra", {}) if verdict == "ok" else {}
+    problem = None if verdict == "ok" else verdict
+    extra = {} if problem else manifest.read(d).get("extra", {})
     same_source = source_digest is None or extra.get("source_digest") == source_digest  # None: model gone
-    if verdict == "ok" and same_source and extra.get("settings") == settings:
+    if not problem and same_source and extra.get("settings") == settings:
         return Samples(_read_kept(d), extra["stats"])
-    if dist.is_main():
-        why = "made by other weights or settings" if verdict == "ok" else verdict
-        to = commit.set_aside(output_dir, samples_name(k), "corrupt" if verdict != "ok" else f"superseded-{commit.utc_stamp()}")
-        dist.log0(f"⏭️  {samples_name(k)}: {why}: renamed aside ({to})")
-    dist.barrier()
+    to = commit.set_aside(output_dir, samples_name(k), CORRUPT if problem else SUPERSEDED)
+    dist.log0(f"⏭️  {samples_name(k)}: {problem or 'made by other weights or settings'}: renamed aside ({to})")
     return None
 
 
@@ -170,7 +170,7 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
     into samples_k. `at`: the run's safe points (after every generation round, between prompts
     being verified, after every shard)."""
     settings = settings_of(cfg, task)
-    digest = dist.broadcast(weights_digest(model_dir) if dist.is_main() else None)
+    digest = dist.on_main(weights_digest, model_dir)
     if (found := load(cfg.output_dir, k, digest, settings)) is not None:
         dist.on_main(shards.remove, cfg.output_dir, k)  # left by a run that stopped just after the commit
         dist.log0(f"♻️  iteration {k}: reusing committed {samples_name(k)} ({found.stats['num_kept']} kept)")
@@ -265,7 +265,7 @@ def earlier(cfg, j: int, model_dir: str, source: str, task: Task, tokenizer, loa
     """An earlier iteration's kept samples (--reuse_previous). History is reused as committed, even
     if settings changed since; a samples_j that is broken or gone is made again from model_j, which
     gives the same samples (seeded per batch), so the training set is the uninterrupted run's."""
-    verdict = _verdict(cfg.output_dir, j)
+    verdict = dist.on_main(_verdict, cfg.output_dir, j)
     if verdict == "ok":
         return _read_kept(os.path.join(cfg.output_dir, samples_name(j)))
     if not os.path.isdir(model_dir):
@@ -286,9 +286,12 @@ def _check_source(output_dir: str, model_dir: str, k: int, digest: str | None) -
                             "generates them, is gone (renamed aside or deleted)")
     if name.startswith("..") or not manifest.exists(model_dir):
         return
-    problem = dist.broadcast(manifest.problem(model_dir) if dist.is_main() else None)
+    def set_aside_if_broken():
+        problem = manifest.problem(model_dir)
+        return problem, problem and commit.set_aside(output_dir, name, CORRUPT)
+
+    problem, to = dist.on_main(set_aside_if_broken)
     if problem is None:
         return
-    to = dist.broadcast(commit.set_aside(output_dir, name, "corrupt") if dist.is_main() else None)
     raise RecoveryError(f"{name} cannot generate iteration {k}'s samples: {problem}; renamed to {to}. "
                         "Run again with --resume_from auto --resume_from_iteration auto to fall back")

@@ -14,11 +14,11 @@ import json
 import os
 
 from itertrain import commit, manifest
+from itertrain.artifacts import CORRUPT, SUPERSEDED, aside_why
 
 SUFFIX = ".shards"
 GENERATED = "generated.jsonl"
 KIND = "shard"
-ASIDE = (".corrupt", ".superseded-")  # set-aside names (commit.set_aside suffixes)
 
 
 def folder(k: int) -> str:
@@ -72,21 +72,21 @@ def committed(output_dir: str, k: int, digest: str, settings: dict, wanted: list
     by_name = {name(*sp): sp for sp in wanted}
     kept = []
     for entry in sorted(os.listdir(top)):
-        if any(t in entry for t in ASIDE):
+        if aside_why(entry):
             continue
         path = os.path.join(top, entry)
         broken = manifest.problem(path) if entry in by_name else None
         if broken:
-            why, suffix = broken, "corrupt"
+            why, reason = broken, CORRUPT
         elif entry not in by_name:
-            why, suffix = "made with another --generation_shard_size", f"superseded-{commit.utc_stamp()}"
+            why, reason = "made with another --generation_shard_size", SUPERSEDED
         elif (extra := manifest.read(path).get("extra", {})).get("source_digest") != digest \
                 or extra.get("settings") != settings:
-            why, suffix = "made by other weights or settings", f"superseded-{commit.utc_stamp()}"
+            why, reason = "made by other weights or settings", SUPERSEDED
         else:
             kept.append(by_name[entry])
             continue
-        to = commit.set_aside(top, entry, suffix)
+        to = commit.set_aside(top, entry, reason)
         log(f"⏭️  {folder(k)}/{entry}: {why}: renamed aside ({to})")
     return sorted(kept)
 
@@ -103,7 +103,7 @@ def remove(output_dir: str, k: int) -> None:
     if not os.path.isdir(top):
         return
     for entry in sorted(os.listdir(top)):
-        if not any(t in entry for t in ASIDE):
+        if not aside_why(entry):
             commit.remove_committed(top, entry, staging_root=output_dir)
     if not os.listdir(top):
         os.rmdir(top)
@@ -117,7 +117,7 @@ def progress(output_dir: str, k: int) -> tuple[int, int] | None:
     done, total = 0, None
     for entry in sorted(os.listdir(top)) if os.path.isdir(top) else []:
         path = os.path.join(top, entry)
-        if any(t in entry for t in ASIDE) or not manifest.exists(path):
+        if aside_why(entry) or not manifest.exists(path):
             continue
         try:
             m = manifest.read(path)
@@ -134,6 +134,6 @@ def aside(output_dir: str) -> list[str]:
     out = []
     for top in sorted(os.listdir(output_dir)):
         if top.startswith("samples_") and top.endswith(SUFFIX) and os.path.isdir(os.path.join(output_dir, top)):
-            out += [f"{top}/{e}" for e in sorted(os.listdir(os.path.join(output_dir, top))) if any(t in e for t in ASIDE)]
+            out += [f"{top}/{e}" for e in sorted(os.listdir(os.path.join(output_dir, top))) if aside_why(e)]
     return out
 

@@ -14,9 +14,9 @@ import os
 import sys
 from dataclasses import asdict
 
-from itertrain import inventory, manifest, shards, stop
-from itertrain.artifacts import CHECKPOINT, COMPLETE, ITERATION, Artifact
-from itertrain.plan import PlanError, Request, make_plan
+from itertrain import defaults, inventory, manifest, shards, stop
+from itertrain.artifacts import CHECKPOINT, COMPLETE, ITERATION, Artifact, aside_why
+from itertrain.plan import BOTH, ITERATION_STRATEGY, TRAINER, PlanError, Request, make_plan
 from itertrain.selectors import SelectorError, parse_checkpoint_selector, parse_iteration_selector
 
 SAVED_CONFIG = "itertrain_config.json"
@@ -74,10 +74,10 @@ def build(args) -> dict:
     """The whole report as plain data (what --json prints)."""
     saved = saved_settings(args.output_dir)
     carry = args.carry_optimizer_state if args.carry_optimizer_state is not None else saved.get("carry_optimizer_state")
-    num_iterations = args.num_iterations or saved.get("num_iterations") or 5
+    num_iterations = args.num_iterations or saved.get("num_iterations") or defaults.NUM_ITERATIONS
     req = Request(parse_checkpoint_selector(args.resume_from), parse_iteration_selector(args.resume_from_iteration),
                   num_iterations, bool(carry), saved.get("world_size") or 1)
-    max_steps = args.max_steps or saved.get("iteration_steps") or 300
+    max_steps = args.max_steps or saved.get("iteration_steps") or defaults.MAX_STEPS
     artifacts, names = inventory.scan(args.output_dir, max_steps)
     try:
         plan = make_plan(artifacts, req, existing=names, stamp="<time>").to_json()
@@ -86,7 +86,7 @@ def build(args) -> dict:
     settings = {"num_iterations": num_iterations, "iteration_steps": max_steps,
                 "model_name": saved.get("model_name"), "world_size": saved.get("world_size", 1)}
     checkpoints = [asdict(a) for a in sorted(artifacts, key=Artifact.sort_key) if a.kind == CHECKPOINT]
-    aside = sorted(n for n in names if any(t in n for t in (".corrupt", ".incomplete", ".superseded-")))
+    aside = sorted(n for n in names if aside_why(n))
     aside += shards.aside(args.output_dir)
     last_stop = _json(os.path.join(args.output_dir, stop.RECORD)) or None
     rows = iteration_rows(args.output_dir, artifacts, num_iterations)
@@ -158,12 +158,12 @@ def hints(output_dir: str, settings: dict, artifacts: list[Artifact], plan: dict
     elif plan["done"]:
         n = settings["num_iterations"]
         out.append(f"all {n} iterations are complete; to run more, add --num_iterations {n + 1} (or more) to: {cmd}")
-    elif plan["strategy"] == "trainer":
+    elif plan["strategy"] == TRAINER:
         c = next(a for a in artifacts if a.name == plan["state_from"])
         where = (f"finished training at global step {c.global_step} but was not saved" if c.is_last_step
                  else f"was interrupted at step {c.local_step} of {c.iteration_steps} (global step {c.global_step})")
         out.append(f"iteration {c.iteration} {where}: resume with: {cmd}")
-    elif plan["strategy"] in ("iteration", "both"):
+    elif plan["strategy"] in (ITERATION_STRATEGY, BOTH):
         out.append(f"{plan['weights_from']} is done and iteration {plan['next_iteration']} has not saved a "
                    f"checkpoint yet: resume with: {cmd}")
     elif not any(a.usable for a in artifacts):

@@ -130,6 +130,7 @@ class IterTrainer(Trainer):
         failpoints.hit("train.step", step)
 
     def train(self, *args, **kwargs):
+        """HF's Trainer.train (one iteration's training), returning only once its last checkpoint is committed."""
         try:
             out = super().train(*args, **kwargs)
         except BaseException:
