@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO_DIR ?= experiments/demo
 
-.PHONY: demo test test-all chaos bench clean vllm
+.PHONY: demo test test-fast chaos bench clean vllm
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,10 +46,18 @@ demo: $(STAMP)
 		--resume_from auto --resume_from_iteration auto
 	$(BIN)/itertrain plot $(DEMO_DIR)
 
-# The two environments are built side by side (vLLM's is mostly a download).
+# The two environments are built side by side (vLLM's is mostly a download). Three workers on two
+# cores, as a worker spends much of its time waiting on the processes it starts (rendezvous, vLLM's
+# start-up); one thread per process, as the tiny runs gain nothing from more and oversubscribed
+# threads spin (README.md has the measurements).
+TEST_WORKERS ?= 3
 test:
 	$(MAKE) -j2 $(DS_STAMP) $(VLLM_STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+
+# The edit loop: the tests that start no process (not marked slow; tests/conftest.py enforces it).
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" tests
 
 # Every file event of a short 2-iteration run, killed and resumed (tests/chaos_harness.py); about
 # 30 minutes per mode on 2 cores.

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -65,9 +66,15 @@ def _zygote() -> Zygote:
     return _ZYGOTE
 
 
-def plan_of(proc) -> dict:
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def dry_run(out, *flags) -> tuple[dict, str]:
+    """What `--dry_run` prints (the plan as JSON, the banner), made in-process by the steps a real
+    start takes before it writes anything (the entry points' own --dry_run: tests/test_cli.py)."""
+    from itertrain import banner, config, dist, run
+
+    cfg = config.parse(["--output_dir", str(out), *SMALL, *flags, "--dry_run"])
+    run.check_inputs(cfg)
+    inv, plan = run.decide(cfg, cfg.iteration_steps(dist.world_size()))
+    return plan.to_json(), banner.render(str(out), inv, plan, cfg.it.model_name or "base")
 
 
 def resume_until_done(out, *extra, tries=4, **kw):
@@ -109,13 +116,41 @@ def copy_experiment(src, dst):
     return dst
 
 
+def shared(tmp_path_factory, name: str, build):
+    """`build(directory)`'s result, made once per test session for every xdist worker: the first worker
+    to ask builds it under a file lock, the others wait on that lock and reuse it. What it makes must be
+    read-only to the tests (they copy an experiment before they change it)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's directory, above each worker's own
+    root = base / "shared"
+    root.mkdir(exist_ok=True)
+    result = root / f"{name}.pickle"
+    with FileLock(str(root / f"{name}.lock")):
+        if not result.exists():
+            work = root / name
+            shutil.rmtree(work, ignore_errors=True)  # a build that failed in another worker
+            work.mkdir()
+            result.write_bytes(pickle.dumps(build(work)))
+        return pickle.loads(result.read_bytes())
+
+
+def run_once(*flags, launcher=(sys.executable,), rc=0, **kw):
+    """A build for `shared`: one run of the CLI that must exit with `rc`; gives (output_dir, stdout)."""
+    def build(work):
+        out = work / "exp"
+        proc = run_cli(out, *flags, launcher=launcher, **kw)
+        assert proc.returncode == rc, proc.stderr[-3000:]
+        return out, proc.stdout
+    return build
+
+
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """An uninterrupted 2-iteration run (fresh optimizer each iteration)."""
-    out = tmp_path_factory.mktemp("ref") / "exp"
-    proc = run_cli(out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return shared(tmp_path_factory, "reference", run_once())[0]
 
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
@@ -124,26 +159,51 @@ TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 @pytest.fixture(scope="session")
 def reference_two_ranks(tmp_path_factory):
     """The uninterrupted 2-iteration run under torchrun with 2 ranks."""
-    out = tmp_path_factory.mktemp("ref2") / "exp"
-    proc = run_cli(out, launcher=TORCHRUN, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("CHECKPOINT RECOVERY SYSTEM") == 1  # rank 0 prints, once
-    assert proc.stdout.count("✅ iteration 1:") == 1  # no line once per rank
+    out, stdout = shared(tmp_path_factory, "reference_two_ranks", run_once(launcher=TORCHRUN, timeout=600))
+    assert stdout.count("CHECKPOINT RECOVERY SYSTEM") == 1  # rank 0 prints, once
+    assert stdout.count("✅ iteration 1:") == 1  # no line once per rank
     return out
 
 
 @pytest.fixture(scope="session")
 def reference_carry(tmp_path_factory):
-    out = tmp_path_factory.mktemp("refc") / "exp"
-    proc = run_cli(out, "--carry_optimizer_state")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return shared(tmp_path_factory, "reference_carry", run_once("--carry_optimizer_state"))[0]
 
 
 @pytest.fixture(scope="session")
 def crashed_in_iter1(tmp_path_factory):
     """Killed at global step 10 (iteration 1), after checkpoint-9 committed: never resumed."""
-    out = tmp_path_factory.mktemp("crash") / "exp"
-    proc = run_cli(out, failpoints="train.step=10")
-    assert proc.returncode == 137, proc.stderr[-3000:]
-    return out
+    return shared(tmp_path_factory, "crashed_in_iter1", run_once(failpoints="train.step=10", rc=137))[0]
+
+
+# `make test-fast` runs the tests not marked slow, and those start no process at all: a test that
+# uses a fixture made by a real run is marked slow here, and any other that starts a process fails.
+RUN_FIXTURES = {"reference", "reference_two_ranks", "reference_carry", "crashed_in_iter1"}
+
+
+FIRST = ("vllm", "zero3")  # the longest groups of tests that one worker runs in turn: start them first
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+    def group(item):
+        marker = item.get_closest_marker("xdist_group")
+        name = marker.args[0] if marker and marker.args else marker.kwargs.get("name") if marker else None
+        return FIRST.index(name) if name in FIRST else len(FIRST)
+
+    items.sort(key=group)  # stable: the rest keep their order
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_process(request, monkeypatch):
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("this test starts a process: mark it slow (make test-fast runs none)")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(os, "fork", refuse)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, max_diff, plan_of, run_cli
+from conftest import REPO, max_diff, dry_run, run_cli, run_once, shared
 
 pytestmark = pytest.mark.slow
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
@@ -20,22 +20,22 @@ THREE = ["--num_iterations", "3"]
 KEEP = ("model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
-@pytest.fixture(scope="module")
-def start(tmp_path_factory):
-    """A real HF model directory to start from (--model_name)."""
+def _write_start(work):
     from itertrain import tinymodel
 
-    d = tmp_path_factory.mktemp("start") / "model"
-    tinymodel.write_base(str(d), 42)
-    return d
+    tinymodel.write_base(str(work / "model"), 42)
+    return work / "model"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def start(tmp_path_factory):
+    """A real HF model directory to start from (--model_name)."""
+    return shared(tmp_path_factory, "adopt_start", _write_start)
+
+
+@pytest.fixture(scope="session")
 def ref(tmp_path_factory, start):
-    out = tmp_path_factory.mktemp("adoptref") / "exp"
-    proc = run_cli(out, *THREE, "--model_name", str(start))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return shared(tmp_path_factory, "adopt_ref", run_once(*THREE, "--model_name", str(start)))[0]
 
 
 def strip(d, keep=KEEP):
@@ -172,7 +172,7 @@ def test_checkpoint_past_iteration_0_without_the_model_that_generates_its_sample
         "itertrain: error: iteration 1 cannot start: its samples (samples_1) are not here, and neither is "
         "iteration 0's model"), proc.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["checkpoint-9"]
-    plan = plan_of(run_cli(out, *THREE, "--model_name", str(start), *AUTO, "--dry_run"))
+    plan, _ = dry_run(out, *THREE, "--model_name", str(start), *AUTO)
     assert plan["state_from"] == "checkpoint-9"
 
 

@@ -2,13 +2,14 @@
 
 import pytest
 from chaos_harness import adopted_reference, random_trial, reference, trial
+from conftest import shared
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ref(tmp_path_factory):
-    return reference(tmp_path_factory.mktemp("chaosref"))
+    return shared(tmp_path_factory, "chaos_ref", reference)
 
 
 @pytest.mark.parametrize("fraction,torn", [(0.1, False), (0.6, False), (0.5, True), (0.95, True)])
@@ -26,9 +27,9 @@ def test_random_sigkills_resume_exactly(tmp_path, ref, seed):
     assert result["verdict"] == "PASS", result
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def adopted(ref, tmp_path_factory):
-    return adopted_reference(ref[0], tmp_path_factory.mktemp("adopted"))
+    return shared(tmp_path_factory, "chaos_adopted", lambda work: adopted_reference(ref[0], work))
 
 
 @pytest.mark.parametrize("fraction,torn", [(0.05, False), (0.3, True), (0.7, False)])

@@ -3,25 +3,31 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import REPO, copy_experiment, run_cli
+from conftest import REPO, SMALL, copy_experiment, run_cli
 
 MALFORMED = [("--resume_from", v) for v in ("latest", "-3", "1.5", "../x", "")] + [
     ("--resume_from_iteration", v) for v in ("iter_x", "iter_-1", "../x", "", "3")]
 
 
 @pytest.mark.parametrize("flag,value", MALFORMED)
-def test_malformed_selector_exits_2_one_line(tmp_path, flag, value):
+def test_malformed_selector_exits_2_one_line(tmp_path, capsys, flag, value):
     from itertrain.cli import main
 
-    proc = subprocess.run([sys.executable, "-c", "import sys; from itertrain.cli import main; "
-                           f"sys.exit(main(['--output_dir', {str(tmp_path / 'x')!r}, {flag!r}, {value!r}]))"],
-                          capture_output=True, text=True, cwd=REPO) if value in ("latest", "iter_x") else None
-    if proc is not None:  # a real process for two of them: no traceback, one line
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert main(["--output_dir", str(tmp_path / "x"), flag, value]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag,value", [("--resume_from", "latest"), ("--resume_from_iteration", "iter_x")])
+def test_malformed_selector_in_a_real_process_is_one_line(tmp_path, flag, value):
+    proc = subprocess.run([sys.executable, str(REPO / "train_iterative.py"), "--output_dir", str(tmp_path / "x"),
+                           flag, value], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "x").exists()
 
 
@@ -58,9 +64,13 @@ def test_explicit_missing_artifact_lists_what_exists(tmp_path, reference):
     assert proc.returncode == 2 and "iter_5 does not exist; usable here: iter_0, iter_1" in proc.stderr
 
 
+# The console script pip installed beside this interpreter (whatever the environment is called).
+CONSOLE_SCRIPT = str(Path(sys.executable).parent / "itertrain")
+
+
 @pytest.mark.slow
 def test_status_json_and_table(tmp_path, crashed_in_iter1):
-    proc = subprocess.run([str(REPO / ".venv/bin/itertrain"), "status", str(crashed_in_iter1), "--json"],
+    proc = subprocess.run([CONSOLE_SCRIPT, "status", str(crashed_in_iter1), "--json"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
@@ -89,7 +99,7 @@ def test_second_run_on_same_dir_refuses(tmp_path, crashed_in_iter1):
 
 @pytest.mark.slow
 def test_console_script_and_module_entry_points(tmp_path):
-    for i, entry in enumerate([(str(REPO / ".venv/bin/itertrain"), "train"), (sys.executable, "-m", "itertrain")]):
+    for i, entry in enumerate([(CONSOLE_SCRIPT, "train"), (sys.executable, "-m", "itertrain")]):
         out = tmp_path / f"e{i}"
         proc = subprocess.run([*entry, "--output_dir", str(out), "--dry_run"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -105,9 +115,11 @@ def test_no_load_path_unpickles_arbitrary_objects():
         assert "pickle.load" not in text, f
 
 
-def test_fsdp_without_a_distributed_launch_is_one_line_before_anything_is_written(tmp_path):
+def test_fsdp_without_a_distributed_launch_is_one_line_before_anything_is_written(tmp_path, capsys):
+    from itertrain.cli import main
+
     # HF's Trainer would raise "Using fsdp only works in distributed training" after iteration 0's samples
-    proc = run_cli(tmp_path / "exp", "--fsdp", "full_shard auto_wrap")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("itertrain: error: --fsdp needs a distributed launch")
-    assert "Traceback" not in proc.stderr and not (tmp_path / "exp").exists()
+    assert main(["--output_dir", str(tmp_path / "exp"), *SMALL, "--fsdp", "full_shard auto_wrap"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("itertrain: error: --fsdp needs a distributed launch"), err
+    assert not (tmp_path / "exp").exists()

@@ -4,7 +4,7 @@ deleted), named in the banner; --strict_resume turns that into an error; all bro
 import json
 
 import pytest
-from conftest import copy_experiment, flip, max_diff, plan_of, resume_until_done, run_cli, truncate
+from conftest import copy_experiment, flip, max_diff, dry_run, resume_until_done, run_cli, truncate
 
 pytestmark = pytest.mark.slow
 
@@ -57,9 +57,8 @@ def test_everything_broken_never_restarts_from_scratch(tmp_path, crashed_in_iter
 def test_manifest_deleted_is_unverified_but_accepted(tmp_path, crashed_in_iter1, reference):
     out = copy_experiment(crashed_in_iter1, tmp_path / "exp")
     (out / "checkpoint-9" / "itertrain.json").unlink()
-    proc = run_cli(out, "--resume_from", "auto", "--resume_from_iteration", "auto", "--dry_run")
-    plan = plan_of(proc)
-    assert plan["state_from"] == "checkpoint-9" and "UNVERIFIED" in proc.stdout
+    plan, text = dry_run(out, "--resume_from", "auto", "--resume_from_iteration", "auto")
+    assert plan["state_from"] == "checkpoint-9" and "UNVERIFIED" in text
     proc = resume_until_done(out)
     assert "fallback" not in proc.stdout and "checkpoint-9 was saved while training" in proc.stdout
     assert max_diff(out / "iter_1", reference / "iter_1") == 0.0
@@ -71,9 +70,8 @@ def test_weights_only_iteration_model_gets_config(tmp_path, reference):
         (out / d).rename(out / f"{d}.old")
     (out / "iter_0" / "itertrain.json").unlink()
     (out / "iter_0" / "config.json").unlink()
-    proc = run_cli(out, "--resume_from", "none", "--resume_from_iteration", "auto", "--dry_run")
-    plan = plan_of(proc)
-    assert {"create_config": "iter_0"} in plan["actions"] and "config.json missing" in proc.stdout
+    plan, text = dry_run(out, "--resume_from", "none", "--resume_from_iteration", "auto")
+    assert {"create_config": "iter_0"} in plan["actions"] and "config.json missing" in text
     assert not (out / "iter_0" / "config.json").exists()  # not in --dry_run
     proc = run_cli(out, "--resume_from", "none", "--resume_from_iteration", "auto")
     assert proc.returncode == 0, proc.stderr[-2000:]

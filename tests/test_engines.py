@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import copy_experiment, max_diff, run_cli
+from conftest import copy_experiment, max_diff, run_cli, shared
 
 pytest.importorskip("deepspeed", reason="make test installs DeepSpeed (Makefile); run it from there")
 pytestmark = pytest.mark.slow
@@ -23,15 +23,18 @@ def ds_run(out, stage, *extra, nproc=2, failpoints=None):
                    launcher=launcher, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def zero3(tmp_path_factory):
-    """An uninterrupted ZeRO-3 run, and the same run killed after step 11 (checkpoint-9 committed)."""
-    root = tmp_path_factory.mktemp("zero3")
+def _zero3_runs(root):
     ref, crashed = root / "ref", root / "crashed"
     proc = ds_run(ref, 3)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ds_run(crashed, 3, failpoints="train.step=11").returncode != 0
     return ref, crashed
+
+
+@pytest.fixture(scope="session")
+def zero3(tmp_path_factory):
+    """An uninterrupted ZeRO-3 run, and the same run killed after step 11 (checkpoint-9 committed)."""
+    return shared(tmp_path_factory, "zero3", _zero3_runs)
 
 
 @pytest.mark.xdist_group("zero3")  # one worker builds the zero3 runs once

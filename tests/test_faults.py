@@ -1,4 +1,4 @@
-"""Faults beyond a crash (issue 4): branches that crash, an unwritable directory, a model directory
+"""Faults beyond a crash: branches that crash, an unwritable directory, a model directory
 without weights. (Two ranks whose views or loads differ: test_models_and_ranks.py.)"""
 
 import os

@@ -172,6 +172,7 @@ def test_plain_checkpoints_have_no_engine(tmp_path):
     assert a.engine is None
 
 
+@pytest.mark.slow  # a fresh interpreter, to see what the imports bring in
 def test_the_pure_core_imports_no_torch():
     """Inventory, planner, retention and status read manifests only: no torch, no accelerate."""
     import subprocess

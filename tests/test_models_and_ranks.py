@@ -4,18 +4,21 @@ import json
 import sys
 
 import pytest
-from conftest import copy_experiment, max_diff, resume_until_done, run_cli
+from conftest import copy_experiment, max_diff, resume_until_done, run_cli, shared
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gpt2_dir(tmp_path_factory):
+    return shared(tmp_path_factory, "gpt2", _write_gpt2)
+
+
+def _write_gpt2(d):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from itertrain.tinymodel import make_tokenizer
 
-    d = tmp_path_factory.mktemp("gpt2")
     tok = make_tokenizer()
     cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -52,12 +55,13 @@ def torchrun(out, *extra, failpoints=None):
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def two_rank_runs(tmp_path_factory, reference_two_ranks):
     """An uninterrupted 2-rank run, and one killed at global step 10 (after checkpoint-9)."""
-    crashed = tmp_path_factory.mktemp("ranks") / "crashed"
-    assert torchrun(crashed, failpoints="train.step=10").returncode != 0
-    return reference_two_ranks, crashed
+    def crash(work):
+        assert torchrun(work / "crashed", failpoints="train.step=10").returncode != 0
+        return work / "crashed"
+    return reference_two_ranks, shared(tmp_path_factory, "two_ranks_crashed", crash)
 
 
 def test_two_ranks_crash_and_resume_bit_identical(tmp_path, reference, two_rank_runs):

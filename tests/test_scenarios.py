@@ -1,15 +1,16 @@
 """The seed guide's five scenarios through the real CLI: the --dry_run plan, then the run itself."""
 
 import json
+import re
 
 import pytest
-from conftest import copy_experiment, max_diff, plan_of, run_cli, weights
+from conftest import copy_experiment, max_diff, dry_run, run_cli, weights
 
 pytestmark = pytest.mark.slow
 
 
 def dry(out, rf, ri, *extra):
-    return plan_of(run_cli(out, "--resume_from", rf, "--resume_from_iteration", ri, "--dry_run", *extra))
+    return dry_run(out, "--resume_from", rf, "--resume_from_iteration", ri, *extra)[0]
 
 
 def test_1_scratch(tmp_path, reference):
@@ -40,7 +41,9 @@ def test_3_iteration_only(tmp_path, crashed_in_iter1, reference):
     plan = dry(out, "none", "auto")
     assert (plan["strategy"], plan["weights_from"], plan["state_from"], plan["next_iteration"],
             plan["next_step"]) == ("iteration", "iter_0", None, 1, 6)
-    assert {"rename": "checkpoint-9", "to": plan["actions"][0]["to"], "why": plan["actions"][0]["why"]} in plan["actions"]
+    (action,) = [a for a in plan["actions"] if a.get("rename") == "checkpoint-9"]
+    assert re.fullmatch(r"checkpoint-9\.superseded-\d{8}T\d{6}Z", action["to"]), action
+    assert action["why"] == "later than the starting point (iteration 1, step 6)", action
     proc = run_cli(out, "--resume_from", "none", "--resume_from_iteration", "auto")
     assert proc.returncode == 0, proc.stderr[-2000:]
     # Iteration 1 restarted from iter_0 with a fresh optimizer: exactly what the uninterrupted run did.
@@ -73,7 +76,9 @@ def test_5_explicit_pair(tmp_path, reference):
     before = weights(reference / "iter_1")
     proc = run_cli(out, "--resume_from", "3", "--resume_from_iteration", "iter_0")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Warning" in proc.stdout
+    # The real run shows the dry run's warning, in the banner, before it trains
+    (mismatch,) = [w for w in plan["warnings"] if "not the last step" in w]
+    assert proc.stdout.index(f"Warning: {mismatch}") < proc.stdout.index("iteration 1: training")
     # The new branch wrote iter_1 and checkpoints 4..9; the old ones are aside, byte for byte.
     old = next(out.glob("iter_1.superseded-*"))
     assert all((weights(old)[k] == before[k]).all() for k in before)

@@ -1,4 +1,4 @@
-"""The users' view (issue 6): status, plot, TensorBoard, config files, settings warnings, quiet output."""
+"""The users' view: status, plot, TensorBoard, config files, settings warnings, quiet output."""
 
 import json
 import struct
@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SMALL, copy_experiment, plan_of, resume_until_done, run_cli
+from conftest import REPO, SMALL, copy_experiment, dry_run, resume_until_done, run_cli
 
-from itertrain import config
+from itertrain import cli, config
 
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
@@ -71,11 +71,11 @@ def test_bad_config_file_is_one_line_error(tmp_path, capsys, text, needle):
     assert not (tmp_path / "o").exists()
 
 
-def test_malformed_typed_flag_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "train_iterative.py", "--output_dir", str(tmp_path / "o"),
-                           "--num_iterations", "many"], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+def test_malformed_typed_flag_is_one_line(tmp_path, capsys):
+    assert cli.main(["--output_dir", str(tmp_path / "o"), "--num_iterations", "many"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "itertrain: error: argument --num_iterations/--num-iterations: invalid int value: 'many'"]
+    assert not (tmp_path / "o").exists()
 
 
 def test_settings_differences_are_named():
@@ -88,10 +88,10 @@ def test_resume_with_other_hyperparameters_warns_and_config_is_saved(tmp_path, c
     out = copy_experiment(crashed_in_iter1, tmp_path / "exp")
     saved = json.loads((out / "itertrain_config.json").read_text())
     assert saved["args"]["learning_rate"] == 0.003 and saved["started_with"]["max_steps"] == 6
-    plan = plan_of(run_cli(out, *AUTO, "--learning_rate", "0.01", "--warmup_steps", "2", "--dry_run"))
+    plan, _ = dry_run(out, *AUTO, "--learning_rate", "0.01", "--warmup_steps", "2")
     warning = next(w for w in plan["warnings"] if "other settings" in w)
     assert "learning_rate: 0.003 -> 0.01" in warning and "warmup_steps: 5 -> 2" in warning
-    plan = plan_of(run_cli(out, *AUTO, "--dry_run"))
+    plan, _ = dry_run(out, *AUTO)
     assert not any("other settings" in w for w in plan["warnings"])
 
 

@@ -11,9 +11,9 @@ import time
 
 import psutil
 import pytest
-from conftest import REPO, SMALL, max_diff, run_cli
+from conftest import REPO, SMALL, max_diff, run_cli, run_once, shared
 
-from itertrain import tinymodel, vllm_backend
+from itertrain import cli, tinymodel, vllm_backend
 
 VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
 needs_vllm = pytest.mark.skipif(not VLLM_PY.exists(), reason="no .venv-vllm: make vllm (make test builds it)")
@@ -45,6 +45,7 @@ RuntimeError: Engine core initialization failed. See root cause above. Failed co
                                                "Supported head sizes are: [32, 64].")
 
 
+@pytest.mark.slow
 def test_a_python_without_vllm_is_one_line_before_anything_is_written(tmp_path):
     proc = run_cli(tmp_path / "exp", "--generation_backend", "vllm")  # the training interpreter has no vLLM
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -59,13 +60,14 @@ def test_a_python_without_vllm_is_one_line_before_anything_is_written(tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
-def test_an_unknown_backend_is_a_usage_error(tmp_path):
-    proc = run_cli(tmp_path / "exp", "--generation_backend", "sglang")
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "invalid choice: 'sglang'" in proc.stderr
+def test_an_unknown_backend_is_a_usage_error(tmp_path, capsys):
+    assert cli.main(["--output_dir", str(tmp_path / "exp"), "--generation_backend", "sglang"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "invalid choice: 'sglang'" in line and not (tmp_path / "exp").exists()
 
 
 @needs_vllm
+@pytest.mark.slow
 def test_a_model_vllm_cannot_run_is_refused_with_the_reason_before_anything_is_written(tmp_path):
     from transformers import LlamaForCausalLM
 
@@ -83,15 +85,12 @@ def test_a_model_vllm_cannot_run_is_refused_with_the_reason_before_anything_is_w
     assert not (tmp_path / "exp").exists()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vllm_reference(tmp_path_factory):
     """An uninterrupted 2-iteration run sampled by real vLLM (3 shards of 8 prompts per iteration)."""
     if not VLLM_PY.exists():
         pytest.skip("no .venv-vllm: make vllm")
-    out = tmp_path_factory.mktemp("vllmref") / "exp"
-    proc = run_cli(out, *VLLM, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return shared(tmp_path_factory, "vllm_reference", run_once(*VLLM, timeout=900))[0]
 
 
 def _processes(mark: str) -> list[psutil.Process]:

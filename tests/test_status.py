@@ -1,0 +1,82 @@
+"""status.py's pure parts, in-process: the hints, the resume command, the iteration rows, the report."""
+
+import pytest
+
+from itertrain import shards, status
+from itertrain.artifacts import CHECKPOINT, COMPLETE, CORRUPT, ITERATION, UNVERIFIED, Artifact
+
+
+def ckpt(step, state=COMPLETE, steps=6):
+    it = (step - 1) // steps
+    return Artifact(f"checkpoint-{step}", CHECKPOINT, state, it, step, step - it * steps, steps, why="x")
+
+
+def model(k, state=COMPLETE, steps=6):
+    return Artifact(f"iter_{k}", ITERATION, state, k, (k + 1) * steps, why="x")
+
+
+SETTINGS = {"num_iterations": 3, "world_size": 1, "model_name": None}
+
+
+def plan(strategy="scratch", done=False, **kw):
+    return {"strategy": strategy, "done": done, **kw}
+
+
+def test_resume_command_names_the_launcher_and_the_model():
+    assert status.resume_command("exp", SETTINGS) == (
+        "python train_iterative.py --output_dir exp --resume_from auto --resume_from_iteration auto")
+    assert status.resume_command("exp", {"world_size": 4, "model_name": "/m"}) == (
+        "torchrun --nproc_per_node=4 train_iterative.py --model_name /m --output_dir exp "
+        "--resume_from auto --resume_from_iteration auto")
+
+
+def test_hints_for_each_kind_of_plan():
+    cmd = status.resume_command("exp", SETTINGS)
+    assert status.hints("exp", SETTINGS, [], plan(), []) == [f"nothing to resume here yet: start (or resume) with: {cmd}"]
+    assert status.hints("exp", SETTINGS, [model(2)], plan("iteration", done=True), []) == [
+        f"all 3 iterations are complete; to run more, add --num_iterations 4 (or more) to: {cmd}"]
+    assert status.hints("exp", SETTINGS, [ckpt(9)], plan("trainer", state_from="checkpoint-9"), []) == [
+        f"iteration 1 was interrupted at step 3 of 6 (global step 9): resume with: {cmd}"]
+    assert status.hints("exp", SETTINGS, [ckpt(12)], plan("trainer", state_from="checkpoint-12"), []) == [
+        f"iteration 1 finished training at global step 12 but was not saved: resume with: {cmd}"]
+    assert status.hints("exp", SETTINGS, [model(0)], plan("both", weights_from="iter_0", next_iteration=1), []) == [
+        f"iter_0 is done and iteration 1 has not saved a checkpoint yet: resume with: {cmd}"]
+    assert status.hints("exp", SETTINGS, [], {"error": "bad flags"}, []) == [
+        "the flags given do not fit this experiment: bad flags"]
+
+
+def test_hints_name_broken_and_set_aside_artifacts():
+    arts = [model(0), ckpt(9, CORRUPT)]
+    aside = [f"checkpoint-{s}.corrupt" for s in range(1, 7)]
+    out = status.hints("exp", SETTINGS, arts, plan("iteration", weights_from="iter_0", next_iteration=1), aside)
+    assert out[1] == "1 broken artifact(s) (checkpoint-9): the next run renames them aside, nothing is deleted"
+    assert out[2].startswith("6 artifact(s) set aside earlier (checkpoint-1.corrupt, checkpoint-2.corrupt, "
+                             "checkpoint-3.corrupt, checkpoint-4.corrupt, ...)")
+
+
+def test_iteration_rows_from_artifacts(tmp_path):
+    arts = [model(0, UNVERIFIED), ckpt(9), ckpt(3)]
+    rows = status.iteration_rows(str(tmp_path), arts, 3)
+    assert [(r["iteration"], r["state"], r["artifact"], r["global_step"]) for r in rows] == [
+        (0, "complete (unverified)", "iter_0", 6), (1, "interrupted at step 3/6", "checkpoint-9", 9),
+        (2, "pending", None, None)]
+
+
+def test_iteration_rows_show_generation_progress(tmp_path):
+    shards.write(str(tmp_path), 0, (0, 8), [], source="base", digest="d", settings={"num_prompts": 24})
+    (row,) = status.iteration_rows(str(tmp_path), [], 1)
+    assert (row["state"], row["prompts_done"], row["prompts_total"]) == ("generating: 8/24 prompts", 8, 24)
+
+
+def test_build_on_an_empty_directory(tmp_path):
+    report = status.build(status._parser().parse_args([str(tmp_path)]))
+    assert report["plan"]["strategy"] == "scratch" and report["set_aside"] == []
+    assert [r["state"] for r in report["iterations"]] == ["pending"] * 5  # the default --num_iterations
+    assert report["hints"][0].startswith("nothing to resume here yet")
+
+
+@pytest.mark.parametrize("bad", ["latest", "iter_x"])
+def test_build_refuses_a_bad_selector(tmp_path, bad):
+    args = status._parser().parse_args([str(tmp_path), "--resume_from", bad, "--resume_from_iteration", bad])
+    with pytest.raises(ValueError):
+        status.build(args)
