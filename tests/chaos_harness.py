@@ -23,10 +23,11 @@ with --ranks 2) at 1-3 random moments of a run, resuming with `auto auto` after 
 With --generate the crash points are the generate phase's own: its file events (shards committed,
 samples_K assembled, shards removed), or random moments while it runs; a resume that does not keep
 every shard committed before the crash is LOST_WORK. Runs generate in shards of 8 prompts (3 per
-iteration); with --vllm they sample with real vLLM (.venv-vllm).
-Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--generate]
+iteration); with --vllm they sample with real vLLM (.venv-vllm); with --example they run examples/gsm8k
+(chat template, gsm8k verifier in a pool of processes) on a tiny instruct-shaped model.
+Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--generate] [--example]
                                      [--jobs 2] [--json out]
-       python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--generate] [--vllm]
+       python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--generate] [--vllm] [--example]
                                      [--jobs 2] [--json out]
 """
 
@@ -53,12 +54,22 @@ AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
 
 VLLM: list[str] = []  # --vllm: the runs sample with real vLLM (.venv-vllm)
+EXAMPLE = REPO / "examples" / "gsm8k"
+TASK: list[str] = []  # --example: the GSM8K example (chat template, gsm8k verifier in its process pool)
+
+
+def example_flags(model: Path) -> list[str]:
+    """examples/gsm8k on the tiny instruct-shaped model, at the size of SMALL."""
+    return ["--model_name", str(model), "--train_prompts", str(EXAMPLE / "train.jsonl"),
+            "--eval_prompts", str(EXAMPLE / "eval.jsonl"), "--sft_data", str(EXAMPLE / "train.jsonl"),
+            "--prompt_field", "question", "--verifier", "gsm8k", "--verifier_workers", "2",
+            "--max_new_tokens", "32"]
 
 
 def _cmd(out: Path, ranks: int, *extra: str) -> list[str]:
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
                                    if ranks > 1 else [])
-    return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM, *extra]
+    return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM, *TASK, *extra]
 
 
 def _env(env_extra: dict | None = None) -> dict:
@@ -309,6 +320,8 @@ def main() -> int:
     p.add_argument("--generate", action="store_true",
                    help="crash only in the generate phase: its file events, or random moments while it runs")
     p.add_argument("--vllm", action="store_true", help="sample with real vLLM (.venv-vllm, make vllm)")
+    p.add_argument("--example", action="store_true",
+                   help="run examples/gsm8k (chat template, gsm8k verifier in a pool of processes)")
     args = p.parse_args()
     if args.vllm:
         VLLM.extend(["--generation_backend", "vllm", "--vllm_python", str(REPO / ".venv-vllm" / "bin" / "python")])
@@ -316,6 +329,11 @@ def main() -> int:
     if args.adopt and args.ranks != 1:
         p.error("--adopt runs one rank")
     work = Path(tempfile.mkdtemp(prefix="itertrain-chaos-"))
+    if args.example:
+        from itertrain.tinymodel import write_chat_model
+
+        write_chat_model(str(work / "instruct"), 0)
+        TASK.extend(example_flags(work / "instruct"))
     if args.random:
         return _random_main(args, work)
     ref, logs, _ = reference_ranks(work, args.ranks)

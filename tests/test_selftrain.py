@@ -72,7 +72,7 @@ def test_jsonl_task_end_to_end_and_bad_input(tmp_path):
     ev.write_text("".join(json.dumps(r) + "\n" for r in rows[30:]))
     out = tmp_path / "exp"
     proc = run_cli(out, "--train_prompts", str(tr), "--eval_prompts", str(ev), "--sft_data", str(tr),
-                   "--verifier", "numeric", "--num_iterations", "1")
+                   "--verifier", "numeric", "--num_iterations", "1", "--max_new_tokens", "8")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert metrics(out)[0]["num_train_samples"] >= 30
     bad = tmp_path / "bad.jsonl"
@@ -82,7 +82,7 @@ def test_jsonl_task_end_to_end_and_bad_input(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "exp2").exists()  # nothing written
 
 
-def test_verifier_that_raises_stops_cleanly(tmp_path):
+def test_verifier_that_raises_stops_cleanly_with_strict_verifier(tmp_path):
     (tmp_path / "badverifier.py").write_text("def check(example, completion):\n    raise ValueError('nope')\n")
     rows = [{"prompt": "1+1=", "answer": "2"}]
     tr = tmp_path / "tr.jsonl"
@@ -95,7 +95,7 @@ def test_verifier_that_raises_stops_cleanly(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(REPO / "train_iterative.py"), "--output_dir", str(out),
                            "--train_prompts", str(tr), "--eval_prompts", str(tr), "--verifier", "badverifier:check",
-                           "--max_steps", "2", "--num_iterations", "1", "--disable_tqdm", "true"],
+                           "--strict_verifier", "true", "--max_new_tokens", "8", "--max_steps", "2", "--num_iterations", "1", "--disable_tqdm", "true"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--verifier badverifier:check raised ValueError: nope" in proc.stderr and "Traceback" not in proc.stderr

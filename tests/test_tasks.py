@@ -3,18 +3,17 @@
 import json
 import sys
 import textwrap
-from types import SimpleNamespace
 
 import pytest
 
 from itertrain.samples import select, training_set
-from itertrain.tasks import Example, TaskError, exact, load_task, numeric, read_jsonl, verifier
+from itertrain.tasks import Example, TaskError, exact, load_task, numeric, read_data, verifier
 
 
 def args(**kw):
-    base = dict(train_prompts=None, eval_prompts=None, sft_data=None, verifier="exact", task="addition",
-                num_gold=10, num_prompts=20, num_eval=5)
-    return SimpleNamespace(**{**base, **kw})
+    from itertrain.config import IterArguments
+
+    return IterArguments(**{**dict(num_gold=10, num_prompts=20, num_eval=5), **kw})
 
 
 def write(path, rows):
@@ -58,7 +57,7 @@ def test_a_verifier_that_raises_is_named():
     def bad(example, completion):
         raise KeyError("boom")
 
-    with pytest.raises(TaskError, match=r"--verifier my:bad raised KeyError: 'boom' \(prompt 'a'"):
+    with pytest.raises(TaskError, match=r"--verifier my:bad raised KeyError: 'boom' on prompt 0 \(sample 0: 'a'\)"):
         select([Example("a", "1")], [["1"]], bad, 1, "--verifier my:bad")
 
 
@@ -75,15 +74,15 @@ def test_training_set_order_reuse_and_gold():
 def test_jsonl_errors_name_file_and_line(tmp_path):
     f = write(tmp_path / "t.jsonl", [{"prompt": "1+1=", "answer": "2"}, {"prompt": "2+2="}])
     with pytest.raises(TaskError, match=r"t.jsonl:2: needs a non-empty string field \"answer\""):
-        read_jsonl(f)
+        read_data(f)
     f = write(tmp_path / "u.jsonl", [{"prompt": "1+1=", "answer": "2"}, "{oops"])
     with pytest.raises(TaskError, match=r"u.jsonl:2: not JSON"):
-        read_jsonl(f)
+        read_data(f)
     (tmp_path / "e.jsonl").write_text("\n")
     with pytest.raises(TaskError, match=r"e.jsonl: no examples \(empty file\)"):
-        read_jsonl(str(tmp_path / "e.jsonl"))
+        read_data(str(tmp_path / "e.jsonl"))
     with pytest.raises(TaskError, match="cannot read"):
-        read_jsonl(str(tmp_path / "missing.jsonl"))
+        read_data(str(tmp_path / "missing.jsonl"))
     with pytest.raises(TaskError, match="go together"):
         load_task(args(train_prompts=f), 0)
 

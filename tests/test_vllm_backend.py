@@ -151,3 +151,19 @@ def test_stopped_then_killed_during_vllm_generation_resumes_byte_identical(tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(8 already committed in 1 shard)" in proc.stdout
     _same(out, vllm_reference)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_the_gsm8k_example_samples_with_vllm(tmp_path):
+    """Prompts of a few hundred characters through a chat template: vLLM on a CPU split their prefill
+    and failed to rewind its seeded generators until the worker turned chunked prefill off."""
+    from chaos_harness import example_flags
+
+    tinymodel.write_chat_model(str(tmp_path / "model"), 0)
+    out = tmp_path / "exp"
+    proc = run_cli(out, *example_flags(tmp_path / "model"), *VLLM, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gen = [json.loads(line) for line in (out / "samples_1" / "generated.jsonl").read_text().splitlines()]
+    assert len(gen) == 32 * 2 and gen[0]["prompt"].startswith("<|im_start|>user\n")
+    assert [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]

@@ -61,11 +61,28 @@ class IterArguments:
     task: str = field(default="addition", metadata={
         "help": "Built-in task name (addition) or package.module:make_task returning an itertrain.tasks.Task."})
     train_prompts: str | None = field(default=None, metadata={
-        "help": "JSONL of {\"prompt\", \"answer\"} to generate for (with --eval_prompts and --verifier)."})
-    eval_prompts: str | None = field(default=None, metadata={"help": "JSONL of held-out {\"prompt\", \"answer\"}."})
+        "help": "Prompts and answers to generate for (with --eval_prompts and --verifier): a .jsonl, .json, .csv "
+                "or .parquet file or a datasets save_to_disk directory, local. A prompt is a string or a list "
+                "of chat messages."})
+    eval_prompts: str | None = field(default=None, metadata={"help": "Held-out prompts and answers (same formats)."})
     sft_data: str | None = field(default=None, metadata={
-        "help": "JSONL of gold {\"prompt\", \"answer\"} examples trained on (see --gold_iterations)."})
-    verifier: str = field(default="exact", metadata={"help": "exact, numeric or package.module:function(example, completion)."})
+        "help": "Gold prompts and answers trained on (same formats; see --gold_iterations)."})
+    prompt_field: str = field(default="prompt", metadata={"help": "The data's prompt column."})
+    answer_field: str = field(default="answer", metadata={"help": "The data's answer column."})
+    chat_template: str = field(default="auto", metadata={
+        "choices": ["auto", "none"],
+        "help": "auto: when the tokenizer has a chat template, every prompt goes through it (with the generation "
+                "prompt) for generation, evaluation and training; none: prompts are used as written."})
+    verifier: str = field(default="exact", metadata={
+        "help": "exact, numeric, gsm8k, math (math-verify), regex:PATTERN or package.module:function(example, "
+                "completion) (docs/tasks.md)."})
+    verifier_workers: int | None = field(default=None, metadata={
+        "help": "Processes that run the verifier, each call under --verifier_timeout (0: in the training "
+                "process, no timeout). Default: 0 for exact, numeric and gsm8k, else 2."})
+    verifier_timeout: float = field(default=10.0, metadata={
+        "help": "Seconds a verifier call may take in the pool; past it, the completion counts as rejected."})
+    strict_verifier: bool = field(default=False, metadata={
+        "help": "A verifier that raises or times out stops the run (one line) instead of counting as a rejection."})
     num_samples: int = field(default=4, metadata={"help": "Completions sampled per training prompt."})
     max_per_prompt: int = field(default=1, metadata={"help": "Correct completions kept per prompt (deduplicated)."})
     reuse_previous: bool = field(default=True, metadata={"help": "Also train on earlier iterations' kept samples."})
@@ -74,7 +91,8 @@ class IterArguments:
     train_from: str = field(default="previous", metadata={
         "help": "Fine-tune each iteration from the previous iteration's model (previous) or from the base (base)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the generate phase."})
-    max_new_tokens: int = field(default=8, metadata={"help": "Longest completion generated or evaluated."})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "Longest completion generated or evaluated. Default: 8 for the built-in task, else 512."})
     generation_batch_size: int = field(default=256, metadata={"help": "Prompts per generate call."})
     generation_backend: str = field(default="hf", metadata={
         "choices": ["hf", "vllm"],
@@ -205,6 +223,11 @@ def parse(argv: list[str]) -> Config:
     return validate(it, train)
 
 
+def _plugin_task(it: IterArguments) -> bool:
+    """A --task plug-in brings its own verifier, which may hang: it goes to the pool."""
+    return it.task != "addition" and not it.train_prompts
+
+
 def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
     if not train.output_dir:
         raise UsageError("--output_dir is required (the experiment directory)")
@@ -217,6 +240,12 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
         raise UsageError(f"--num_iterations must be at least 1, got {it.num_iterations}")
     if min(it.num_gold, it.num_prompts, it.num_eval) < 0 or it.num_gold + it.num_prompts < 1:
         raise UsageError("--num_gold, --num_prompts and --num_eval must be >= 0, and some training data is needed")
+    if it.max_new_tokens is None:
+        it.max_new_tokens = 8 if it.task == "addition" and not it.train_prompts else 512
+    if it.verifier_workers is None:
+        it.verifier_workers = 0 if it.verifier in ("exact", "numeric", "gsm8k") and not _plugin_task(it) else 2
+    if it.verifier_workers < 0 or it.verifier_timeout <= 0:
+        raise UsageError("--verifier_workers must be >= 0 and --verifier_timeout > 0")
     if it.num_samples < 1 or it.max_per_prompt < 1 or it.generation_batch_size < 1 or it.max_new_tokens < 1:
         raise UsageError("--num_samples, --max_per_prompt, --generation_batch_size and --max_new_tokens must be >= 1")
     if it.generation_shard_size is None:
@@ -277,7 +306,7 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
 # Settings that do not change what an experiment computes: a resume may change them freely.
 NOT_RESULTS = {"output_dir", "resume_from", "resume_from_iteration", "dry_run", "strict_resume", "num_iterations",
                "async_save", "stop_signals", "stop_after", "enable_jit_checkpoint", "generation_shard_size",
-               "vllm_python", "vllm_gpu_memory_utilization",
+               "vllm_python", "vllm_gpu_memory_utilization", "verifier_workers",
                "disable_tqdm", "report_to", "run_name", "logging_steps", "logging_strategy", "logging_first_step",
                "save_steps", "save_strategy", "save_total_limit", "use_cpu", "log_level", "log_level_replica",
                "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",
@@ -292,7 +321,7 @@ def resolved(cfg: Config) -> dict:
 def differences(started_with: dict, now: dict) -> list[str]:
     """One line per setting that changes results and differs from how the experiment was started."""
     out = []
-    for key in sorted(set(started_with) | set(now)):
+    for key in sorted(set(started_with) & set(now)):  # (a setting newer than the experiment: not a change)
         if key not in NOT_RESULTS and started_with.get(key) != now.get(key):
             out.append(f"{key}: {started_with.get(key)!r} -> {now.get(key)!r}")
     return out

@@ -6,15 +6,18 @@ import torch
 
 from itertrain import dist, failpoints
 from itertrain.generate import complete
+from itertrain.verifying import ERRORS, TIMEOUTS, Checker
 
 
 @torch.no_grad()
-def greedy_accuracy(model, tokenizer, examples, is_correct, batch_size: int = 256, max_new_tokens: int = 8,
-                    should_stop=None) -> float | None:
-    """The share of examples answered correctly; None if `should_stop()` said so between batches
-    (the evaluation is abandoned: it is redone on resume)."""
+def greedy_accuracy(model, tokenizer, examples, check: Checker, batch_size: int = 256, max_new_tokens: int = 8,
+                    should_stop=None) -> tuple[float, dict] | None:
+    """The share of examples answered correctly, and the verifier's problems counted (a problem is a
+    wrong answer); None if `should_stop()` said so between batches (the evaluation is abandoned: it
+    is redone on resume)."""
+    problems = {TIMEOUTS: 0, ERRORS: 0}
     if not examples:
-        return 0.0
+        return 0.0, problems
     was_training = model.training
     model.eval()
     correct = 0
@@ -26,6 +29,9 @@ def greedy_accuracy(model, tokenizer, examples, is_correct, batch_size: int = 25
             return None
         chunk = examples[i:i + batch_size]
         texts = complete(model, tokenizer, [e.prompt for e in chunk], do_sample=False, max_new_tokens=max_new_tokens)
-        correct += sum(is_correct(e, t) for e, t in zip(chunk, texts, strict=True))
+        verdicts, counted = check.check(chunk, [[t] for t in texts], first=i)
+        correct += sum(row[0] for row in verdicts)
+        for key, n in counted.items():
+            problems[key] += n
     model.train(was_training)
-    return correct / len(examples)
+    return correct / len(examples), problems

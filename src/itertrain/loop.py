@@ -235,17 +235,23 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         trained = engines.trained_model(trainer)  # every rank takes part; an ordinary model on rank 0
 
         def evaluate():
-            accuracy = greedy_accuracy(trained, tokenizer, task.eval_prompts, task.verify,
-                                       max_new_tokens=cfg.it.max_new_tokens, should_stop=stop.requested_here)
-            return accuracy, None if accuracy is not None else stop.requested_here()
+            check = samples.checker(cfg, task)
+            try:
+                result = greedy_accuracy(trained, tokenizer, task.eval_prompts, check,
+                                         max_new_tokens=cfg.it.max_new_tokens, should_stop=stop.requested_here)
+            finally:
+                check.close()
+            return result, None if result is not None else stop.requested_here()
 
-        accuracy, stopped = dist.on_main(evaluate)
+        result, stopped = dist.on_main(evaluate)
         if stopped:
             at.check("evaluate", stopped)
+        accuracy, eval_problems = result
         global_step = start.step_offset + steps
         metrics = {"iteration": k, "eval_accuracy": accuracy, "acceptance_rate": found.stats["acceptance_rate"],
                    "pass_at_k": found.stats["pass_at_k"], "num_generated": found.stats["num_generated"],
-                   "num_train_samples": len(features), "train_loss": train_loss, "global_step": global_step}
+                   "num_train_samples": len(features), "train_loss": train_loss, "global_step": global_step,
+                   **{key: found.stats.get(key, 0) + n for key, n in eval_problems.items()}}
         dist.log0(f"✅ iteration {k}: eval_accuracy={accuracy:.3f} acceptance_rate="
                   f"{found.stats['acceptance_rate']:.3f} train_loss={train_loss:.4f} step={global_step}")
         # 5. save iter_K

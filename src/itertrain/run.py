@@ -112,13 +112,26 @@ def run_experiment(cfg: Config) -> int:
 
 def check_inputs(cfg: Config):
     """Everything that can be refused without writing: the task, the generation backend, the engine."""
-    task = load_task(cfg.it, cfg.train.seed)
+    task = load_task(cfg.it, cfg.train.seed, tokenizer=_chat_tokenizer(cfg))
     if cfg.it.generation_backend == "vllm":
         from itertrain import vllm_backend
 
         vllm_backend.require(cfg.it.vllm_python, cfg.it.model_name)
     engines.require(cfg.train)
     return task
+
+
+def _chat_tokenizer(cfg: Config):
+    """The tokenizer whose chat template formats the prompts (the built-in one has none)."""
+    if cfg.it.chat_template == "none" or not cfg.it.model_name:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(cfg.it.model_name)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--model_name {cfg.it.model_name}: cannot load its tokenizer: "
+                         f"{str(e).strip().splitlines()[0]}") from None
 
 
 def claim_directory(out: str):

@@ -12,9 +12,10 @@ import json
 import os
 from dataclasses import dataclass
 
-from itertrain import commit, dist, failpoints, manifest, shards, stop
+from itertrain import commit, dist, manifest, shards, stop
 from itertrain.artifacts import CORRUPT, SUPERSEDED
-from itertrain.tasks import Example, Task, TaskError
+from itertrain.tasks import Example, Task
+from itertrain.verifying import ERRORS, TIMEOUTS, Abandoned, Checker
 
 GENERATED, SELECTED = "generated.jsonl", "selected.jsonl"
 
@@ -29,34 +30,18 @@ class Samples:
     stats: dict  # num_generated, num_kept, acceptance_rate, pass_at_k
 
 
-class Abandoned(Exception):
-    """Verification was left for a stop request; the reason is the message."""
-
-
-def verify(prompts: list[Example], completions: list[list[str]], verify_fn, verifier_name: str = "verifier",
-           should_stop=None, first: int = 0) -> list[list[bool]]:
-    """The verifier's verdict on every completion. `should_stop()` is asked before each prompt: a stop
-    request abandons the verdicts (they are made again with the shard)."""
-    verdicts = []
-    for i, (ex, outs) in enumerate(zip(prompts, completions, strict=True), first + 1):
-        failpoints.send_signal("verify", i)
-        if should_stop is not None and (reason := should_stop()):
-            raise Abandoned(reason)
-        row = []
-        for text in outs:
-            try:
-                row.append(bool(verify_fn(ex, text)))
-            except Exception as e:  # noqa: BLE001 - the user's verifier: name it and what it raised
-                raise TaskError(f"{verifier_name} raised {type(e).__name__}: {e} (prompt {ex.prompt!r}, "
-                                f"completion {text!r})") from None
-        verdicts.append(row)
-    return verdicts
+def checker(cfg, task: Task) -> Checker:
+    """The run's verifier, run as --verifier_workers, --verifier_timeout and --strict_verifier say."""
+    it = cfg.it
+    name = f"--verifier {it.verifier}" if it.train_prompts else "the task's verifier"
+    return Checker(task.verify, name, workers=it.verifier_workers, timeout=it.verifier_timeout,
+                   strict=it.strict_verifier, log=dist.log0)
 
 
 def select(prompts: list[Example], completions: list[list[str]], verify_fn, max_per_prompt: int,
            verifier_name: str = "verifier") -> tuple[list[Example], list[list[bool]], dict]:
-    """verify, then keep, over prompts 0..n-1 (one phase at once)."""
-    verdicts = verify(prompts, completions, verify_fn, verifier_name)
+    """verify (in this process, a failure stops), then keep, over prompts 0..n-1 (one phase at once)."""
+    verdicts, _ = Checker(verify_fn, verifier_name, strict=True).check(prompts, completions)
     kept, stats = keep(shards.rows(0, [e.prompt for e in prompts], completions, verdicts), max_per_prompt)
     return kept, verdicts, stats
 
@@ -210,7 +195,7 @@ def _generate(cfg, k, model_dir, source, task, tokenizer, load_model, at, todo, 
         from itertrain.generate import Generator
 
         gen = Generator(load_model(model_dir), tokenizer, batch_size=it.generation_batch_size, **opts)
-    verifier = f"--verifier {it.verifier}" if it.train_prompts else "the task's verifier"
+    check = checker(cfg, task)
     bar = dist.progress(desc=f"generate (iteration {k})", total=len(prompts), initial=have)
     world = dist.world_size()
     try:
@@ -218,7 +203,7 @@ def _generate(cfg, k, model_dir, source, task, tokenizer, load_model, at, todo, 
             made = gen.round(todo[n:n + world], prompts, advance=bar.update,
                              safe_point=None if at is None else lambda: at.check("generate"))
             if made is not None:  # (None: a rank's part was left for a stop request)
-                names, abandoned = dist.on_main(_verify_and_commit, cfg.output_dir, k, made, task, verifier, source,
+                names, abandoned = dist.on_main(_verify_and_commit, cfg.output_dir, k, made, task, check, source,
                                                 digest, settings, None if at is None else stop.requested_here)
                 have += sum(end - first for first, end in sorted(made)[:len(names)])
                 if names:  # the progress bar is for terminals; a log file gets a line per round
@@ -234,20 +219,23 @@ def _generate(cfg, k, model_dir, source, task, tokenizer, load_model, at, todo, 
     finally:
         bar.close()
         gen.close()
+        check.close()
 
 
-def _verify_and_commit(output_dir, k, made, task, verifier, source, digest, settings, should_stop):
-    """Rank 0: verify each shard made in a round and commit it; returns the shards committed and, if
-    a stop request abandoned the verification of the rest, its reason."""
+def _verify_and_commit(output_dir, k, made, task, check: Checker, source, digest, settings, should_stop):
+    """Rank 0: verify each shard made in a round and commit it (with the verifier's problems counted);
+    returns the shards committed and, if a stop request abandoned the verification of the rest, its
+    reason."""
     names = []
     for first, end in sorted(made):
         exs = task.train_prompts[first:end]
         try:
-            verdicts = verify(exs, made[(first, end)], task.verify, verifier, should_stop, first=first)
+            verdicts, problems = check.check(exs, made[(first, end)], first=first, should_stop=should_stop)
         except Abandoned as e:
             return names, str(e)
         rows = shards.rows(first, [e.prompt for e in exs], made[(first, end)], verdicts)
-        names.append(shards.write(output_dir, k, (first, end), rows, source=source, digest=digest, settings=settings))
+        names.append(shards.write(output_dir, k, (first, end), rows, source=source, digest=digest, settings=settings,
+                                  problems=problems))
     return names, None
 
 
@@ -255,6 +243,7 @@ def _assemble(output_dir, k, spans, source, digest, settings, max_per_prompt) ->
     """samples_k from its shards (rank 0), then the shards are removed."""
     rows = [r for sp in spans for r in shards.read(output_dir, k, sp)]
     kept, stats = keep(rows, max_per_prompt)
+    stats.update(shards.problems(output_dir, k, spans, (TIMEOUTS, ERRORS)))
     save(output_dir, k, rows, kept, stats, source, digest, settings)
     shards.remove(output_dir, k)
     return kept, stats

@@ -46,7 +46,7 @@ def encode(rows_: list[dict]) -> bytes:
 
 
 def write(output_dir: str, k: int, span: tuple[int, int], rows_: list[dict], *, source: str, digest: str,
-          settings: dict) -> str:
+          settings: dict, problems: dict | None = None) -> str:
     """Commit one shard (rank 0); returns its path relative to output_dir."""
     top = os.path.join(output_dir, folder(k))
     if not os.path.isdir(top):
@@ -58,8 +58,19 @@ def write(output_dir: str, k: int, span: tuple[int, int], rows_: list[dict], *, 
         f.write(encode(rows_))
     commit.commit_dir(staged, os.path.join(top, shard), failpoint=("shard.write", span[0]), kind=KIND,
                       name=shard, iteration=k, global_step=0, started_from=source,
-                      extra={"source_digest": digest, "settings": settings, "prompts": list(span)})
+                      extra={"source_digest": digest, "settings": settings, "prompts": list(span),
+                             "problems": problems or {}})
     return f"{folder(k)}/{shard}"
+
+
+def problems(output_dir: str, k: int, spans: list[tuple[int, int]], keys: tuple[str, ...]) -> dict:
+    """The verifier's problems (timeouts, errors) counted over the committed shards of `spans`."""
+    total = dict.fromkeys(keys, 0)
+    for sp in spans:
+        counted = manifest.read(os.path.join(output_dir, folder(k), name(*sp))).get("extra", {}).get("problems", {})
+        for key in keys:
+            total[key] += counted.get(key, 0)
+    return total
 
 
 def committed(output_dir: str, k: int, digest: str, settings: dict, wanted: list[tuple[int, int]],

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import signal
+import sys
 import time
 
 from itertrain import commit
@@ -168,3 +169,15 @@ def clear(output_dir: str) -> None:
     path = os.path.join(output_dir, RECORD)
     if os.path.exists(path):
         os.remove(path)
+
+
+def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> None:
+    """In a child process (a vLLM worker before exec, a verifier pool worker at start): receive `sig`
+    when the process that started it dies, kill -9 included, so that no child outlives the run; if
+    that parent (`parent`, a pid) is already gone, exit now."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+    if parent is not None and os.getppid() != parent:
+        os._exit(0)

@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -201,7 +200,4 @@ class Generator:
 def _die_with_parent() -> None:
     """In the worker, before exec: SIGTERM when the training process dies (the worker then kills
     its process group; it also watches for its parent itself)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    stop.die_with_parent(signal.SIGTERM)

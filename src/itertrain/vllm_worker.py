@@ -89,6 +89,9 @@ def main(job_path: str, out_dir: str) -> int:
             # starts in half the time of a separate one (nothing to overlap on a CPU)
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", job["cpu_kv_cache_gib"])
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            # a prompt whose prefill is split over steps makes vLLM rewind its seeded generator, which
+            # a CPU generator cannot do ("CPU Generator does not use offset"): prefill whole prompts
+            job["engine"].setdefault("enable_chunked_prefill", False)
         from vllm import LLM, SamplingParams
 
         llm = LLM(model=job["model"], seed=0, **job["engine"])

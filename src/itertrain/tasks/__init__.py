@@ -1,14 +1,14 @@
 """Tasks: training prompts, held-out prompts, optional gold examples, and a verifier.
 
 Sources: the built-in `addition`; `--task package.module:make_task` (a callable returning a Task);
-or `--train_prompts` / `--eval_prompts` JSONL files ({"prompt": ..., "answer": ...}) with
-`--verifier exact|numeric|package.module:function`.
+or `--train_prompts` / `--eval_prompts` files (JSONL, JSON, CSV, parquet or a datasets save_to_disk
+directory: files.py) with a verifier (verifiers.py). Prompts then go through the chat template
+(chat.py) when the tokenizer has one.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,8 +19,9 @@ class TaskError(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    prompt: str
+    prompt: str  # the text the model sees (rendered by the chat template, where one applies)
     answer: str  # the reference answer (verifier input); for gold examples, the training target
+    messages: tuple[tuple[str, str], ...] | None = None  # (role, content) pairs, for a chat prompt
 
 
 Verifier = Callable[[Example, str], bool]
@@ -57,47 +58,28 @@ def import_object(spec: str, flag: str):
 
 
 def verifier(spec: str) -> Verifier:
-    if spec == "exact":
-        return exact
-    if spec == "numeric":
-        return numeric
-    fn = import_object(spec, "--verifier")
-    if not callable(fn):
-        raise TaskError(f"--verifier {spec!r} is not callable")
-    return fn
+    from itertrain.verifiers import named
+
+    return named(spec)
 
 
-def read_jsonl(path: str, *, need_answer: bool = True) -> list[Example]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except OSError as e:
-        raise TaskError(f"{path}: cannot read ({e.strerror})") from None
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{path}:{n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
-            raise TaskError(f"{path}:{n}: needs a non-empty string field \"prompt\"")
-        answer = row.get("answer", "")
-        if need_answer and (not isinstance(answer, str) or not answer):
-            raise TaskError(f"{path}:{n}: needs a non-empty string field \"answer\"")
-        out.append(Example(row["prompt"], str(answer)))
-    if not out:
-        raise TaskError(f"{path}: no examples (empty file)")
-    return out
+def read_data(path: str, it=None, *, need_answer: bool = True) -> list[Example]:
+    from itertrain.tasks.files import read
+
+    fields = {} if it is None else {"prompt_field": it.prompt_field, "answer_field": it.answer_field}
+    return read(path, need_answer=need_answer, **fields)
 
 
-def load_task(it, seed: int) -> Task:
-    """The task the flags describe (`it` is config.IterArguments)."""
+def load_task(it, seed: int, tokenizer=None) -> Task:
+    """The task the flags describe (`it` is config.IterArguments), its prompts rendered for
+    `tokenizer` (chat.py; None: as written)."""
+    from itertrain.tasks import chat
+
     if it.train_prompts or it.eval_prompts:
         if not (it.train_prompts and it.eval_prompts):
             raise TaskError("--train_prompts and --eval_prompts go together")
-        task = Task(read_jsonl(it.train_prompts), read_jsonl(it.eval_prompts), verifier(it.verifier), name="jsonl")
+        task = Task(read_data(it.train_prompts, it), read_data(it.eval_prompts, it), verifier(it.verifier),
+                    name="files")
     elif it.task == "addition":
         from itertrain.tasks import addition
 
@@ -111,7 +93,10 @@ def load_task(it, seed: int) -> Task:
         if not isinstance(task, Task):
             raise TaskError(f"--task {it.task}: returned {type(task).__name__}, not itertrain.tasks.Task")
     if it.sft_data:
-        task.gold = read_jsonl(it.sft_data)
+        task.gold = read_data(it.sft_data, it)
     if not task.train_prompts and not task.gold:
         raise TaskError("the task has no training prompts and no gold data")
+    for part, source in (("train_prompts", it.train_prompts or f"--task {it.task}"),
+                         ("eval_prompts", it.eval_prompts or f"--task {it.task}"), ("gold", it.sft_data or "--sft_data")):
+        setattr(task, part, chat.render(getattr(task, part), tokenizer, it.chat_template, source))
     return task

@@ -1,0 +1,89 @@
+"""A verifier run so that it cannot hang or crash the run.
+
+With workers (`--verifier_workers N`, the default for `math`, `regex:` and plug-ins), each call runs
+in a pool of N processes (pebble: a call past `--verifier_timeout` seconds has its worker killed
+and replaced). Without (`exact`, `numeric` and `gsm8k`, pure string work, by default), calls run in
+this process. Either way, a timeout, an exception or a worker that died counts as "rejected", is
+counted (`verifier_timeouts`, `verifier_errors`) and logged once with the prompt's index;
+`--strict_verifier` makes it a one-line error instead. Verdicts come back in prompt order whatever
+order the workers finish in, so the samples kept never depend on the pool.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from concurrent.futures import TimeoutError as CallTimeout
+
+from itertrain import failpoints, stop
+from itertrain.tasks import TaskError
+
+TIMEOUTS, ERRORS = "verifier_timeouts", "verifier_errors"
+
+
+class Abandoned(Exception):
+    """Verification was left for a stop request; the reason is the message."""
+
+
+class Checker:
+    def __init__(self, fn, name: str, *, workers: int = 0, timeout: float = 10.0, strict: bool = False,
+                 log=print):
+        self.fn, self.name, self.workers, self.timeout, self.strict, self.log = fn, name, workers, timeout, strict, log
+        self.pool = None
+        self.told = False
+
+    def check(self, prompts: list, completions: list[list[str]], first: int = 0,
+              should_stop=None) -> tuple[list[list[bool]], dict]:
+        """Every completion's verdict, and the problems counted ({TIMEOUTS: n, ERRORS: m}).
+        `should_stop()` is asked before each prompt: a stop request abandons the verdicts."""
+        counts = {TIMEOUTS: 0, ERRORS: 0}
+        calls = [[self._start(ex, text) for text in outs] for ex, outs in zip(prompts, completions, strict=True)]
+        try:
+            verdicts = []
+            for i, (ex, row) in enumerate(zip(prompts, calls, strict=True), first):
+                failpoints.send_signal("verify", i + 1)
+                if should_stop is not None and (reason := should_stop()):
+                    raise Abandoned(reason)
+                verdicts.append([self._finish(call, ex, j, i, counts) for j, call in enumerate(row)])
+        except BaseException:
+            for row in calls:
+                for call in row:
+                    if hasattr(call, "cancel"):
+                        call.cancel()
+            raise
+        return verdicts, counts
+
+    def _start(self, ex, text):
+        if not self.workers:
+            return (ex, text)  # called when its verdict is wanted
+        if self.pool is None:
+            from pebble import ProcessPool
+
+            # spawn: a fork of this process (torch's threads, locks held by other threads) is not safe
+            self.pool = ProcessPool(max_workers=self.workers, context=multiprocessing.get_context("spawn"),
+                                    initializer=stop.die_with_parent, initargs=(signal.SIGKILL, os.getpid()))
+        return self.pool.schedule(self.fn, args=(ex, text), timeout=self.timeout)
+
+    def _finish(self, call, ex, j: int, i: int, counts: dict) -> bool:
+        try:
+            return bool(self.fn(*call) if isinstance(call, tuple) else call.result())
+        except CallTimeout:
+            kind, what = TIMEOUTS, f"took more than {self.timeout:g} s"
+        except Exception as e:  # noqa: BLE001 - the verifier's own failure: counted, or the stop below
+            kind, what = ERRORS, f"raised {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        counts[kind] += 1
+        where = f"on prompt {i} (sample {j}: {ex.prompt[:60]!r})"
+        if self.strict:
+            raise TaskError(f"{self.name} {what} {where} (--strict_verifier)")
+        if not self.told:
+            self.told = True
+            self.log(f"⚠️  {self.name} {what} {where}: counted as rejected; later ones are only counted "
+                     f"({TIMEOUTS}, {ERRORS} in the metrics)")
+        return False
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.stop()
+            self.pool.join()
+            self.pool = None

@@ -1,0 +1,46 @@
+"""Plug-in verifiers that misbehave, importable by the verifier pool's worker processes."""
+
+import os
+import time
+
+
+def hang(example, completion):
+    if completion == "hang":
+        time.sleep(3600)
+    return completion == example.answer
+
+
+def crash(example, completion):
+    if completion == "crash":
+        os._exit(3)  # the worker dies, as a segfault in native code would kill it
+    return completion == example.answer
+
+
+def raises(example, completion):
+    if completion == "raise":
+        raise ValueError("cannot parse\nsecond line")
+    return completion == example.answer
+
+
+def slow_when_first(example, completion):
+    """Later calls finish first: the verdicts must still come back in order."""
+    time.sleep(0.3 if completion.endswith("0") else 0)
+    return completion.startswith(example.answer)
+
+
+def not_picklable_task_verifier():
+    return lambda example, completion: True
+
+
+def flaky(example, completion):
+    """gsm8k, except that some completions (fixed by their text) hang and others raise."""
+    import zlib
+
+    from itertrain.verifiers import gsm8k
+
+    h = zlib.crc32(completion.encode())
+    if h % 29 == 0:
+        time.sleep(3600)
+    if h % 29 == 1:
+        raise ValueError("cannot parse")
+    return gsm8k(example, completion)

@@ -1,0 +1,63 @@
+"""The verifier run safely: in-process or in a pool of processes, timeouts and errors counted as
+rejected (or a one-line stop with --strict_verifier), verdicts in prompt order."""
+
+import pytest
+from plugins import crash, hang, raises, slow_when_first
+
+from itertrain.tasks import Example, TaskError
+from itertrain.verifiers import exact
+from itertrain.verifying import ERRORS, TIMEOUTS, Abandoned, Checker
+
+PROMPTS = [Example(f"q{i}", "ok") for i in range(3)]
+
+
+def test_in_process_errors_are_rejections_counted_and_logged_once():
+    said = []
+    checker = Checker(raises, "--verifier tests:raises", log=said.append)
+    verdicts, counts = checker.check(PROMPTS, [["ok", "raise"], ["raise", "no"], ["ok", "ok"]], first=10)
+    assert verdicts == [[True, False], [False, False], [True, True]]
+    assert counts == {TIMEOUTS: 0, ERRORS: 2}
+    assert len(said) == 1 and said[0].startswith(
+        "⚠️  --verifier tests:raises raised ValueError: cannot parse on prompt 10 (sample 1: 'q0')")
+
+
+def test_strict_verifier_stops_with_one_line_naming_the_prompt():
+    with pytest.raises(TaskError) as e:
+        Checker(raises, "--verifier x", strict=True).check(PROMPTS, [["ok"], ["raise"], ["ok"]], first=4)
+    assert str(e.value) == "--verifier x raised ValueError: cannot parse on prompt 5 (sample 0: 'q1') (--strict_verifier)"
+
+
+def test_a_stop_request_abandons_before_the_next_prompt():
+    asked = iter([None, "SIGTERM"])
+    with pytest.raises(Abandoned, match="SIGTERM"):
+        Checker(exact, "v").check(PROMPTS, [["ok"], ["ok"], ["ok"]], should_stop=lambda: next(asked))
+
+
+@pytest.mark.slow  # starts worker processes
+def test_pool_times_out_a_hang_and_survives_a_dead_worker_in_order():
+    checker = Checker(hang, "v", workers=2, timeout=1.0)
+    try:
+        verdicts, counts = checker.check(PROMPTS, [["ok", "hang"], ["no", "ok"], ["hang", "ok"]])
+        assert verdicts == [[True, False], [False, True], [False, True]]
+        assert counts == {TIMEOUTS: 2, ERRORS: 0}
+    finally:
+        checker.close()
+    checker = Checker(crash, "v", workers=2, timeout=30)
+    try:
+        verdicts, counts = checker.check(PROMPTS, [["crash", "ok"], ["ok", "crash"], ["ok", "ok"]])
+        assert verdicts == [[False, True], [True, False], [True, True]]
+        assert counts == {TIMEOUTS: 0, ERRORS: 2}
+    finally:
+        checker.close()
+
+
+@pytest.mark.slow
+def test_pool_verdicts_come_back_in_prompt_order():
+    outs = [[f"ok{i}{j}" for j in range(3)] + ["bad0"] for i in range(4)]
+    prompts = [Example(f"q{i}", "ok") for i in range(4)]
+    checker = Checker(slow_when_first, "v", workers=2, timeout=30)
+    try:
+        verdicts, counts = checker.check(prompts, outs)
+    finally:
+        checker.close()
+    assert verdicts == [[True, True, True, False]] * 4 and counts == {TIMEOUTS: 0, ERRORS: 0}
