@@ -74,6 +74,8 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --events all --generate --jobs 2 --json chaos-kill-generate.json
 	$(BIN)/python tests/chaos_harness.py --random 40 --generate --jobs 2 --json chaos-random-generate.json
 	$(BIN)/python tests/chaos_harness.py --random 10 --generate --ranks 2 --jobs 1 --json chaos-random-generate-2ranks.json
+	$(BIN)/python tests/chaos_harness.py --events all --example --jobs 2 --json chaos-kill-example.json
+	$(BIN)/python tests/chaos_harness.py --random 20 --example --jobs 2 --json chaos-random-example.json
 	$(MAKE) vllm
 	$(BIN)/python tests/chaos_harness.py --random 4 --generate --vllm --jobs 1 --json chaos-random-vllm.json
 

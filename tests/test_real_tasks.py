@@ -115,16 +115,17 @@ def example_ref(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_example_killed_in_training_and_in_the_verifier_pool_resumes_bit_identically(tmp_path, example_ref):
+def test_the_example_killed_or_stopped_anywhere_resumes_bit_identically(tmp_path, example_ref):
     flags, ref = example_ref
     rows_ = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows_] == [0, 1]
     assert all(r["verifier_timeouts"] == 0 and r["verifier_errors"] == 0 for r in rows_)
     gen = [json.loads(line) for line in (ref / "samples_0" / "generated.jsonl").read_text().splitlines()]
     assert gen[0]["prompt"].startswith("<|im_start|>user\n") and len(gen) == 32 * 2
-    for failpoint in ("train.step=8", "shard.write=16"):  # in training; committing a verified shard
+    # killed in training, and while a verified shard commits; stopped (SIGTERM) while the pool verifies
+    for failpoint, code in (("train.step=8", 137), ("shard.write=16", 137), ("signal.verify=20", 75)):
         out = tmp_path / failpoint.split("=")[0]
-        assert run_cli(out, *flags, failpoints=failpoint).returncode == 137
+        assert run_cli(out, *flags, failpoints=failpoint).returncode == code
         proc = run_cli(out, *flags, "--resume_from", "auto", "--resume_from_iteration", "auto")
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
