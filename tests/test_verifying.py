@@ -61,3 +61,16 @@ def test_pool_verdicts_come_back_in_prompt_order():
     finally:
         checker.close()
     assert verdicts == [[True, True, True, False]] * 4 and counts == {TIMEOUTS: 0, ERRORS: 0}
+
+
+@pytest.mark.slow
+def test_a_worker_lost_to_a_stop_request_abandons_instead_of_rejecting():
+    """A stop signal sent to the whole process group reaches the pool's workers too: a call that
+    fails while a stop is requested is the stop's, not the verifier's (no verdict is made up)."""
+    asked = iter([None, "SIGTERM"])
+    checker = Checker(crash, "v", workers=2, timeout=30)
+    try:
+        with pytest.raises(Abandoned, match="SIGTERM"):
+            checker.check(PROMPTS[:1], [["crash", "ok"]], should_stop=lambda: next(asked))
+    finally:
+        checker.close()

@@ -45,7 +45,7 @@ class Checker:
                 failpoints.send_signal("verify", i + 1)
                 if should_stop is not None and (reason := should_stop()):
                     raise Abandoned(reason)
-                verdicts.append([self._finish(call, ex, j, i, counts) for j, call in enumerate(row)])
+                verdicts.append([self._finish(call, ex, j, i, counts, should_stop) for j, call in enumerate(row)])
         except BaseException:
             for row in calls:
                 for call in row:
@@ -62,16 +62,18 @@ class Checker:
 
             # spawn: a fork of this process (torch's threads, locks held by other threads) is not safe
             self.pool = ProcessPool(max_workers=self.workers, context=multiprocessing.get_context("spawn"),
-                                    initializer=stop.die_with_parent, initargs=(signal.SIGKILL, os.getpid()))
+                                    initializer=_worker_start, initargs=(os.getpid(),))
         return self.pool.schedule(self.fn, args=(ex, text), timeout=self.timeout)
 
-    def _finish(self, call, ex, j: int, i: int, counts: dict) -> bool:
+    def _finish(self, call, ex, j: int, i: int, counts: dict, should_stop=None) -> bool:
         try:
             return bool(self.fn(*call) if isinstance(call, tuple) else call.result())
         except CallTimeout:
             kind, what = TIMEOUTS, f"took more than {self.timeout:g} s"
         except Exception as e:  # noqa: BLE001 - the verifier's own failure: counted, or the stop below
             kind, what = ERRORS, f"raised {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        if should_stop is not None and (reason := should_stop()):
+            raise Abandoned(reason)  # the stop signal may have reached the worker too: not the verifier's fault
         counts[kind] += 1
         where = f"on prompt {i} (sample {j}: {ex.prompt[:60]!r})"
         if self.strict:
@@ -87,3 +89,11 @@ class Checker:
             self.pool.stop()
             self.pool.join()
             self.pool = None
+
+
+def _worker_start(parent: int) -> None:
+    """A pool worker dies with the run (kill -9 included) and leaves Ctrl-C and SIGUSR1, which are
+    the run's stop requests, to the run (a stop is handled there, between prompts)."""
+    stop.die_with_parent(signal.SIGKILL, parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
