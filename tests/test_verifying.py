@@ -74,3 +74,17 @@ def test_a_worker_lost_to_a_stop_request_abandons_instead_of_rejecting():
             checker.check(PROMPTS[:1], [["crash", "ok"]], should_stop=lambda: next(asked))
     finally:
         checker.close()
+
+
+@pytest.mark.slow
+def test_math_verify_runs_in_the_pool():
+    """math-verify's own timeouts use signals, which work only in a process's main thread: the pool's
+    workers run calls there."""
+    from itertrain.verifiers import math
+
+    checker = Checker(math, "v", workers=1, timeout=60)
+    try:
+        verdicts, counts = checker.check([Example("q", "\\frac{1}{2}")], [["so \\boxed{0.5}", "\\boxed{2}"]])
+    finally:
+        checker.close()
+    assert verdicts == [[True, False]] and counts == {TIMEOUTS: 0, ERRORS: 0}
