@@ -142,6 +142,10 @@ def test_a_hanging_and_raising_plugin_is_counted_and_the_resume_is_identical(tmp
     (row,) = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert row["verifier_timeouts"] > 0 and row["verifier_errors"] > 0, row
     assert proc.stdout.count("counted as rejected") == 1  # logged once, then counted
+    from itertrain import status
+
+    (shown,) = status.build(status._parser().parse_args([str(whole)]))["iterations"]
+    assert (shown["verifier_timeouts"], shown["verifier_errors"]) == (row["verifier_timeouts"], row["verifier_errors"])
     cut = tmp_path / "cut"  # killed while a shard verified by the pool commits, then resumed
     assert run_cli(cut, *flaky, failpoints="shard.write=16").returncode == 137
     proc = run_cli(cut, *flaky, "--resume_from", "auto", "--resume_from_iteration", "auto")

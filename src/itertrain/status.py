@@ -118,7 +118,7 @@ def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: i
         row = {"iteration": k, "state": "pending", "artifact": None, "eval_accuracy": None,
                "acceptance_rate": samples.get("acceptance_rate"), "num_generated": samples.get("num_generated"),
                "num_kept": samples.get("num_kept"), "global_step": None, "train_loss": None, "seconds": None,
-               "finished": None}
+               "finished": None, "verifier_timeouts": None, "verifier_errors": None}
         of_k = [c for c in ckpts if c.iteration == k]
         if k in models:
             a = models[k]
@@ -128,7 +128,8 @@ def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: i
             row.update(state="complete" if a.state == COMPLETE else "complete (unverified)", artifact=a.name,
                        eval_accuracy=metrics.get("eval_accuracy"), train_loss=metrics.get("train_loss"),
                        global_step=a.global_step, seconds=extra.get("seconds"),
-                       finished=m.get("created"))
+                       finished=m.get("created"), verifier_timeouts=metrics.get("verifier_timeouts"),
+                       verifier_errors=metrics.get("verifier_errors"))
         elif of_k:
             c = of_k[-1]
             row.update(state=f"interrupted at step {c.local_step}/{c.iteration_steps}", artifact=c.name,
