@@ -152,3 +152,20 @@ def test_a_hanging_and_raising_plugin_is_counted_and_the_resume_is_identical(tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (cut / "metrics.jsonl").read_text() == (whole / "metrics.jsonl").read_text()
     assert max_diff(cut / "iter_0", whole / "iter_0") == 0.0
+
+
+@pytest.mark.slow
+def test_samples_of_other_prompts_are_not_reused(tmp_path, example_ref):
+    """The same data with another chat template is other prompts: committed samples made from the
+    templated ones are set aside (kept) and made again from the plain ones."""
+    flags, _ = example_ref
+    plain_eval = [*flags, "--eval_prompts", str(TRAIN)]  # string prompts: the template may be turned off
+    out = tmp_path / "exp"
+    assert run_cli(out, *plain_eval, failpoints="train.step=2").returncode == 137  # samples_0 committed
+    proc = run_cli(out, *plain_eval, "--chat_template", "none", "--resume_from", "auto",
+                   "--resume_from_iteration", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (aside,) = out.glob("samples_0.superseded-*")
+    first = json.loads((aside / "generated.jsonl").read_text().splitlines()[0])["prompt"]
+    again = json.loads((out / "samples_0" / "generated.jsonl").read_text().splitlines()[0])["prompt"]
+    assert first.startswith("<|im_start|>user\n") and again == rows()[0]["question"]
