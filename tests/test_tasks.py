@@ -7,7 +7,8 @@ import textwrap
 import pytest
 
 from itertrain.samples import select, training_set
-from itertrain.tasks import Example, TaskError, exact, load_task, numeric, read_data, verifier
+from itertrain.tasks import Example, TaskError, exact, load_task, numeric, read_data
+from itertrain.verifiers import named as verifier
 
 
 def args(**kw):

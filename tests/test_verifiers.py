@@ -79,7 +79,7 @@ def test_every_verifier_pickles_for_the_pool(spec):
 @pytest.mark.parametrize("spec,message", [
     ("nomodule", "use package.module:name"),
     ("no.such.module:fn", "cannot import"),
-    ("itertrain.verifiers:BUILT_IN", "is not callable"),
+    ("itertrain.verifiers:SAFE", "is not callable"),
 ])
 def test_bad_plugins_are_one_line(spec, message):
     with pytest.raises(TaskError, match=message):

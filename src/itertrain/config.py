@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from itertrain import defaults
+from itertrain import defaults, verifiers
 from itertrain.selectors import (
     Selector,
     SelectorError,
@@ -223,9 +223,9 @@ def parse(argv: list[str]) -> Config:
     return validate(it, train)
 
 
-def _plugin_task(it: IterArguments) -> bool:
-    """A --task plug-in brings its own verifier, which may hang: it goes to the pool."""
-    return it.task != "addition" and not it.train_prompts
+def builtin_task(it: IterArguments) -> bool:
+    """The built-in addition task (no data files, no --task plug-in)."""
+    return it.task == "addition" and not it.train_prompts
 
 
 def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
@@ -241,9 +241,10 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
     if min(it.num_gold, it.num_prompts, it.num_eval) < 0 or it.num_gold + it.num_prompts < 1:
         raise UsageError("--num_gold, --num_prompts and --num_eval must be >= 0, and some training data is needed")
     if it.max_new_tokens is None:
-        it.max_new_tokens = 8 if it.task == "addition" and not it.train_prompts else 512
-    if it.verifier_workers is None:
-        it.verifier_workers = 0 if it.verifier in ("exact", "numeric", "gsm8k") and not _plugin_task(it) else 2
+        it.max_new_tokens = 8 if builtin_task(it) else 512
+    if it.verifier_workers is None:  # a --task plug-in brings its own verifier, which may hang
+        plugin = it.task != "addition" and not it.train_prompts
+        it.verifier_workers = 0 if it.verifier in verifiers.SAFE and not plugin else 2
     if it.verifier_workers < 0 or it.verifier_timeout <= 0:
         raise UsageError("--verifier_workers must be >= 0 and --verifier_timeout > 0")
     if it.num_samples < 1 or it.max_per_prompt < 1 or it.generation_batch_size < 1 or it.max_new_tokens < 1:

@@ -16,6 +16,7 @@ import xxhash
 
 from itertrain import commit, dist, manifest, shards, stop
 from itertrain.artifacts import CORRUPT, SUPERSEDED
+from itertrain.config import builtin_task
 from itertrain.tasks import Example, Task
 from itertrain.verifying import ERRORS, TIMEOUTS, Abandoned, Checker
 
@@ -147,7 +148,7 @@ def settings_of(cfg, task: Task) -> dict:
                 "max_per_prompt": it.max_per_prompt, "num_prompts": len(task.train_prompts)}
     if it.generation_backend != "hf":  # (absent for hf: samples committed before the flag still match)
         settings["backend"] = it.generation_backend
-    if task.name != "addition":  # the built-in prompts follow from --seed and the sizes above; others may
+    if not builtin_task(it):  # the built-in prompts follow from --seed and the sizes above; others may
         # change with the data or the chat template, and samples of other prompts must not be reused
         prompts = "\x00".join(e.prompt for e in task.train_prompts)
         settings["prompts_digest"] = xxhash.xxh3_64_hexdigest(prompts.encode())

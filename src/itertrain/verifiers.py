@@ -22,8 +22,7 @@ from decimal import Decimal, InvalidOperation
 
 from itertrain.tasks import Example, TaskError, exact, import_object, numeric
 
-BUILT_IN = ("exact", "numeric", "gsm8k", "math", "regex:PATTERN")
-SAFE = {"exact", "numeric", "gsm8k"}  # cannot hang: run in the calling process unless asked otherwise
+SAFE = {"exact", "numeric", "gsm8k"}  # string work that cannot hang: run in the training process by default
 
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+")

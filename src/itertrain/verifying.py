@@ -38,25 +38,23 @@ class Checker:
         """Every completion's verdict, and the problems counted ({TIMEOUTS: n, ERRORS: m}).
         `should_stop()` is asked before each prompt: a stop request abandons the verdicts."""
         counts = {TIMEOUTS: 0, ERRORS: 0}
-        calls = [[self._start(ex, text) for text in outs] for ex, outs in zip(prompts, completions, strict=True)]
+        pairs = list(zip(prompts, completions, strict=True))
+        calls = [[self._schedule(ex, text) for text in outs] for ex, outs in pairs] if self.workers else None
         try:
             verdicts = []
-            for i, (ex, row) in enumerate(zip(prompts, calls, strict=True), first):
-                failpoints.send_signal("verify", i + 1)
+            for i, (ex, outs) in enumerate(pairs):
+                failpoints.send_signal("verify", first + i + 1)
                 if should_stop is not None and (reason := should_stop()):
                     raise Abandoned(reason)
-                verdicts.append([self._finish(call, ex, j, i, counts, should_stop) for j, call in enumerate(row)])
+                verdicts.append([self._verdict(calls[i][j] if calls else None, ex, text, j, first + i, counts,
+                                               should_stop) for j, text in enumerate(outs)])
         except BaseException:
-            for row in calls:
-                for call in row:
-                    if hasattr(call, "cancel"):
-                        call.cancel()
+            for call in (c for row in calls or [] for c in row):
+                call.cancel()
             raise
         return verdicts, counts
 
-    def _start(self, ex, text):
-        if not self.workers:
-            return (ex, text)  # called when its verdict is wanted
+    def _schedule(self, ex, text):
         if self.pool is None:
             from pebble import ProcessPool
 
@@ -65,9 +63,10 @@ class Checker:
                                     initializer=_worker_start, initargs=(os.getpid(),))
         return self.pool.schedule(self.fn, args=(ex, text), timeout=self.timeout)
 
-    def _finish(self, call, ex, j: int, i: int, counts: dict, should_stop=None) -> bool:
+    def _verdict(self, call, ex, text: str, j: int, i: int, counts: dict, should_stop=None) -> bool:
+        """The verdict on one completion: from the pool's `call`, or (None) computed here."""
         try:
-            return bool(self.fn(*call) if isinstance(call, tuple) else call.result())
+            return bool(self.fn(ex, text) if call is None else call.result())
         except CallTimeout:
             kind, what = TIMEOUTS, f"took more than {self.timeout:g} s"
         except Exception as e:  # noqa: BLE001 - the verifier's own failure: counted, or the stop below

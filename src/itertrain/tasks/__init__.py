@@ -57,28 +57,23 @@ def import_object(spec: str, flag: str):
         raise TaskError(f"{flag} {spec!r}: cannot import ({type(e).__name__}: {e})") from None
 
 
-def verifier(spec: str) -> Verifier:
-    from itertrain.verifiers import named
-
-    return named(spec)
-
-
-def read_data(path: str, it=None, *, need_answer: bool = True) -> list[Example]:
+def read_data(path: str, it=None) -> list[Example]:
     from itertrain.tasks.files import read
 
     fields = {} if it is None else {"prompt_field": it.prompt_field, "answer_field": it.answer_field}
-    return read(path, need_answer=need_answer, **fields)
+    return read(path, **fields)
 
 
 def load_task(it, seed: int, tokenizer=None) -> Task:
     """The task the flags describe (`it` is config.IterArguments), its prompts rendered for
     `tokenizer` (chat.py; None: as written)."""
+    from itertrain import verifiers
     from itertrain.tasks import chat
 
     if it.train_prompts or it.eval_prompts:
         if not (it.train_prompts and it.eval_prompts):
             raise TaskError("--train_prompts and --eval_prompts go together")
-        task = Task(read_data(it.train_prompts, it), read_data(it.eval_prompts, it), verifier(it.verifier),
+        task = Task(read_data(it.train_prompts, it), read_data(it.eval_prompts, it), verifiers.named(it.verifier),
                     name="files")
     elif it.task == "addition":
         from itertrain.tasks import addition

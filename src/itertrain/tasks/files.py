@@ -17,9 +17,8 @@ from itertrain.tasks import Example, TaskError
 BUILDERS = {".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def read(path: str, *, prompt_field: str = "prompt", answer_field: str = "answer",
-         need_answer: bool = True) -> list[Example]:
-    out = [_example(where, row, prompt_field, answer_field, need_answer) for where, row in _rows(path)]
+def read(path: str, *, prompt_field: str = "prompt", answer_field: str = "answer") -> list[Example]:
+    out = [_example(where, row, prompt_field, answer_field) for where, row in _rows(path)]
     if not out:
         raise TaskError(f"{path}: no examples (empty {'directory' if os.path.isdir(path) else 'file'})")
     return out
@@ -75,7 +74,7 @@ def _dataset(path: str, ext: str) -> list[dict]:
     return data.to_list()
 
 
-def _example(where: str, row, prompt_field: str, answer_field: str, need_answer: bool) -> Example:
+def _example(where: str, row, prompt_field: str, answer_field: str) -> Example:
     if not isinstance(row, dict):
         raise TaskError(f"{where}: not an object with a \"{prompt_field}\" field")
     prompt = row.get(prompt_field)
@@ -93,6 +92,6 @@ def _example(where: str, row, prompt_field: str, answer_field: str, need_answer:
     answer = row.get(answer_field, "")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
-    if need_answer and (not isinstance(answer, str) or not answer):
+    if not isinstance(answer, str) or not answer:
         raise TaskError(f"{where}: needs a non-empty string field \"{answer_field}\"")
-    return Example(prompt if prompt is not None else "", str(answer or ""), messages=messages)
+    return Example(prompt or "", answer, messages=messages)
