@@ -28,8 +28,14 @@ def slow_when_first(example, completion):
     return completion.startswith(example.answer)
 
 
-def not_picklable_task_verifier():
-    return lambda example, completion: True
+def closure_task():
+    """A --task plug-in whose verifier is a closure: the verifier pool cannot import it by name."""
+    from itertrain.tasks import Example, Task
+
+    def verify(example, completion):
+        return completion == example.answer
+
+    return Task([Example("1+1=", "2")], [Example("2+2=", "4")], verify, name="closure")
 
 
 def flaky(example, completion):

@@ -107,6 +107,15 @@ def test_the_cli_refuses_bad_task_input_before_writing(tmp_path, capsys, instruc
         assert not out.exists()
 
 
+def test_a_task_verifier_the_pool_cannot_import_is_one_line_before_writing(tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert cli.main(["--output_dir", str(out), "--task", "plugins:closure_task"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("itertrain: error: the task's verifier cannot run in the verifier pool (AttributeError: ")
+    assert line.endswith("define it at module level, or pass --verifier_workers 0 (no timeout)")
+    assert not out.exists()
+
+
 @pytest.fixture(scope="session")
 def example_ref(tmp_path_factory):
     model = shared(tmp_path_factory, "instruct_model", lambda w: (tinymodel.write_chat_model(str(w / "m"), 0), w / "m")[1])

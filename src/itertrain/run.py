@@ -12,7 +12,7 @@ import warnings
 from rich.console import Console
 from rich.table import Table
 
-from itertrain import banner, commit, dist, engines, failpoints, lock, manifest, stop, tinymodel
+from itertrain import banner, commit, dist, engines, failpoints, lock, manifest, samples, stop, tinymodel
 from itertrain.artifacts import CORRUPT, SUPERSEDED
 from itertrain.config import Config, UsageError, differences, resolved
 from itertrain.loop import metrics_rows, write_metrics
@@ -113,6 +113,7 @@ def run_experiment(cfg: Config) -> int:
 def check_inputs(cfg: Config):
     """Everything that can be refused without writing: the task, the generation backend, the engine."""
     task = load_task(cfg.it, cfg.train.seed, tokenizer=_chat_tokenizer(cfg))
+    samples.checker(cfg, task).require_sendable()
     if cfg.it.generation_backend == "vllm":
         from itertrain import vllm_backend
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 from concurrent.futures import TimeoutError as CallTimeout
 
@@ -82,6 +83,17 @@ class Checker:
             self.log(f"⚠️  {self.name} {what} {where}: counted as rejected; later ones are only counted "
                      f"({TIMEOUTS}, {ERRORS} in the metrics)")
         return False
+
+    def require_sendable(self) -> None:
+        """The pool's workers import the verifier by name: one they cannot is refused before the run
+        writes anything (else every call would fail, and every completion count as rejected)."""
+        if not self.workers:
+            return
+        try:
+            pickle.dumps(self.fn)
+        except (pickle.PicklingError, AttributeError, TypeError) as e:
+            raise TaskError(f"{self.name} cannot run in the verifier pool ({type(e).__name__}: {e}): define it "
+                            "at module level, or pass --verifier_workers 0 (no timeout)") from None
 
     def close(self) -> None:
         if self.pool is not None:
