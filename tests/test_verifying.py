@@ -34,32 +34,21 @@ def test_a_stop_request_abandons_before_the_next_prompt():
 
 
 @pytest.mark.slow  # starts worker processes
-def test_pool_times_out_a_hang_and_survives_a_dead_worker_in_order():
-    checker = Checker(hang, "v", workers=2, timeout=1.0)
-    try:
-        verdicts, counts = checker.check(PROMPTS, [["ok", "hang"], ["no", "ok"], ["hang", "ok"]])
-        assert verdicts == [[True, False], [False, True], [False, True]]
-        assert counts == {TIMEOUTS: 2, ERRORS: 0}
-    finally:
-        checker.close()
-    checker = Checker(crash, "v", workers=2, timeout=30)
-    try:
-        verdicts, counts = checker.check(PROMPTS, [["crash", "ok"], ["ok", "crash"], ["ok", "ok"]])
-        assert verdicts == [[False, True], [True, False], [True, True]]
-        assert counts == {TIMEOUTS: 0, ERRORS: 2}
-    finally:
-        checker.close()
+@pytest.mark.parametrize("fn,kind", [(hang, TIMEOUTS), (crash, ERRORS)])
+def test_pool_survives_a_hang_or_a_dead_worker_in_order(fn, kind):
+    with Checker(fn, "v", workers=2, timeout=2.0) as checker:
+        bad = fn.__name__
+        verdicts, counts = checker.check(PROMPTS, [["ok", bad], ["no", "ok"], [bad, "ok"]])
+    assert verdicts == [[True, False], [False, True], [False, True]]
+    assert counts == {TIMEOUTS: 0, ERRORS: 0, kind: 2}
 
 
 @pytest.mark.slow
 def test_pool_verdicts_come_back_in_prompt_order():
     outs = [[f"ok{i}{j}" for j in range(3)] + ["bad0"] for i in range(4)]
     prompts = [Example(f"q{i}", "ok") for i in range(4)]
-    checker = Checker(slow_when_first, "v", workers=2, timeout=30)
-    try:
+    with Checker(slow_when_first, "v", workers=2, timeout=30) as checker:
         verdicts, counts = checker.check(prompts, outs)
-    finally:
-        checker.close()
     assert verdicts == [[True, True, True, False]] * 4 and counts == {TIMEOUTS: 0, ERRORS: 0}
 
 
@@ -68,12 +57,9 @@ def test_a_worker_lost_to_a_stop_request_abandons_instead_of_rejecting():
     """A stop signal sent to the whole process group reaches the pool's workers too: a call that
     fails while a stop is requested is the stop's, not the verifier's (no verdict is made up)."""
     asked = iter([None, "SIGTERM"])
-    checker = Checker(crash, "v", workers=2, timeout=30)
-    try:
+    with Checker(crash, "v", workers=2, timeout=30) as checker:
         with pytest.raises(Abandoned, match="SIGTERM"):
             checker.check(PROMPTS[:1], [["crash", "ok"]], should_stop=lambda: next(asked))
-    finally:
-        checker.close()
 
 
 @pytest.mark.slow
@@ -82,9 +68,6 @@ def test_math_verify_runs_in_the_pool():
     workers run calls there."""
     from itertrain.verifiers import math
 
-    checker = Checker(math, "v", workers=1, timeout=60)
-    try:
+    with Checker(math, "v", workers=1, timeout=60) as checker:
         verdicts, counts = checker.check([Example("q", "\\frac{1}{2}")], [["so \\boxed{0.5}", "\\boxed{2}"]])
-    finally:
-        checker.close()
     assert verdicts == [[True, False]] and counts == {TIMEOUTS: 0, ERRORS: 0}

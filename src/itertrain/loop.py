@@ -235,12 +235,9 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         trained = engines.trained_model(trainer)  # every rank takes part; an ordinary model on rank 0
 
         def evaluate():
-            check = samples.checker(cfg, task)
-            try:
+            with samples.checker(cfg, task) as check:
                 result = greedy_accuracy(trained, tokenizer, task.eval_prompts, check,
                                          max_new_tokens=cfg.it.max_new_tokens, should_stop=stop.requested_here)
-            finally:
-                check.close()
             return result, None if result is not None else stop.requested_here()
 
         result, stopped = dist.on_main(evaluate)

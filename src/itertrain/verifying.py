@@ -95,6 +95,12 @@ class Checker:
             raise TaskError(f"{self.name} cannot run in the verifier pool ({type(e).__name__}: {e}): define it "
                             "at module level, or pass --verifier_workers 0 (no timeout)") from None
 
+    def __enter__(self) -> "Checker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.stop()
