@@ -26,8 +26,10 @@ every shard committed before the crash is LOST_WORK. Runs generate in shards of 
 iteration); with --vllm they sample with real vLLM (.venv-vllm); with --example they run examples/gsm8k
 (chat template, gsm8k verifier in a pool of processes) on a tiny instruct-shaped model.
 Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--generate] [--example]
+                                     [--peft continue|merge]
                                      [--jobs 2] [--json out]
        python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--generate] [--vllm] [--example]
+                                     [--peft continue|merge]
                                      [--jobs 2] [--json out]
 """
 
@@ -58,6 +60,9 @@ EXAMPLE = REPO / "examples" / "gsm8k"
 TASK: list[str] = []  # --example: the GSM8K example (chat template, gsm8k verifier in its process pool)
 
 
+PEFT: list[str] = []  # --peft MODE: the runs train a LoRA adapter (adapters.py) in that --peft_iteration mode
+
+
 def example_flags(model: Path) -> list[str]:
     """examples/gsm8k on the tiny instruct-shaped model, at the size of SMALL."""
     return ["--model_name", str(model), "--train_prompts", str(EXAMPLE / "train.jsonl"),
@@ -69,7 +74,7 @@ def example_flags(model: Path) -> list[str]:
 def _cmd(out: Path, ranks: int, *extra: str) -> list[str]:
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
                                    if ranks > 1 else [])
-    return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM, *TASK, *extra]
+    return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM, *TASK, *PEFT, *extra]
 
 
 def _env(env_extra: dict | None = None) -> dict:
@@ -158,8 +163,12 @@ def adopted_reference(ref: Path, work: Path) -> tuple[Path, list[str], tuple[flo
 
 
 def _compare(out: Path, ref: Path, adopted: bool = False) -> str | None:
-    a, b = _weights(out / "iter_1"), _weights(ref / "iter_1")
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    diff = 0.0
+    for d in ["iter_1"] + (["iter_1/adapter"] if (ref / "iter_1" / "adapter").is_dir() else []):
+        a, b = _weights(out / d), _weights(ref / d)
+        if a.keys() != b.keys():
+            return f"{d}: other tensors ({sorted(a.keys() ^ b.keys())[:3]})"
+        diff = max([diff] + [(a[k] - b[k]).abs().max().item() for k in a])
     want = (ref / "metrics.jsonl").read_text().splitlines(keepends=True)
     if adopted:  # the adopted iteration 0 has no metrics of its own
         want = want[1:]
@@ -250,7 +259,8 @@ def _status(out: Path) -> dict:
 def _weights(path: Path):
     from safetensors.torch import load_file
 
-    return load_file(str(path / "model.safetensors"))
+    name = "adapter_model.safetensors" if path.name == "adapter" else "model.safetensors"
+    return load_file(str(path / name))
 
 
 def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: int = 0,
@@ -322,7 +332,12 @@ def main() -> int:
     p.add_argument("--vllm", action="store_true", help="sample with real vLLM (.venv-vllm, make vllm)")
     p.add_argument("--example", action="store_true",
                    help="run examples/gsm8k (chat template, gsm8k verifier in a pool of processes)")
+    p.add_argument("--peft", choices=["continue", "merge"], default=None,
+                   help="train a LoRA adapter (--use_peft) in this --peft_iteration mode; adapters compared too")
     args = p.parse_args()
+    if args.peft:
+        PEFT.extend(["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear",
+                     "--peft_iteration", args.peft])
     if args.vllm:
         VLLM.extend(["--generation_backend", "vllm", "--vllm_python", str(REPO / ".venv-vllm" / "bin" / "python")])
         os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".venv-vllm" / "cache"))

@@ -118,3 +118,20 @@ def test_fsdp_sharded_checkpoint_at_an_iterations_last_step_gives_the_same_itera
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpoint-12" in proc.stdout
     assert max_diff(out / "iter_1", reference / "iter_1") == 0.0
+
+
+def test_zero2_peft_adapter_with_carried_optimizer_state_resumes_bit_identically(tmp_path):
+    """--use_peft under ZeRO-2: DeepSpeed's checkpoints hold the adapter (frozen weights excluded) and
+    its sharded optimizer state; "both" pairs iter_0's adapter with checkpoint-6's state."""
+    peft = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear", "--carry_optimizer_state"]
+    ref, out = tmp_path / "ref", tmp_path / "exp"
+    assert ds_run(ref, 2, *peft).returncode == 0
+    assert not any(f.name.startswith("model") for f in (ref / "checkpoint-12").iterdir())
+    assert ds_run(out, 2, *peft, failpoints="train.step=8").returncode != 0
+    proc = ds_run(out, 2, *peft, *AUTO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "weights from iter_0 with the optimizer state of checkpoint-6" in proc.stdout
+    assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
+    assert (out / "iter_1" / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (ref / "iter_1" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()

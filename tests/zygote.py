@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.join(REPO, "src"))
 import transformers  # noqa: E402,F401
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments  # noqa: E402,F401
 
+import peft  # noqa: E402,F401  (--use_peft runs)
+
 from itertrain import cli, config, loop, run, samples, status, trainer  # noqa: E402,F401
 
 

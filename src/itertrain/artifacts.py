@@ -105,6 +105,7 @@ class Artifact:
     world_size: int | None = None  # checkpoints: processes that wrote it (when known)
     run_step: int | None = None  # foreign checkpoints: the step its trainer_state.json counts
     run_steps: int | None = None  # foreign checkpoints: the max_steps of the run that wrote it
+    adapter: bool = False  # checkpoints: a PEFT adapter's weights instead of the whole model's
 
     @property
     def usable(self) -> bool:
@@ -122,7 +123,7 @@ class Artifact:
 
     def contents(self) -> str:
         if self.kind == CHECKPOINT:
-            return "model weights + optimizer + scheduler states"
+            return f"{'adapter' if self.adapter else 'model'} weights + optimizer + scheduler states"
         return "model weights only (no optimizer/scheduler)"
 
     def sort_key(self) -> tuple[int, int, int]:

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_command(argv: list[str]) -> int:
     """`itertrain train`: parse the flags, run the experiment, turn each kind of failure into its exit code."""
+    from itertrain.adapters import AdapterError
     from itertrain.commit import PeerWriteError
     from itertrain.vllm_backend import GenerationError
     from itertrain.config import UsageError, parse
@@ -64,7 +65,7 @@ def train_command(argv: list[str]) -> int:
             sys.stderr.flush()
             os._exit(code)
         return code
-    except (UsageError, TaskError) as e:
+    except (UsageError, TaskError, AdapterError) as e:
         _error(e)
         return 2
     except (RecoveryError, LockedError, PeerWriteError, GenerationError) as e:

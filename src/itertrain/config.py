@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from itertrain import defaults, verifiers
+from itertrain import adapters, defaults, verifiers
+from itertrain.adapters import PeftArguments
 from itertrain.selectors import (
     Selector,
     SelectorError,
@@ -133,6 +134,7 @@ class Config:
     train: IterTrainingArguments
     resume_from: Selector
     resume_from_iteration: Selector
+    peft: PeftArguments = field(default_factory=PeftArguments)
 
     @property
     def output_dir(self) -> str:
@@ -160,7 +162,7 @@ class _Parser(HfArgumentParser):
 
 
 def parser() -> HfArgumentParser:
-    return _Parser((IterArguments, IterTrainingArguments))
+    return _Parser((IterArguments, IterTrainingArguments, PeftArguments))
 
 
 def config_file_args(path: str) -> list[str]:
@@ -178,7 +180,7 @@ def config_file_args(path: str) -> list[str]:
                          f"({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {path}: expected a mapping of flag names to values")
-    known = {f.name for dc in (IterArguments, IterTrainingArguments) for f in dataclasses.fields(dc)}
+    known = {f.name for dc in (IterArguments, IterTrainingArguments, PeftArguments) for f in dataclasses.fields(dc)}
     words = []
     for key, value in data.items():
         if key not in known:
@@ -217,10 +219,10 @@ def parse(argv: list[str]) -> Config:
     if any(a.startswith("--num_train_epochs") for a in argv) and not any(a.startswith("--max_steps") for a in argv):
         argv = [*argv, "--max_steps", "-1"]  # epochs asked for: the demo's step default must not override them
     try:
-        it, train = parser().parse_args_into_dataclasses(args=argv)
+        it, train, peft = parser().parse_args_into_dataclasses(args=argv)
     except (ValueError, TypeError, ImportError) as e:  # TrainingArguments.__post_init__ checks
         raise UsageError(str(e).strip().splitlines()[0]) from None
-    return validate(it, train)
+    return validate(it, train, peft)
 
 
 def builtin_task(it: IterArguments) -> bool:
@@ -228,7 +230,7 @@ def builtin_task(it: IterArguments) -> bool:
     return it.task == "addition" and not it.train_prompts
 
 
-def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
+def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArguments | None = None) -> Config:
     if not train.output_dir:
         raise UsageError("--output_dir is required (the experiment directory)")
     try:
@@ -301,7 +303,9 @@ def validate(it: IterArguments, train: IterTrainingArguments) -> Config:
             raise UsageError(f"--model_name {it.model_name}: no model weights (*.safetensors or *.bin)")
         if not present & {"tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model"}:
             raise UsageError(f"--model_name {it.model_name}: no tokenizer files (save the tokenizer with the model)")
-    return Config(it, train, ckpt_sel, iter_sel)
+    peft = peft or PeftArguments()
+    adapters.validate(peft, train, it)
+    return Config(it, train, ckpt_sel, iter_sel, peft)
 
 
 # Settings that do not change what an experiment computes: a resume may change them freely.
@@ -316,7 +320,7 @@ NOT_RESULTS = {"output_dir", "resume_from", "resume_from_iteration", "dry_run", 
 
 def resolved(cfg: Config) -> dict:
     """Every setting of this run, as saved in the experiment directory."""
-    return {**dataclasses.asdict(cfg.it), **cfg.train.to_dict()}
+    return {**dataclasses.asdict(cfg.it), **dataclasses.asdict(cfg.peft), **cfg.train.to_dict()}
 
 
 def differences(started_with: dict, now: dict) -> list[str]:

@@ -27,6 +27,7 @@ from itertrain.artifacts import (
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # a PEFT model's checkpoint holds these instead
 # Plain HF Trainer checkpoint, complete by HF's own rules (trainer_state.json is written last).
 HF_CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
 
@@ -53,6 +54,7 @@ def _from_manifest(name: str, kind: str, number: int, path: str) -> Artifact:
                     local_step=m.get("local_step"), iteration_steps=m.get("iteration_steps"),
                     size=sum(f["size"] for f in m["files"].values()), started_from=m.get("started_from"),
                     needs_config=kind == ITERATION and "config.json" not in m["files"], engine=engine,
+                    adapter=kind == CHECKPOINT and any(f in m["files"] for f in ADAPTER_FILES),
                     world_size=m.get("extra", {}).get("world_size") if kind == CHECKPOINT else None)
 
 
@@ -72,7 +74,8 @@ def _foreign(name: str, kind: str, number: int, path: str, max_steps: int) -> Ar
     # DeepSpeed keeps optimizer and scheduler in global_step*/, FSDP its optimizer in optimizer_*/
     required = {"deepspeed": ("trainer_state.json",), "fsdp": ("scheduler.pt", "trainer_state.json")}.get(
         engine, HF_CHECKPOINT_FILES)
-    missing = [f for f in required if f not in present] + ([] if has_weights or engine else ["model weights"])
+    adapter = any(f in present for f in ADAPTER_FILES)
+    missing = [f for f in required if f not in present] + ([] if has_weights or adapter or engine else ["model weights"])
     if missing:
         return Artifact(name, kind, INCOMPLETE, iteration=0, global_step=number,
                         why=f"no manifest, and missing {', '.join(missing)}")
@@ -90,7 +93,7 @@ def _foreign(name: str, kind: str, number: int, path: str, max_steps: int) -> Ar
     return Artifact(name, kind, UNVERIFIED, iteration=iteration, global_step=number,
                     local_step=number - iteration * max_steps, iteration_steps=max_steps,
                     size=_dir_size(path), engine=engine, world_size=shard_count(engine, files),
-                    run_step=run_step, run_steps=run_steps,
+                    run_step=run_step, run_steps=run_steps, adapter=adapter,
                     why=f"no itertrain manifest (plain HF checkpoint; iteration {iteration} inferred "
                         f"from --max_steps {max_steps}{no_rng})")
 

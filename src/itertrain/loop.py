@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 from transformers.trainer_callback import ExportableState
 
-from itertrain import board, commit, curve, dist, engines, failpoints, inventory, manifest, samples, stop
+from itertrain import adapters, board, commit, curve, dist, engines, failpoints, inventory, manifest, samples, stop
 from itertrain.artifacts import ITERATION, checkpoint_name, iteration_name
 from itertrain.config import Config, UsageError
 from itertrain.data import Collator, encode
@@ -158,6 +158,18 @@ def load_model(path: str, *, for_training: bool = False, device=None):
     return model.to(device) if device is not None else model
 
 
+def training_model(cfg: Config, start: Start, frozen: str | None, k: int):
+    """The model iteration k trains: loaded from start.weights, or with --use_peft the frozen model
+    and its adapter (adapters.py)."""
+    load = functools.partial(load_model, for_training=True, device=cfg.train.device)
+    if frozen is None:
+        return load(start.weights)
+    try:
+        return adapters.training_model(cfg.peft, start.weights, frozen, seed=cfg.train.seed, iteration=k, load=load)
+    except adapters.AdapterError as e:
+        raise RecoveryError(str(e)) from None
+
+
 def metrics_rows(output_dir: str, max_steps: int) -> list[dict]:
     """Each committed iteration's metrics, from its manifest."""
     return [m["extra"]["metrics"] for m in inventory.committed_iterations(output_dir, max_steps)
@@ -171,7 +183,9 @@ def write_metrics(output_dir: str, max_steps: int) -> None:
                               "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
 
 
-def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, task: Task) -> None:
+def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, task: Task,
+                   peft: dict | None = None) -> None:
+    """`peft`: the adapter record (adapters.record) of a --use_peft run, kept in every manifest."""
     from itertrain.async_save import Saver
     from itertrain.trainer import IterTrainer  # heavy import, only when training
 
@@ -216,13 +230,15 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         targs.report_to = [r for r in targs.report_to if r != "tensorboard"]  # ours: board.py
         targs.enable_jit_checkpoint = False  # HF's SIGTERM handler: ours (stop.py) stops every phase
         engines.before_trainer(targs)
+        frozen = adapters.frozen_model(cfg.peft, base_dir, model_k, cfg.it.train_from) if peft else None
         trainer = IterTrainer(
-            model=load_model(start.weights, for_training=True, device=cfg.train.device), args=targs,
+            model=training_model(cfg, start, frozen, k), args=targs,
             train_dataset=features, data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
             experiment_dir=cfg.output_dir, iteration=k, step_offset=start.step_offset, iteration_steps=steps,
             started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=protect,
             schedule_steps=steps * cfg.it.num_iterations if cfg.it.carry_optimizer_state else None,
             curve=start.curve, board=board, async_save=cfg.it.async_save, weights_from=start.weights, saver=saver,
+            manifest_extra={"peft": peft} if peft else {},
         )
         if not start.training_finished:
             resume = both_view(cfg, start, trainer, steps) if start.view_of else start.resume
@@ -233,6 +249,9 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         train_loss = trainer.mean_loss()
         # 4. evaluate (rank 0; a stop request abandons it, and the resume evaluates again)
         trained = engines.trained_model(trainer)  # every rank takes part; an ordinary model on rank 0
+        adapter = commit.staging_path(cfg.output_dir, adapters.ADAPTER_DIR) if peft else None
+        if peft:  # what is evaluated and saved: the adapter merged into the frozen model's weights
+            trained = adapters.finish_on_main(trained, adapter, frozen, cfg.peft)
 
         def evaluate():
             with samples.checker(cfg, task) as check:
@@ -253,8 +272,8 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
                   f"{found.stats['acceptance_rate']:.3f} train_loss={train_loss:.4f} step={global_step}")
         # 5. save iter_K
         def save():
-            extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3)}
-            save_iteration(cfg, k, trainer, trained, tokenizer, global_step, start.started_from, extra, steps)
+            extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3), **({"peft": peft} if peft else {})}
+            save_iteration(cfg, k, trainer, trained, tokenizer, global_step, start.started_from, extra, steps, adapter)
             if board is not None:
                 board.iteration(metrics)
 
@@ -287,13 +306,15 @@ def finished_training(trainer, start: Start, k: int, steps: int, at: stop.Place)
 
 
 def save_iteration(cfg: Config, k: int, trainer, model, tokenizer, global_step: int, started_from: str,
-                   extra: dict, steps: int) -> None:
-    """Rank 0: commit iter_K (weights-only model + tokenizer + its loss curve + manifest), then
-    metrics.jsonl."""
+                   extra: dict, steps: int, adapter: str | None = None) -> None:
+    """Rank 0: commit iter_K (weights-only model + tokenizer + its loss curve [+ the adapter staged
+    in `adapter`] + manifest), then metrics.jsonl."""
     name = iteration_name(k)
     staged = commit.fresh_staging(cfg.output_dir, name)
     model.save_pretrained(staged)  # consolidated: an ordinary model directory, whatever the engine
     tokenizer.save_pretrained(staged)
+    if adapter:
+        os.rename(adapter, os.path.join(staged, adapters.ADAPTER_DIR))
     curve.write(staged, trainer.loss_curve, trainer.lr_curve)
     commit.commit_dir(staged, os.path.join(cfg.output_dir, name), failpoint=("iteration.write", k),
                       kind=ITERATION, name=name, iteration=k, global_step=global_step,

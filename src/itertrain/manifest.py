@@ -117,3 +117,15 @@ def checksum_problem(directory: str, manifest: dict) -> str | None:
         if file_digest(os.path.join(directory, rel)) != meta["xxh3_64"]:
             return f"{rel} fails its checksum"
     return None
+
+
+def weights_digest(model_dir: str) -> str | None:
+    """Identity of a model's weights: from its manifest if it has one, else hashed now (None: the
+    directory is gone)."""
+    if not os.path.isdir(model_dir):
+        return None
+    files = {}
+    if exists(model_dir):
+        files = {f: m["xxh3_64"] for f, m in read(model_dir)["files"].items()}
+    names = sorted(f for f in os.listdir(model_dir) if f.startswith(("model", "pytorch_model")))
+    return ",".join(f"{f}:{files.get(f) or file_digest(os.path.join(model_dir, f))}" for f in names)

@@ -11,6 +11,7 @@ import typing
 
 from transformers import TrainingArguments
 
+from itertrain.adapters import PeftArguments
 from itertrain.config import IterArguments, IterTrainingArguments, NOT_RESULTS
 
 
@@ -50,6 +51,14 @@ def render() -> str:
         "| flag | type | default | what it does |",
         "|---|---|---|---|",
         *(_row(IterArguments, f) for f in ours),
+        "",
+        "## LoRA and other PEFT adapters",
+        "",
+        "The flags of TRL's `ModelConfig`, built with `peft` (docs/peft.md).",
+        "",
+        "| flag | type | default | what it does |",
+        "|---|---|---|---|",
+        *(_row(PeftArguments, f) for f in dataclasses.fields(PeftArguments)),
         "",
         "## Hugging Face TrainingArguments with itertrain's defaults",
         "",

@@ -12,7 +12,7 @@ import warnings
 from rich.console import Console
 from rich.table import Table
 
-from itertrain import banner, commit, dist, engines, failpoints, lock, manifest, samples, stop, tinymodel
+from itertrain import adapters, banner, commit, dist, engines, failpoints, lock, manifest, samples, stop, tinymodel
 from itertrain.artifacts import CORRUPT, SUPERSEDED
 from itertrain.config import Config, UsageError, differences, resolved
 from itertrain.loop import metrics_rows, write_metrics
@@ -83,6 +83,7 @@ def quiet_library_noise() -> None:
 
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator is found.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated.*")  # peft's call of it
 
 
 def run_experiment(cfg: Config) -> int:
@@ -94,17 +95,19 @@ def run_experiment(cfg: Config) -> int:
     inv, plan = decide(cfg, steps)
     dist.log0(banner.render(cfg.output_dir, inv, plan,
                             cfg.it.model_name or f"built-in tiny model ({cfg.output_dir}/{BASE})"))
+    if cfg.peft.use_peft:
+        dist.log0(adapters.describe(cfg.peft))
     if cfg.it.dry_run:
         dist.log0(json.dumps(plan.to_json()))
         return 0
-    base = None if plan.done else prepare(cfg, plan, steps)
+    base, peft = (None, None) if plan.done else prepare(cfg, plan, steps)
     dist.on_main(write_metrics, cfg.output_dir, steps)  # derived: a crash or a rename may have left it behind
     if plan.done:
         dist.log0("✅ every requested iteration is already complete: nothing to do")
         return 0
     from itertrain.loop import run_iterations
 
-    run_iterations(cfg, plan, base, base, task)
+    run_iterations(cfg, plan, base, base, task, peft)
     if dist.is_main():
         show_metrics(metrics_rows(cfg.output_dir, steps))
     return 0
@@ -171,13 +174,28 @@ def decide(cfg: Config, steps: int):
     return inv, dist.on_main(warn)
 
 
-def prepare(cfg: Config, plan, steps: int) -> str:
-    """Carry the plan out on disk (base model, renames) and record the settings; returns the base."""
+def prepare(cfg: Config, plan, steps: int) -> tuple[str, dict | None]:
+    """Carry the plan out on disk (base model, renames) and record the settings; returns the base
+    and, for a --use_peft run, its adapter record."""
     check_generator(cfg, plan)
     base = ensure_base(cfg)
+    peft = check_adapter(cfg, plan, base)
     apply(cfg, plan, base)
     dist.on_main(save_settings, cfg, steps, scratch=plan.strategy == SCRATCH)
-    return base
+    return base, peft
+
+
+def check_adapter(cfg: Config, plan, base: str) -> dict | None:
+    """The adapter record of a --use_peft run (None without), once the plan's start suits it."""
+    def check():
+        now = adapters.record(cfg.peft, base) if cfg.peft.use_peft else None
+        try:
+            adapters.check_start(cfg.output_dir, plan, cfg.peft, now, cfg.it.train_from)
+        except adapters.AdapterError as e:
+            raise RecoveryError(str(e)) from None
+        return now
+
+    return dist.on_main(check)
 
 
 def settings_changes(cfg: Config) -> list[str]:

@@ -83,18 +83,6 @@ def training_set(k: int, kept: dict[int, list[Example]], gold: list[Example], *,
     return out
 
 
-def weights_digest(model_dir: str) -> str | None:
-    """Identity of a model's weights: from its manifest if it has one, else hashed now (None: the
-    directory is gone)."""
-    if not os.path.isdir(model_dir):
-        return None
-    files = {}
-    if manifest.exists(model_dir):
-        files = {f: m["xxh3_64"] for f, m in manifest.read(model_dir)["files"].items()}
-    names = sorted(f for f in os.listdir(model_dir) if f.startswith(("model", "pytorch_model")))
-    return ",".join(f"{f}:{files.get(f) or manifest.file_digest(os.path.join(model_dir, f))}" for f in names)
-
-
 def _read_kept(directory: str) -> list[Example]:
     with open(os.path.join(directory, SELECTED), encoding="utf-8") as f:
         return [Example(r["prompt"], r["completion"]) for r in map(json.loads, f)]
@@ -162,7 +150,7 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
     into samples_k. `at`: the run's safe points (after every generation round, between prompts
     being verified, after every shard)."""
     settings = settings_of(cfg, task)
-    digest = dist.on_main(weights_digest, model_dir)
+    digest = dist.on_main(manifest.weights_digest, model_dir)
     if (found := load(cfg.output_dir, k, digest, settings)) is not None:
         dist.on_main(shards.remove, cfg.output_dir, k)  # left by a run that stopped just after the commit
         dist.log0(f"♻️  iteration {k}: reusing committed {samples_name(k)} ({found.stats['num_kept']} kept)")

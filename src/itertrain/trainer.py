@@ -6,7 +6,7 @@
   writing, and the commit, to a background thread (async_save.py); train() waits for it at the end.
 - _maybe_log_save_evaluate: the `train.step=N` failpoint, after any save of step N has committed.
 - create_scheduler: with carried optimizer state, one LR schedule spans the whole experiment.
-- _load_from_checkpoint: not a second read of weights the model was just loaded from.
+- _load_from_checkpoint: not a second read of weights (or an adapter) the model was just loaded from.
 - training_step / _maybe_log_save_evaluate: the loss of every optimizer step (and its learning
   rate), averaged over ranks at logging and save points. The curve is saved with each checkpoint,
   so after a resume an iteration's train_loss, its plot and its TensorBoard curve equal the
@@ -23,7 +23,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 
-from itertrain import commit, dist, failpoints, retention, stop
+from itertrain import adapters, commit, dist, failpoints, retention, stop
 from itertrain.async_save import Saver
 from itertrain import curve as curve_file
 from itertrain.artifacts import CHECKPOINT, checkpoint_name
@@ -59,7 +59,7 @@ class IterTrainer(Trainer):
                  started_from: str | None, save_total_limit: int | None, protect: set[str],
                  schedule_steps: int | None = None, curve: dict | None = None, board=None,
                  async_save: bool = False, weights_from: str | None = None, saver: Saver | None = None,
-                 **kwargs):
+                 manifest_extra: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.experiment_dir = experiment_dir
         self.iteration = iteration
@@ -77,6 +77,8 @@ class IterTrainer(Trainer):
         self._lrs: list[float] = []
         self.board = board  # TensorBoard (board.py) or None
         self.weights_from = weights_from  # the directory `model` was just loaded from, if given
+        self.manifest_extra = manifest_extra or {}  # recorded in every checkpoint's manifest
+        self.peft = adapters.is_peft(self.model)
         # DeepSpeed and FSDP write their own (sharded) files: saved synchronously, as HF does.
         self.async_save = async_save and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
         self.saver = saver or Saver()  # one per run: its host buffers serve every iteration's saves
@@ -153,8 +155,10 @@ class IterTrainer(Trainer):
         # loaded from this very checkpoint (a trainer-strategy resume), they are already there:
         # skip reading them twice (loop.load_model reads them whole, not mapped: see there).
         # (DeepSpeed and FSDP pass `model` and load their own files.)
-        if model is None and self.weights_from and os.path.realpath(self.weights_from) == \
-                os.path.realpath(resume_from_checkpoint):
+        # A PEFT model was built with the adapter the resume starts from (adapters.training_model):
+        # HF would read it again, or, given a "both" view, the merged weights beside it into nothing.
+        if model is None and self.weights_from and (self.peft or os.path.realpath(self.weights_from) ==
+                                                    os.path.realpath(resume_from_checkpoint)):
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
@@ -182,7 +186,7 @@ class IterTrainer(Trainer):
                 staged, os.path.join(self.experiment_dir, name), failpoint=("checkpoint.write", global_step),
                 kind=CHECKPOINT, name=name, iteration=self.iteration, global_step=global_step,
                 local_step=local, iteration_steps=self.iteration_steps, started_from=self.started_from,
-                extra={"world_size": dist.world_size()},
+                extra={"world_size": dist.world_size(), **self.manifest_extra},
             )
             if self.keep:
                 retention.rotate(self.experiment_dir, self.keep, self.protect, self.iteration_steps, log=dist.log0)
@@ -198,7 +202,9 @@ class IterTrainer(Trainer):
     def _save(self, output_dir=None, state_dict=None):
         if self._deferred is None or not self.args.should_save:
             return super()._save(output_dir, state_dict)
-        snap = self.saver.buffers.copy(state_dict if state_dict is not None else self.model.state_dict(), "model")
+        if state_dict is None:  # an adapter's checkpoint holds its trainable weights, not the frozen model
+            state_dict = adapters.trainable_state(self.model) if self.peft else self.model.state_dict()
+        snap = self.saver.buffers.copy(state_dict, "model")
         self._deferred.append(lambda: Trainer._save(self, output_dir, state_dict=snap))
 
     def _save_optimizer_and_scheduler(self, output_dir):
