@@ -76,6 +76,9 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --random 10 --generate --ranks 2 --jobs 1 --json chaos-random-generate-2ranks.json
 	$(BIN)/python tests/chaos_harness.py --events all --example --jobs 2 --json chaos-kill-example.json
 	$(BIN)/python tests/chaos_harness.py --random 20 --example --jobs 2 --json chaos-random-example.json
+	$(BIN)/python tests/chaos_harness.py --events all --peft continue --jobs 2 --json chaos-kill-peft.json
+	$(BIN)/python tests/chaos_harness.py --random 40 --peft merge --jobs 2 --json chaos-random-peft-merge.json
+	$(BIN)/python tests/chaos_harness.py --random 10 --peft continue --ranks 2 --jobs 1 --json chaos-random-peft-2ranks.json
 	$(MAKE) vllm
 	$(BIN)/python tests/chaos_harness.py --random 4 --generate --vllm --jobs 1 --json chaos-random-vllm.json
 

@@ -16,6 +16,9 @@ the command and what it gave).
    Llama made from a config: samples/s, start-up apart.
 4. Side by side with HF on this GPU (bench/run.py's functions): time blocked per checkpoint,
    training throughput, resume, generate-phase samples/s; each started only while time is left.
+5. QLoRA (--use_peft --load_in_4bit, bitsandbytes): the same crash and resume, the checkpoint
+   holding only the adapter, iter_1 an ordinary bf16/fp32 model that from_pretrained loads; needs
+   bitsandbytes in the environment (pip install bitsandbytes), else reported as not run.
 """
 
 from __future__ import annotations
@@ -93,6 +96,22 @@ def fsdp(work: Path, kind: str) -> dict:
     return res
 
 
+def qlora(work: Path) -> dict:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return {"ok": False, "why": "bitsandbytes is not installed here: pip install bitsandbytes"}
+    flags = ["--use_peft", "true", "--load_in_4bit", "true", "--lora_target_modules", "all-linear", "--bf16", "true"]
+    res = {"crash_at_step_10": trio(work, "qlora", *flags)}
+    ref = work / "qlora-ref"
+    if (ref / "iter_1").is_dir():
+        res["checkpoint_9_files"] = sorted(json.loads((ref / "checkpoint-9" / "itertrain.json").read_text())["files"])
+        model = AutoModelForCausalLM.from_pretrained(ref / "iter_1")
+        res["iter_1_dtype"] = str(next(model.parameters()).dtype)
+        res["ok"] = res["crash_at_step_10"]["ok"] and not any(f.startswith("model") for f in res["checkpoint_9_files"])
+    return res
+
+
 def vllm_missing(work: Path) -> dict:
     proc = cli("vllm without vllm", work / "vllm", "--generation_backend", "vllm")
     lines = proc.stderr.strip().splitlines()
@@ -162,7 +181,8 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/itertrain-gpu", help="scratch directory for the experiments")
     p.add_argument("--seconds", type=float, default=330, help="no figure is started after this many seconds")
     p.add_argument("--nproc", type=int, default=1, help="FSDP processes (more than 1 needs as many GPUs)")
-    p.add_argument("--only", help="comma-separated: single_gpu,fsdp_sharded,fsdp_full,vllm_missing,vllm_half_billion,figures")
+    p.add_argument("--only", help="comma-separated: single_gpu,fsdp_sharded,fsdp_full,vllm_missing,vllm_half_billion,"
+                                  "qlora,figures")
     args = p.parse_args()
     TORCHRUN[-1] = f"--nproc_per_node={args.nproc}"
     started = time.monotonic()
@@ -183,7 +203,7 @@ def main() -> int:
 
     checks = {"single_gpu": (single_gpu, work), "fsdp_sharded": (fsdp, work, "sharded"),
               "fsdp_full": (fsdp, work, "full"), "vllm_missing": (vllm_missing, work),
-              "vllm_half_billion": (vllm_half_billion, work)}
+              "vllm_half_billion": (vllm_half_billion, work), "qlora": (qlora, work)}
     chosen = args.only.split(",") if args.only else [*checks, "figures"]
     with ThreadPoolExecutor(max_workers=4) as pool:
         jobs = {key: pool.submit(guarded, *checks[key]) for key in chosen if key in checks}

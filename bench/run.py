@@ -37,6 +37,7 @@ from itertrain.tinymodel import make_model, make_tokenizer  # noqa: E402
 from itertrain.trainer import IterTrainer  # noqa: E402
 from generation_bench import generation_markdown, redo_fraction, vllm_vs_hf  # noqa: E402
 from stop_bench import agreement_cost, stop_latency, stop_markdown  # noqa: E402
+import peft_bench  # noqa: E402
 
 TOK = make_tokenizer()
 
@@ -357,16 +358,19 @@ TARGETS = {"train_throughput_ratio": (">=", 0.98), "checkpoint_stall_ratio": ("<
            "resume_ratio": ("<=", 1.0), "plan_seconds_1000": ("<", 0.2), "generate_speedup": (">=", 20),
            "generate_vs_batched": (">=", 0.9), "resume_step_10000_vs_100": ("<=", 1.2), "stall_vs_size": ("<=", 1.25),
            "stop_latency_ratio": ("<=", 2.0), "stop_agreement_vs_step": ("<=", 0.01),
-           "generation_redo_fraction": ("<=", 512 / 2000)}
+           "generation_redo_fraction": ("<=", 512 / 2000), "peft_checkpoint_bytes_ratio": ("<=", 0.1),
+           "peft_resume_ratio": ("<=", 1.0)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer pairs and steps (a smoke run, not for the docs)")
-    p.add_argument("--only", choices=["generation"], help="measure only these figures and update them in "
+    p.add_argument("--only", choices=["generation", "peft"], help="measure only these figures and update them in "
                    "bench/results.json (each says when it was measured)")
     args = p.parse_args()
     dist.state()
+    if args.only == "peft":
+        return update_peft(args.quick)
     if args.only:
         return update_generation(args.quick)
     n = 2 if args.quick else 4
@@ -385,6 +389,7 @@ def main() -> int:
     results["stop_latency_ratio"] = stop_latency(work, n, (256, 4, 704) if args.quick else MAIN_SIZE)
     results["stop_agreement_vs_step"] = agreement_cost()
     results["generation_redo_fraction"] = redo_fraction(work, 3 if args.quick else 8)
+    results.update(peft_figures(work, n, args.quick))
     recorded = {"vllm_vs_hf": vllm_vs_hf(work)}
     for key, r in results.items():
         op, target = TARGETS[key]
@@ -421,6 +426,30 @@ def update_generation(quick: bool) -> int:
     return 0
 
 
+def peft_figures(work: Path, n: int, quick: bool) -> dict:
+    size = (256, 4, 704) if quick else MAIN_SIZE
+    return {"peft_checkpoint_bytes_ratio": peft_bench.checkpoint_bytes(work, size, sys.modules[__name__]),
+            "peft_resume_ratio": peft_bench.resume(work, n, size, sys.modules[__name__])}
+
+
+def update_peft(quick: bool) -> int:
+    """`--only peft`: the --use_peft figures measured now, the others kept as they were."""
+    path = REPO / "bench" / "results.json"
+    saved = json.loads(path.read_text())
+    work = Path(tempfile.mkdtemp(prefix="itertrain-bench-"))
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    for key, r in peft_figures(work, 2 if quick else 4, quick).items():
+        op, target = TARGETS[key]
+        r.update(target=f"{op} {target}", met=r["value"] <= target,
+                 measured=f"{when}, python bench/run.py --only peft" + (" --quick" if quick else ""))
+        saved["results"][key] = r
+        print(f"{key:28s} {r['value']:10.4f}  target {r['target']:8s} {'met' if r['met'] else 'NOT met'}")
+    path.write_text(json.dumps(saved, indent=1) + "\n")
+    write_markdown(saved["meta"], saved["results"], saved["recorded"])
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def write_markdown(meta: dict, results: dict, recorded: dict) -> None:
     rows = "\n".join(f"| `{k}` | {r['value']:.4g} | {r['target']} | {'yes' if r['met'] else '**no**'} | {r['how']} |"
                      for k, r in results.items())
@@ -435,7 +464,7 @@ def write_markdown(meta: dict, results: dict, recorded: dict) -> None:
     for key, value in {"{{DATE}}": meta["date"], "{{MACHINE}}": meta["machine"], "{{SECONDS}}": str(meta["seconds"]),
                        "{{ROWS}}": rows, "{{WHOLE_RUN}}": f"{stall['whole_run_ratio']:.2f}x", "{{SIZES}}": table,
                        "{{CHECKS}}": checks, "{{PROFILE}}": profile_markdown(), **stop_markdown(results),
-                       **generation_markdown(results, recorded)}.items():
+                       **generation_markdown(results, recorded), "{{PEFT}}": peft_bench.markdown(results)}.items():
         text = text.replace(key, value)
     (REPO / "BENCHMARKS.md").write_text(text)
 

@@ -79,3 +79,46 @@ def test_full_disk_during_a_save_keeps_everything_and_resumes(tmp_path, ref):
     assert not (out / "checkpoint-9").exists()
     assert _run(out, *AUTO).returncode == 0
     assert _compare(out, out_ref) is None
+
+
+PEFT = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"]
+
+
+@pytest.fixture
+def peft_flags():
+    """The harness's runs train a LoRA adapter (its --peft), for this test only."""
+    import chaos_harness
+
+    chaos_harness.PEFT[:] = PEFT
+    yield
+    chaos_harness.PEFT.clear()
+
+
+@pytest.fixture(scope="session")
+def peft_ref(tmp_path_factory):
+    def build(work):
+        import chaos_harness
+
+        chaos_harness.PEFT[:] = PEFT
+        try:
+            return reference(work)
+        finally:
+            chaos_harness.PEFT.clear()
+    return shared(tmp_path_factory, "chaos_peft_ref", build)
+
+
+@pytest.mark.parametrize("fraction,torn", [(0.2, False), (0.55, True), (0.9, False)])
+def test_peft_crash_at_file_event_resumes_exactly(tmp_path, peft_ref, peft_flags, fraction, torn):
+    """--use_peft: the merged iteration model, its adapter and the metrics end as the uninterrupted run's."""
+    out, events, _ = peft_ref
+    assert (out / "iter_1" / "adapter" / "adapter_model.safetensors").exists()
+    event = max(1, int(len(events) * fraction))
+    result = trial(out, tmp_path, event, torn)
+    assert result["verdict"] == "PASS", (events[event - 1], result)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_peft_random_sigkills_resume_exactly(tmp_path, peft_ref, peft_flags, seed):
+    out, _, window = peft_ref
+    result = random_trial(out, tmp_path, seed, window=window)
+    assert result["verdict"] == "PASS", result

@@ -167,3 +167,21 @@ def test_the_gsm8k_example_samples_with_vllm(tmp_path):
     gen = [json.loads(line) for line in (out / "samples_0" / "generated.jsonl").read_text().splitlines()]
     assert len(gen) == 32 * 2 and gen[0]["prompt"].startswith("<|im_start|>user\n")
     assert [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0]
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_a_peft_run_samples_with_vllm_from_the_merged_iteration_model(tmp_path):
+    """--use_peft: vLLM loads iter_0 (the adapter merged into an ordinary model directory) to sample
+    iteration 1, as it loads any model; the samples record those merged weights as their source."""
+    from itertrain import manifest
+
+    out = tmp_path / "exp"
+    proc = run_cli(out, *VLLM, "--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear",
+                   timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "iteration 1: generating 2 samples for each of 24 prompts with iter_0" in proc.stdout
+    samples = manifest.read(str(out / "samples_1"))
+    assert samples["started_from"] == "iter_0" and samples["extra"]["settings"]["backend"] == "vllm"
+    assert samples["extra"]["source_digest"] == manifest.weights_digest(str(out / "iter_0"))
+    assert len((out / "samples_1" / "generated.jsonl").read_text().splitlines()) == 24 * 2

@@ -10,6 +10,7 @@ The package, in the order data flows through a run:
   samples, shards, generate, vllm_backend, vllm_worker, tasks, data, evaluate
                             the generate phase (HF or vLLM), in committed shards; tasks and verifiers
   trainer, async_save, engines   the Trainer subclass, background checkpoints, DeepSpeed and FSDP
+  adapters                  --use_peft: the frozen model and its adapter, the fp32 merge, what a resume must match
   commit, manifest, retention    the commit protocol (stage, fsync, manifest, rename); pruning after it
   stop, lock, dist, failpoints   stop requests, one writer, rank-0 decisions, crash points for tests
   status, plot, board, curve     what a user reads: status, progress.png, TensorBoard, loss curves

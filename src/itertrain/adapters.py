@@ -189,7 +189,7 @@ def adapter_in(weights: str, frozen: str) -> str | None:
     raise AdapterError(f"{weights} holds no adapter to train on (it was not written by a --use_peft run)")
 
 
-def training_model(args: PeftArguments, weights: str, frozen: str, *, seed: int, iteration: int, load, device=None):
+def training_model(args: PeftArguments, weights: str, frozen: str, *, seed: int, iteration: int, load):
     """The frozen model with its adapter, trainable: loaded from `weights` (adapter_in), or fresh and
     seeded by (seed, iteration) so that a resume makes the same one."""
     import torch
@@ -239,19 +239,20 @@ def finish(model, into: str, frozen: str, args: PeftArguments):
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(frozen), into)
+        device = next(model.parameters()).device
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(frozen), into).to(device)
     return merged(model)
 
 
-def finish_on_main(model, into: str, frozen: str, args: PeftArguments):
-    """Every rank: `finish` on rank 0 (its merged model there, None on the others)."""
+def finish_on_main(model, output_dir: str, frozen: str, args: PeftArguments):
+    """Every rank: `finish` on rank 0, the adapter staged as ADAPTER_DIR in output_dir's staging
+    (the iteration's save moves it into iter_K); the merged model on rank 0, None on the others."""
     from itertrain import commit, dist
 
     box = []
 
     def run() -> None:
-        staged = commit.fresh_staging(os.path.dirname(os.path.dirname(into)), os.path.basename(into))
-        box.append(finish(model, staged, frozen, args))
+        box.append(finish(model, commit.fresh_staging(output_dir, ADAPTER_DIR), frozen, args))
 
     dist.on_main(run)
     return box[0] if box else None

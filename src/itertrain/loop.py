@@ -135,7 +135,7 @@ def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:
     return dist.on_main(build)
 
 
-def load_model(path: str, *, for_training: bool = False, device=None):
+def load_model(path: str, *, for_training: bool = False, device=None, frozen: bool = False):
     """A causal LM from `path`. Only the model handed to the Trainer may be partitioned at load
     time (DeepSpeed ZeRO-3's zero.Init, which HF applies to every from_pretrained while ZeRO-3
     arguments exist); the models that generate and evaluate must be whole on their rank, and on
@@ -149,8 +149,9 @@ def load_model(path: str, *, for_training: bool = False, device=None):
             # whole holds the file's bytes and the tensors at once, briefly. On an accelerator the
             # Trainer copies the weights to the device: the mapping is only read, and the ranks
             # share the page cache instead of each holding a copy of the weights in host memory.
+            # A frozen model (under a PEFT adapter) is never written: mapped, its pages stay shared.
             on_cpu = device is None or torch.device(device).type == "cpu"
-            return AutoModelForCausalLM.from_pretrained(path, disable_mmap=on_cpu)
+            return AutoModelForCausalLM.from_pretrained(path, disable_mmap=on_cpu and not frozen)
         with engines.whole_models():
             model = AutoModelForCausalLM.from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as e:
@@ -161,7 +162,7 @@ def load_model(path: str, *, for_training: bool = False, device=None):
 def training_model(cfg: Config, start: Start, frozen: str | None, k: int):
     """The model iteration k trains: loaded from start.weights, or with --use_peft the frozen model
     and its adapter (adapters.py)."""
-    load = functools.partial(load_model, for_training=True, device=cfg.train.device)
+    load = functools.partial(load_model, for_training=True, device=cfg.train.device, frozen=frozen is not None)
     if frozen is None:
         return load(start.weights)
     try:
@@ -251,7 +252,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         trained = engines.trained_model(trainer)  # every rank takes part; an ordinary model on rank 0
         adapter = commit.staging_path(cfg.output_dir, adapters.ADAPTER_DIR) if peft else None
         if peft:  # what is evaluated and saved: the adapter merged into the frozen model's weights
-            trained = adapters.finish_on_main(trained, adapter, frozen, cfg.peft)
+            trained = adapters.finish_on_main(trained, cfg.output_dir, frozen, cfg.peft)
 
         def evaluate():
             with samples.checker(cfg, task) as check:
