@@ -2,12 +2,13 @@
 recorded and refused; then real --use_peft runs, crashed and resumed bit-identically."""
 
 import json
+import shutil
 import types
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TORCHRUN, copy_experiment, max_diff, resume_until_done, run_cli, shared
+from conftest import SMALL, TORCHRUN, copy_experiment, flip, max_diff, resume_until_done, run_cli, shared, truncate
 
 from itertrain import adapters, commit, config, manifest, tinymodel
 from itertrain.adapters import AdapterError
@@ -348,11 +349,81 @@ def test_merge_trains_a_fresh_adapter_on_the_previous_iterations_model(tmp_path,
 
 @pytest.fixture(scope="session")
 def peft_crashed(tmp_path_factory):
+    """A --use_peft run on model0 killed at step 9 (iteration 1), after checkpoint-9 committed."""
     def build(work):
         out = work / "exp"
         assert run_cli(out, *PEFT, "--model_name", str(_model(work, 0)), failpoints="train.step=9").returncode == 137
         return out
     return shared(tmp_path_factory, "peft_crashed", build)
+
+
+@pytest.fixture(scope="session")
+def peft_model0_ref(tmp_path_factory, peft_crashed):
+    """The same run, uninterrupted."""
+    return shared(tmp_path_factory, "peft_model0_ref", _run(("--model_name", str(peft_crashed.parent / "model0"))))[0]
+
+
+def _start(out, *flags):
+    """What a real start does before training (restore.resolve, apply, the banner): in-process."""
+    from itertrain import banner, restore
+
+    cfg = config.parse(["--output_dir", str(out), *SMALL, *PEFT, *flags])
+    inv, plan = restore.resolve(cfg, 6)
+    restore.apply(cfg, plan, str(out / "base"))
+    return plan, banner.render(str(out), inv, plan, "base")
+
+
+PEFT_CHECKPOINT_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "curve.json", "itertrain.json",
+                         "optimizer.pt", "rng_state.pth", "scheduler.pt", "tokenizer.json", "tokenizer_config.json",
+                         "trainer_state.json", "training_args.bin"]
+PEFT_ITERATION_FILES = ["adapter/README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                        "config.json", "curve.json", "generation_config.json", "itertrain.json", "model.safetensors",
+                        "tokenizer.json", "tokenizer_config.json"]
+
+
+@pytest.mark.slow
+def test_the_corruption_matrix_names_every_file_of_an_adapter_run(peft_crashed):
+    assert sorted(p.name for p in (peft_crashed / "checkpoint-9").iterdir()) == PEFT_CHECKPOINT_FILES
+    it = peft_crashed / "iter_0"
+    assert sorted(str(p.relative_to(it)) for p in it.rglob("*") if p.is_file()) == PEFT_ITERATION_FILES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["delete", "truncate", "flip"])
+@pytest.mark.parametrize("victim", [f for f in PEFT_CHECKPOINT_FILES if f != "itertrain.json"])
+def test_adapter_checkpoint_file_damaged_falls_back_to_the_iteration_model(tmp_path, peft_crashed, victim, damage):
+    out = copy_experiment(peft_crashed, tmp_path / "exp")
+    {"delete": lambda p: p.unlink(), "truncate": truncate, "flip": flip}[damage](out / "checkpoint-9" / victim)
+    plan, text = _start(out, *AUTO)
+    assert (plan.strategy, plan.weights_from, plan.next_iteration) == ("iteration", "iter_0", 1), text
+    assert len(list(out.glob("checkpoint-9.corrupt*"))) == 1 and not (out / "checkpoint-9").exists()
+    assert any("checkpoint-9" in line and victim in line for line in text.splitlines()), text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["delete", "truncate", "flip"])
+@pytest.mark.parametrize("victim", [f for f in PEFT_ITERATION_FILES if f != "itertrain.json"])
+def test_adapter_iteration_file_damaged_falls_back_to_the_checkpoint(tmp_path, peft_crashed, victim, damage):
+    out = copy_experiment(peft_crashed, tmp_path / "exp")
+    shutil.rmtree(out / "checkpoint-9")  # so that iter_0 is what auto selects
+    {"delete": lambda p: p.unlink(), "truncate": truncate, "flip": flip}[damage](out / "iter_0" / victim)
+    plan, text = _start(out, *AUTO)
+    assert (plan.strategy, plan.state_from, plan.training_finished) == ("trainer", "checkpoint-6", True), text
+    assert len(list(out.glob("iter_0.corrupt*"))) == 1
+    assert any("iter_0" in line and victim in line for line in text.splitlines()), text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["checkpoint-9/adapter_model.safetensors", "iter_0/adapter/adapter_model.safetensors"])
+def test_a_damaged_adapter_is_set_aside_and_the_run_ends_as_the_uninterrupted_one(tmp_path, peft_crashed,
+                                                                                   peft_model0_ref, victim):
+    out = copy_experiment(peft_crashed, tmp_path / "exp")
+    if victim.startswith("iter_0"):
+        shutil.rmtree(out / "checkpoint-9")
+    flip(out / victim)
+    resume_until_done(out, *PEFT, "--model_name", str(peft_crashed.parent / "model0"))
+    same_run(out, peft_model0_ref)
+    assert len(list(out.glob(victim.split("/")[0] + ".corrupt*"))) == 1
 
 
 def _model(where: Path, seed: int) -> Path:
@@ -420,8 +491,6 @@ def test_a_plain_hf_peft_checkpoint_is_adopted_and_resumed(tmp_path):
     proc = subprocess.run([sys.executable, str(Path(__file__).parent / "plain_hf.py"), str(start), str(out), "8", "4",
                            "--peft"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    import shutil
-
     shutil.rmtree(out / "checkpoint-8")
     proc = run_cli(out, *PEFT[:2], "--lora_r", "8", "--lora_alpha", "8", "--model_name", str(start), "--max_steps", "8",
                    "--resume_from", "auto")
