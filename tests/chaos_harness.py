@@ -26,10 +26,10 @@ every shard committed before the crash is LOST_WORK. Runs generate in shards of 
 iteration); with --vllm they sample with real vLLM (.venv-vllm); with --example they run examples/gsm8k
 (chat template, gsm8k verifier in a pool of processes) on a tiny instruct-shaped model.
 Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--generate] [--example]
-                                     [--peft continue|merge]
+                                     [--peft continue|merge] [--objective dpo]
                                      [--jobs 2] [--json out]
        python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--generate] [--vllm] [--example]
-                                     [--peft continue|merge]
+                                     [--peft continue|merge] [--objective dpo]
                                      [--jobs 2] [--json out]
 """
 
@@ -61,6 +61,8 @@ TASK: list[str] = []  # --example: the GSM8K example (chat template, gsm8k verif
 
 
 PEFT: list[str] = []  # --peft MODE: the runs train a LoRA adapter (adapters.py) in that --peft_iteration mode
+OBJECTIVE: list[str] = []  # --objective dpo: iteration 1 trains with DPO (TRL) on pairs from iteration 0's model
+DPO = ["--objective", "dpo", "--sft_iterations", "1", "--dpo_gold_chosen", "true", "--pairs_per_prompt", "2"]
 
 
 def example_flags(model: Path) -> list[str]:
@@ -74,7 +76,8 @@ def example_flags(model: Path) -> list[str]:
 def _cmd(out: Path, ranks: int, *extra: str) -> list[str]:
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
                                    if ranks > 1 else [])
-    return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM, *TASK, *PEFT, *extra]
+    return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM, *TASK, *PEFT, *OBJECTIVE,
+            *extra]
 
 
 def _env(env_extra: dict | None = None) -> dict:
@@ -334,7 +337,11 @@ def main() -> int:
                    help="run examples/gsm8k (chat template, gsm8k verifier in a pool of processes)")
     p.add_argument("--peft", choices=["continue", "merge"], default=None,
                    help="train a LoRA adapter (--use_peft) in this --peft_iteration mode; adapters compared too")
+    p.add_argument("--objective", choices=["sft", "dpo"], default="sft",
+                   help="dpo: iteration 1 trains with DPO on pairs (--objective dpo --sft_iterations 1)")
     args = p.parse_args()
+    if args.objective == "dpo":
+        OBJECTIVE.extend(DPO)
     if args.peft:
         PEFT.extend(["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear",
                      "--peft_iteration", args.peft])

@@ -1,5 +1,8 @@
 """A fast sample of the kill-at-every-file-event sweep (`make chaos` runs all of them)."""
 
+from contextlib import contextmanager
+
+import chaos_harness
 import pytest
 from chaos_harness import adopted_reference, random_trial, reference, trial
 from conftest import shared
@@ -82,43 +85,42 @@ def test_full_disk_during_a_save_keeps_everything_and_resumes(tmp_path, ref):
 
 
 PEFT = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"]
+FLAVOURS = {"peft": ("PEFT", PEFT), "dpo": ("OBJECTIVE", chaos_harness.DPO)}
 
 
-@pytest.fixture
-def peft_flags():
-    """The harness's runs train a LoRA adapter (its --peft), for this test only."""
-    import chaos_harness
+@contextmanager
+def harness_flags(flavour: str):
+    """The harness's runs with a flavour's flags (its --peft, its --objective), for one test."""
+    attr, flags = FLAVOURS[flavour]
+    getattr(chaos_harness, attr)[:] = flags
+    try:
+        yield
+    finally:
+        getattr(chaos_harness, attr).clear()
 
-    chaos_harness.PEFT[:] = PEFT
-    yield
-    chaos_harness.PEFT.clear()
 
-
-@pytest.fixture(scope="session")
-def peft_ref(tmp_path_factory):
+@pytest.fixture(scope="session", params=list(FLAVOURS))
+def flavoured_ref(request, tmp_path_factory):
     def build(work):
-        import chaos_harness
-
-        chaos_harness.PEFT[:] = PEFT
-        try:
+        with harness_flags(request.param):
             return reference(work)
-        finally:
-            chaos_harness.PEFT.clear()
-    return shared(tmp_path_factory, "chaos_peft_ref", build)
+    return request.param, shared(tmp_path_factory, f"chaos_{request.param}_ref", build)
 
 
 @pytest.mark.parametrize("fraction,torn", [(0.2, False), (0.55, True), (0.9, False)])
-def test_peft_crash_at_file_event_resumes_exactly(tmp_path, peft_ref, peft_flags, fraction, torn):
-    """--use_peft: the merged iteration model, its adapter and the metrics end as the uninterrupted run's."""
-    out, events, _ = peft_ref
-    assert (out / "iter_1" / "adapter" / "adapter_model.safetensors").exists()
+def test_peft_and_dpo_crash_at_file_event_resumes_exactly(tmp_path, flavoured_ref, fraction, torn):
+    """--use_peft (the merged model, its adapter) and --objective dpo (the pairs): end as the uninterrupted run."""
+    flavour, (out, events, _) = flavoured_ref
+    assert (out / "iter_1" / ("adapter/adapter_model.safetensors" if flavour == "peft" else "model.safetensors")).exists()
     event = max(1, int(len(events) * fraction))
-    result = trial(out, tmp_path, event, torn)
+    with harness_flags(flavour):
+        result = trial(out, tmp_path, event, torn)
     assert result["verdict"] == "PASS", (events[event - 1], result)
 
 
 @pytest.mark.parametrize("seed", range(2))
-def test_peft_random_sigkills_resume_exactly(tmp_path, peft_ref, peft_flags, seed):
-    out, _, window = peft_ref
-    result = random_trial(out, tmp_path, seed, window=window)
+def test_peft_and_dpo_random_sigkills_resume_exactly(tmp_path, flavoured_ref, seed):
+    flavour, (out, _, window) = flavoured_ref
+    with harness_flags(flavour):
+        result = random_trial(out, tmp_path, seed, window=window)
     assert result["verdict"] == "PASS", result

@@ -16,7 +16,8 @@ import shutil
 from itertrain import commit
 
 DIR = "tensorboard"
-ITERATION_SCALARS = ("eval_accuracy", "acceptance_rate", "pass_at_k", "train_loss", "num_train_samples")
+ITERATION_SCALARS = ("eval_accuracy", "acceptance_rate", "pass_at_k", "train_loss", "num_train_samples",
+                     "num_pairs", "dpo_reward_margin", "dpo_reward_accuracy")  # (the last three: --objective dpo)
 
 
 def available() -> bool:

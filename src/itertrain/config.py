@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from itertrain import adapters, defaults, verifiers
+from itertrain import adapters, defaults, objectives, verifiers
 from itertrain.adapters import PeftArguments
+from itertrain.objectives import ObjectiveArguments
 from itertrain.selectors import (
     Selector,
     SelectorError,
@@ -135,6 +136,7 @@ class Config:
     resume_from: Selector
     resume_from_iteration: Selector
     peft: PeftArguments = field(default_factory=PeftArguments)
+    obj: ObjectiveArguments = field(default_factory=ObjectiveArguments)
 
     @property
     def output_dir(self) -> str:
@@ -156,13 +158,16 @@ class Config:
         return max(1, math.ceil(a.num_train_epochs * per_epoch))
 
 
+ARGUMENTS = (IterArguments, IterTrainingArguments, PeftArguments, ObjectiveArguments)
+
+
 class _Parser(HfArgumentParser):
     def error(self, message: str):  # argparse would print the whole usage block and exit
         raise UsageError(message)
 
 
 def parser() -> HfArgumentParser:
-    return _Parser((IterArguments, IterTrainingArguments, PeftArguments))
+    return _Parser(ARGUMENTS)
 
 
 def config_file_args(path: str) -> list[str]:
@@ -180,7 +185,7 @@ def config_file_args(path: str) -> list[str]:
                          f"({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {path}: expected a mapping of flag names to values")
-    known = {f.name for dc in (IterArguments, IterTrainingArguments, PeftArguments) for f in dataclasses.fields(dc)}
+    known = {f.name for dc in ARGUMENTS for f in dataclasses.fields(dc)}
     words = []
     for key, value in data.items():
         if key not in known:
@@ -219,10 +224,10 @@ def parse(argv: list[str]) -> Config:
     if any(a.startswith("--num_train_epochs") for a in argv) and not any(a.startswith("--max_steps") for a in argv):
         argv = [*argv, "--max_steps", "-1"]  # epochs asked for: the demo's step default must not override them
     try:
-        it, train, peft = parser().parse_args_into_dataclasses(args=argv)
+        it, train, peft, obj = parser().parse_args_into_dataclasses(args=argv)
     except (ValueError, TypeError, ImportError) as e:  # TrainingArguments.__post_init__ checks
         raise UsageError(str(e).strip().splitlines()[0]) from None
-    return validate(it, train, peft)
+    return validate(it, train, peft, obj)
 
 
 def builtin_task(it: IterArguments) -> bool:
@@ -230,7 +235,8 @@ def builtin_task(it: IterArguments) -> bool:
     return it.task == "addition" and not it.train_prompts
 
 
-def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArguments | None = None) -> Config:
+def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArguments | None = None,
+             obj: ObjectiveArguments | None = None) -> Config:
     if not train.output_dir:
         raise UsageError("--output_dir is required (the experiment directory)")
     try:
@@ -305,7 +311,9 @@ def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArgument
             raise UsageError(f"--model_name {it.model_name}: no tokenizer files (save the tokenizer with the model)")
     peft = peft or PeftArguments()
     adapters.validate(peft, train, it)
-    return Config(it, train, ckpt_sel, iter_sel, peft)
+    obj = obj or ObjectiveArguments()
+    objectives.validate(obj, train, peft)
+    return Config(it, train, ckpt_sel, iter_sel, peft, obj)
 
 
 # Settings that do not change what an experiment computes: a resume may change them freely.
@@ -320,7 +328,8 @@ NOT_RESULTS = {"output_dir", "resume_from", "resume_from_iteration", "dry_run", 
 
 def resolved(cfg: Config) -> dict:
     """Every setting of this run, as saved in the experiment directory."""
-    return {**dataclasses.asdict(cfg.it), **dataclasses.asdict(cfg.peft), **cfg.train.to_dict()}
+    return {**dataclasses.asdict(cfg.it), **dataclasses.asdict(cfg.peft), **dataclasses.asdict(cfg.obj),
+            **cfg.train.to_dict()}
 
 
 def differences(started_with: dict, now: dict) -> list[str]:

@@ -13,10 +13,11 @@ from itertrain import inventory
 NAME = "curve.json"
 
 
-def write(directory: str, loss: list[float], lr: list[float]) -> None:
-    """Into a staged directory (commit_dir fsyncs it and lists it in the manifest)."""
+def write(directory: str, loss: list[float], lr: list[float], steps: dict[str, list[float]] | None = None) -> None:
+    """Into a staged directory (commit_dir fsyncs it and lists it in the manifest). `steps`: an
+    objective's own per-step values (e.g. DPO's reward margins), by name."""
     with open(os.path.join(directory, NAME), "w", encoding="utf-8") as f:
-        json.dump({"loss": loss, "lr": lr}, f)
+        json.dump({"loss": loss, "lr": lr, **({"steps": steps} if steps else {})}, f)
 
 
 def read(directory: str) -> dict | None:

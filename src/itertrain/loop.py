@@ -19,10 +19,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 from transformers.trainer_callback import ExportableState
 
-from itertrain import adapters, board, commit, curve, dist, engines, failpoints, inventory, manifest, samples, stop
+from itertrain import adapters, board, commit, curve, dist, engines, failpoints, inventory, manifest, objectives, \
+    samples, stop
 from itertrain.artifacts import ITERATION, checkpoint_name, iteration_name
 from itertrain.config import Config, UsageError
-from itertrain.data import Collator, encode
 from itertrain.evaluate import greedy_accuracy
 from itertrain.plan import BOTH, TRAINER, Plan
 from itertrain.restore import RecoveryError
@@ -46,7 +46,7 @@ class Start:
     view_of: tuple[str, str] | None = None  # (iteration model, checkpoint) for a "both" view
     done_steps: int = 0  # steps of this iteration already trained (resuming a checkpoint inside it)
 
-    def describe(self, k: int, steps: int, examples: int) -> str:
+    def describe(self, k: int, steps: int, examples: int, objective: str = "sft") -> str:
         """The progress line: what this iteration trains from and the global steps it will run."""
         end = self.step_offset + steps
         if self.training_finished:
@@ -54,7 +54,8 @@ class Start:
                    "evaluating and saving"
         first = self.step_offset + self.done_steps + 1
         resumed = f", resuming {self.resume_name}" if self.resume_name else ""
-        return (f"▶️  iteration {k}: training on {examples} examples from {self.started_from}{resumed}, "
+        what = f"{examples} examples" if objective == "sft" else f"{examples} pairs ({objective})"
+        return (f"▶️  iteration {k}: training on {what} from {self.started_from}{resumed}, "
                 f"global steps {first}-{end}")
 
     @property
@@ -188,7 +189,6 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
                    peft: dict | None = None) -> None:
     """`peft`: the adapter record (adapters.record) of a --use_peft run, kept in every manifest."""
     from itertrain.async_save import Saver
-    from itertrain.trainer import IterTrainer  # heavy import, only when training
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     load = functools.partial(load_model, device=cfg.train.device)  # generate on the GPU where there is one
@@ -211,20 +211,16 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         model_k, source = model_before(cfg, plan.models, base_dir, k)
         found = samples.ensure(cfg, k, model_k, source, task, tokenizer, load, at)
         kept[k] = found.kept
-        train_set = samples.training_set(k, kept, task.gold, reuse_previous=cfg.it.reuse_previous,
-                                         gold_iterations=cfg.it.gold_iterations)
-        if not train_set:
-            raise TaskError(f"iteration {k} has nothing to train on: no completion passed the verifier and "
-                            "no gold data is mixed in (--sft_data, --gold_iterations)")
-        features = encode(train_set, tokenizer)
-        if cfg.train.dataloader_drop_last and len(features) < cfg.train.per_device_train_batch_size * dist.world_size():
-            raise TaskError(f"iteration {k} has {len(features)} training examples, less than one batch across the "
+        objective = objectives.for_iteration(cfg, k)
+        train_set = objective.train_set(cfg, k, kept, task, tokenizer)
+        if cfg.train.dataloader_drop_last and train_set.size < cfg.train.per_device_train_batch_size * dist.world_size():
+            raise TaskError(f"iteration {k} has {train_set.size} training examples, less than one batch across the "
                             "ranks, and --dataloader_drop_last drops it: nothing would be trained")
-        steps = cfg.iteration_steps(dist.world_size(), len(features))
+        steps = cfg.iteration_steps(dist.world_size(), train_set.size)
         # 3. train
         if cfg.it.train_from == "base" and start.resume is None and start.view_of is None:
             start.weights, start.started_from = base_dir, "base"
-        dist.log0(start.describe(k, steps, len(features)))
+        dist.log0(start.describe(k, steps, train_set.size, objective.name))
         targs = copy.deepcopy(cfg.train)
         targs.output_dir = commit.staging_path(cfg.output_dir, "trainer")
         targs.max_steps, targs.save_total_limit = steps, None
@@ -232,14 +228,16 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         targs.enable_jit_checkpoint = False  # HF's SIGTERM handler: ours (stop.py) stops every phase
         engines.before_trainer(targs)
         frozen = adapters.frozen_model(cfg.peft, base_dir, model_k, cfg.it.train_from) if peft else None
-        trainer = IterTrainer(
-            model=training_model(cfg, start, frozen, k), args=targs,
-            train_dataset=features, data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+        reference = dist.on_main(objective.reference, cfg, plan.models, base_dir, k)
+        records = {**({"peft": peft} if peft else {}), **({"objective": reference} if reference else {})}
+        trainer = objective.trainer(
+            model=training_model(cfg, start, frozen, k), args=targs, tokenizer=tokenizer, train_set=train_set,
+            reference=reference, load=load,
             experiment_dir=cfg.output_dir, iteration=k, step_offset=start.step_offset, iteration_steps=steps,
             started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=protect,
             schedule_steps=steps * cfg.it.num_iterations if cfg.it.carry_optimizer_state else None,
             curve=start.curve, board=board, async_save=cfg.it.async_save, weights_from=start.weights, saver=saver,
-            manifest_extra={"peft": peft} if peft else {},
+            manifest_extra=records,
         )
         if not start.training_finished:
             resume = both_view(cfg, start, trainer, steps) if start.view_of else start.resume
@@ -267,13 +265,14 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         global_step = start.step_offset + steps
         metrics = {"iteration": k, "eval_accuracy": accuracy, "acceptance_rate": found.stats["acceptance_rate"],
                    "pass_at_k": found.stats["pass_at_k"], "num_generated": found.stats["num_generated"],
-                   "num_train_samples": len(features), "train_loss": train_loss, "global_step": global_step,
-                   **{key: found.stats.get(key, 0) + n for key, n in eval_problems.items()}}
+                   "num_train_samples": train_set.size, "train_loss": train_loss, "global_step": global_step,
+                   **{key: found.stats.get(key, 0) + n for key, n in eval_problems.items()},
+                   **train_set.metrics, **objective.metrics(trainer)}
         dist.log0(f"✅ iteration {k}: eval_accuracy={accuracy:.3f} acceptance_rate="
                   f"{found.stats['acceptance_rate']:.3f} train_loss={train_loss:.4f} step={global_step}")
         # 5. save iter_K
         def save():
-            extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3), **({"peft": peft} if peft else {})}
+            extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3), **records}
             save_iteration(cfg, k, trainer, trained, tokenizer, global_step, start.started_from, extra, steps, adapter)
             if board is not None:
                 board.iteration(metrics)
@@ -316,7 +315,7 @@ def save_iteration(cfg: Config, k: int, trainer, model, tokenizer, global_step: 
     tokenizer.save_pretrained(staged)
     if adapter:
         os.rename(adapter, os.path.join(staged, adapters.ADAPTER_DIR))
-    curve.write(staged, trainer.loss_curve, trainer.lr_curve)
+    curve.write(staged, trainer.loss_curve, trainer.lr_curve, trainer.step_curves)
     commit.commit_dir(staged, os.path.join(cfg.output_dir, name), failpoint=("iteration.write", k),
                       kind=ITERATION, name=name, iteration=k, global_step=global_step,
                       started_from=started_from, extra=extra)

@@ -180,6 +180,7 @@ def prepare(cfg: Config, plan, steps: int) -> tuple[str, dict | None]:
     check_generator(cfg, plan)
     base = ensure_base(cfg)
     peft = check_adapter(cfg, plan, base)
+    check_objective(cfg, plan, base)
     apply(cfg, plan, base)
     dist.on_main(save_settings, cfg, steps, scratch=plan.strategy == SCRATCH)
     return base, peft
@@ -196,6 +197,19 @@ def check_adapter(cfg: Config, plan, base: str) -> dict | None:
         return now
 
     return dist.on_main(check)
+
+
+def check_objective(cfg: Config, plan, base: str) -> None:
+    """The plan's start suits this run's objective and reference (objectives.check_start)."""
+    from itertrain import objectives
+
+    def check():
+        try:
+            objectives.check_start(cfg, plan, base)
+        except objectives.ObjectiveError as e:
+            raise RecoveryError(str(e)) from None
+
+    dist.on_main(check)
 
 
 def settings_changes(cfg: Config) -> list[str]:

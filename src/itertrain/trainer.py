@@ -1,4 +1,6 @@
-"""The one HF Trainer subclass. Every override is here, each small, each calling HF's own code.
+"""How every Trainer itertrain runs commits, resumes and stops: one mixin (Recovering) over HF's
+Trainer (IterTrainer) or over a trainer built on it (an objective's, e.g. TRL's DPOTrainer). Every
+override is here, each small, each calling the library's own code.
 
 - _save_checkpoint: HF writes into a staging directory (args.output_dir points there), then rank 0
   commits it as <experiment>/checkpoint-<global step> (commit.py) and applies retention. With
@@ -10,7 +12,8 @@
 - training_step / _maybe_log_save_evaluate: the loss of every optimizer step (and its learning
   rate), averaged over ranks at logging and save points. The curve is saved with each checkpoint,
   so after a resume an iteration's train_loss, its plot and its TensorBoard curve equal the
-  uninterrupted run's (HF's own running total restarts at a resume).
+  uninterrupted run's (HF's own running total restarts at a resume). An objective's own per-step
+  values (step_metrics, e.g. DPO's reward margins) are kept beside it the same way.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ class StopAtStep(TrainerCallback):
         return control
 
 
-class IterTrainer(Trainer):
+class Recovering:
+    """Mixed in before a Trainer class (see IterTrainer)."""
+
     def __init__(self, *args, experiment_dir: str, iteration: int, step_offset: int, iteration_steps: int,
                  started_from: str | None, save_total_limit: int | None, protect: set[str],
                  schedule_steps: int | None = None, curve: dict | None = None, board=None,
@@ -72,6 +77,7 @@ class IterTrainer(Trainer):
         curve = curve or {}
         self.loss_curve: list[float] = list(curve.get("loss", []))  # rank mean, one per step so far
         self.lr_curve: list[float] = list(curve.get("lr", []))
+        self.step_curves: dict[str, list[float]] = {k: list(v) for k, v in curve.get("steps", {}).items()}
         self._micro: list[torch.Tensor] = []  # this optimizer step's micro-batch losses
         self._steps: list[torch.Tensor] = []  # this rank's step losses not yet averaged over ranks
         self._lrs: list[float] = []
@@ -107,7 +113,16 @@ class IterTrainer(Trainer):
         self._lrs = []
         if self.board is not None and dist.is_main():
             self.board.steps(self.step_offset + first + 1, new, self.lr_curve[first:])
-        return {"loss": list(self.loss_curve), "lr": list(self.lr_curve)}
+        return {"loss": list(self.loss_curve), "lr": list(self.lr_curve),
+                "steps": {k: list(v) for k, v in self.step_curves.items()}}
+
+    def step_metrics(self) -> dict[str, float]:
+        """An objective's own values for the optimizer step that just ended, the same on every rank."""
+        return {}
+
+    def step_means(self) -> dict[str, float]:
+        """The mean of each step_metrics value over the iteration's steps."""
+        return {k: sum(v) / len(v) for k, v in self.step_curves.items() if v}
 
     def mean_loss(self) -> float:
         curve = self.sync_curve()["loss"]
@@ -122,6 +137,8 @@ class IterTrainer(Trainer):
             self._steps.append(torch.stack(self._micro).sum())
             self._lrs.append(float(learning_rate if learning_rate is not None else self._get_learning_rate()))
             self._micro = []
+            for key, value in self.step_metrics().items():  # equal on every rank: no sync needed
+                self.step_curves.setdefault(key, []).append(value)
         if self.control.should_log:
             self.sync_curve()
         super()._maybe_log_save_evaluate(*args, learning_rate=learning_rate, **kwargs)
@@ -179,7 +196,7 @@ class IterTrainer(Trainer):
             deferred, self._deferred = self._deferred, None
         curve = self.sync_curve()
         if dist.is_main():
-            curve_file.write(staged, curve["loss"], curve["lr"])
+            curve_file.write(staged, curve["loss"], curve["lr"], curve["steps"])
 
         def commit_it():
             commit.commit_dir(
@@ -244,3 +261,7 @@ def _write_then_commit(writes: list, commit_it, name: str, step: int, saver: Sav
         raise commit.PeerWriteError(f"rank {rank} could not write its part of {name}: {why}")
     if dist.is_main():
         commit_it()
+
+
+class IterTrainer(Recovering, Trainer):
+    """HF's Trainer with itertrain's recovery: the supervised (sft) objective's trainer."""

@@ -1,0 +1,130 @@
+"""The dpo objective: TRL's DPOTrainer on (chosen, rejected) pairs from the verifier's verdicts.
+
+Pairs come from the committed samples_K (pairs.py) and are committed as pairs_K. The reference model
+is the model the first dpo iteration starts from (initial) or the previous iteration's (previous);
+its name, path and a digest of its weights go into every checkpoint's and iteration model's manifest,
+and a resume whose reference differs is refused (check_start). TRL's per-step reward margins and
+accuracies are kept with the loss curve, so an iteration's values after a resume are the
+uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from itertrain import adapters, pairs
+from itertrain.objectives import REFERENCE_INITIAL, ObjectiveArguments, dpo_extra
+from itertrain.objectives.sft import TrainSet
+from itertrain.tasks import TaskError
+
+# TRL 1.16's DPOConfig.loss_type values
+LOSS_TYPES = {"sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"}
+# DPOConfig options that --dpo_args may not set: ours have their own flags; a reference that moves during
+# training (TR-DPO) would have to be in every checkpoint, and is not
+OWN_FLAGS = {"beta": "--dpo_beta", "loss_type": "--dpo_loss_type", "label_smoothing": "--dpo_label_smoothing",
+             "sync_ref_model": None, "ref_model_mixup_alpha": None, "ref_model_sync_steps": None,
+             "model_init_kwargs": None}
+# TRL's per-step values kept with the loss curve, and the per-iteration metrics made from their means
+STEP_KEYS = {"rewards/margins": "dpo_reward_margin", "rewards/accuracies": "dpo_reward_accuracy",
+             "rewards/chosen": "dpo_reward_chosen", "rewards/rejected": "dpo_reward_rejected"}
+
+
+def check(args: ObjectiveArguments, train) -> None:
+    """ValueError (one line) for DPO settings that cannot run."""
+    from transformers import TrainingArguments
+    from trl import DPOConfig
+
+    if unknown := sorted(set(args.dpo_loss_type) - LOSS_TYPES):
+        raise ValueError(f"--dpo_loss_type {' '.join(unknown)}: not a TRL DPO loss (use one of "
+                         f"{', '.join(sorted(LOSS_TYPES))})")
+    if not args.dpo_beta > 0:
+        raise ValueError(f"--dpo_beta must be > 0, got {args.dpo_beta}")
+    if args.dpo_learning_rate is not None and not args.dpo_learning_rate > 0:
+        raise ValueError(f"--dpo_learning_rate must be > 0, got {args.dpo_learning_rate}")
+    if train.deepspeed and adapters._zero_stage(train.deepspeed) == 3 or train.fsdp:
+        raise ValueError("--objective dpo runs with DDP or DeepSpeed ZeRO-1/2: ZeRO-3 and FSDP would shard the "
+                         "reference model too, which is not supported yet")
+    try:
+        extra = dpo_extra(args)
+    except ValueError as e:
+        raise ValueError(f"--dpo_args: not a JSON object ({str(e).splitlines()[0]})") from None
+    own = {f.name for f in dataclasses.fields(DPOConfig)} - {f.name for f in dataclasses.fields(TrainingArguments)}
+    for key in extra:
+        if key not in own:
+            raise ValueError(f"--dpo_args: {key!r} is not a DPOConfig option of its own (training arguments are "
+                             "flags of their own)")
+        if key in OWN_FLAGS:
+            flag = OWN_FLAGS[key]
+            raise ValueError(f"--dpo_args: {key!r} " + (f"is set with {flag}" if flag else
+                                                        "is not supported (the reference must stay fixed)"))
+    config(train, args)  # DPOConfig's own checks (e.g. loss_weights against loss_type)
+
+
+def config(train, args: ObjectiveArguments):
+    """The iteration's TrainingArguments as TRL's DPOConfig, with the DPO options. Every training
+    argument is copied as set (TRL's own defaults, e.g. gradient checkpointing, do not apply)."""
+    from transformers import TrainingArguments
+    from trl import DPOConfig
+
+    copied = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    if args.dpo_learning_rate is not None:
+        copied["learning_rate"] = args.dpo_learning_rate
+    return DPOConfig(**copied, beta=args.dpo_beta, loss_type=list(args.dpo_loss_type),
+                     label_smoothing=args.dpo_label_smoothing, **dpo_extra(args))
+
+
+def reference_dir(cfg, models: dict, base_dir: str, k: int) -> tuple[str, str]:
+    """(directory, name) of iteration k's reference model."""
+    from itertrain.loop import model_before
+
+    first = k if cfg.obj.dpo_reference != REFERENCE_INITIAL else cfg.obj.sft_iterations
+    return model_before(cfg, models, base_dir, first)
+
+
+class Dpo:
+    name = "dpo"
+
+    def __init__(self, args: ObjectiveArguments):
+        self.args = args
+
+    def train_set(self, cfg, k: int, kept: dict, task, tokenizer) -> TrainSet:
+        """This iteration's pairs (on-policy: earlier iterations' are not reused), tokenized as SFT's
+        examples are: prompt without special tokens, completion + EOS."""
+        from datasets import Dataset
+
+        gold = {i: ex.answer for i, ex in enumerate(task.train_prompts)} if self.args.dpo_gold_chosen else None
+        settings = {"pairs_per_prompt": self.args.pairs_per_prompt, "gold_chosen": self.args.dpo_gold_chosen}
+        made = pairs.ensure(cfg.output_dir, k, settings, gold)
+        if not made:
+            raise TaskError(f"iteration {k} has no preference pairs: no prompt had both an accepted and a rejected "
+                            "completion (train a model that solves some prompts first with --sft_iterations, or "
+                            "pair rejected samples with the gold answers: --dpo_gold_chosen true)")
+
+        def ids(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        rows = [{"prompt_ids": ids(p["prompt"]), "chosen_ids": ids(p["chosen"]) + [tokenizer.eos_token_id],
+                 "rejected_ids": ids(p["rejected"]) + [tokenizer.eos_token_id]} for p in made]
+        return TrainSet(Dataset.from_list(rows), len(rows), pairs.stats(made))
+
+    def reference(self, cfg, models: dict, base_dir: str, k: int) -> dict:
+        path, name = reference_dir(cfg, models, base_dir, k)
+        inside = os.path.abspath(path).startswith(os.path.abspath(cfg.output_dir) + os.sep)
+        return {"objective": self.name, "reference_mode": self.args.dpo_reference, "reference": name,
+                "reference_path": name if inside else os.path.abspath(path), "reference_digest":
+                adapters.base_digest(path), "beta": self.args.dpo_beta, "loss_type": list(self.args.dpo_loss_type)}
+
+    def trainer(self, *, model, args, tokenizer, train_set: TrainSet, reference: dict, load, **recovery):
+        from itertrain.objectives.dpo_trainer import IterDPOTrainer
+
+        path = reference["reference_path"]
+        ref = load(path if os.path.isabs(path) else os.path.join(recovery["experiment_dir"], path))
+        ref.eval()
+        return IterDPOTrainer(model=model, ref_model=ref, args=config(args, self.args), train_dataset=train_set.data,
+                              processing_class=tokenizer, **recovery)
+
+    def metrics(self, trainer) -> dict:
+        means = trainer.step_means()
+        return {name: means[key] for key, name in STEP_KEYS.items() if key in means}
