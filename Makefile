@@ -79,6 +79,10 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --events all --peft continue --jobs 2 --json chaos-kill-peft.json
 	$(BIN)/python tests/chaos_harness.py --random 40 --peft merge --jobs 2 --json chaos-random-peft-merge.json
 	$(BIN)/python tests/chaos_harness.py --random 10 --peft continue --ranks 2 --jobs 1 --json chaos-random-peft-2ranks.json
+	$(BIN)/python tests/chaos_harness.py --events all --objective dpo --jobs 2 --json chaos-kill-dpo.json
+	$(BIN)/python tests/chaos_harness.py --random 40 --objective dpo --jobs 2 --json chaos-random-dpo.json
+	$(BIN)/python tests/chaos_harness.py --random 10 --objective dpo --ranks 2 --jobs 1 --json chaos-random-dpo-2ranks.json
+	$(BIN)/python tests/chaos_harness.py --random 20 --objective dpo --signal SIGTERM --jobs 2 --json chaos-sigterm-dpo.json
 	$(MAKE) vllm
 	$(BIN)/python tests/chaos_harness.py --random 4 --generate --vllm --jobs 1 --json chaos-random-vllm.json
 

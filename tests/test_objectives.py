@@ -152,7 +152,7 @@ def test_a_resume_whose_objective_or_reference_differs_is_refused(was, now, mess
 def dpo_ref(tmp_path_factory):
     def build(work):
         out = work / "exp"
-        proc = run_cli(out, *DPO)
+        proc = run_cli(out, *DPO, "--report_to", "tensorboard")
         assert proc.returncode == 0, proc.stderr[-3000:]
         return out, proc.stdout
     return shared(tmp_path_factory, "dpo_ref", build)
@@ -181,11 +181,29 @@ def test_a_dpo_run_commits_pairs_records_its_reference_and_logs_trls_rewards(dpo
 
 
 @pytest.mark.slow
+def test_dpo_metrics_reach_status_plot_and_tensorboard(dpo_ref, capsys):
+    from test_users import scalars
+
+    from itertrain import cli
+
+    out = dpo_ref[0]
+    tb = scalars(out / "tensorboard")
+    assert [s for s, _ in tb["iteration/num_pairs"]] == [12, 18]
+    assert [s for s, _ in tb["iteration/dpo_reward_margin"]] == [12, 18]
+    assert cli.main(["status", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["iterations"]
+    assert [r["objective"] for r in rows] == ["sft", "dpo", "dpo"] and rows[1]["num_pairs"] == 46
+    assert cli.main(["status", str(out)]) == 0
+    assert "dpo: iteration 1: 46 pairs, reward margin" in capsys.readouterr().out
+    assert cli.main(["plot", str(out), "--output", str(out.parent / "p.png")]) == 0 and (out.parent / "p.png").stat().st_size
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["train.step=9", "pairs.write=1", "train.step=12", "checkpoint.write=15",
-                                   "iteration.write=1", "train.step=16"])
-def test_dpo_crash_anywhere_resumes_bit_identically(dpo_ref, tmp_path, point):
+                                   "iteration.write=1", "train.step=16", "signal.train.step=10", "signal.iteration=2"])
+def test_dpo_crash_or_stop_anywhere_resumes_bit_identically(dpo_ref, tmp_path, point):
     out = tmp_path / "exp"
-    assert run_cli(out, *DPO, failpoints=point).returncode == 137
+    assert run_cli(out, *DPO, failpoints=point).returncode == (75 if point.startswith("signal.") else 137)
     proc = resume_until_done(out, *DPO)
     same_run(out, dpo_ref[0])
     if point == "train.step=9":
@@ -196,6 +214,7 @@ def test_dpo_crash_anywhere_resumes_bit_identically(dpo_ref, tmp_path, point):
 @pytest.mark.parametrize("flags", [
     ["--dpo_reference", "previous", "--carry_optimizer_state", "true"],  # iteration 2 resumes as "both"
     ["--sft_iterations", "0", "--async_save", "false"],  # dpo from the base, which is its reference
+    ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"],  # a LoRA adapter trained by DPO
 ])
 def test_dpo_variants_crash_and_resume_bit_identically(tmp_path, flags):
     ref, out = tmp_path / "ref", tmp_path / "exp"
@@ -204,7 +223,7 @@ def test_dpo_variants_crash_and_resume_bit_identically(tmp_path, flags):
     resume_until_done(out, *DPO, *flags)
     same_run(out, ref)
     reference = manifest.read(str(ref / "iter_2"))["extra"]["objective"]["reference"]
-    assert reference == ("iter_1" if "previous" in flags else "base")
+    assert reference == ("iter_1" if "previous" in flags else "base" if "0" in flags else "iter_0")
 
 
 @pytest.fixture(scope="session")

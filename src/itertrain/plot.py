@@ -61,8 +61,11 @@ def draw(output_dir: str, path: str) -> None:
     top.grid(alpha=0.3)
     top.margins(x=0)
     ks = [d["iteration"] for d in done]
-    for key, name, color, dy in (("eval_accuracy", "eval accuracy", "#2ca02c", 6),
-                                 ("acceptance_rate", "acceptance rate (kept / generated)", "#ff7f0e", -13)):
+    lines = [("eval_accuracy", "eval accuracy", "#2ca02c", 6),
+             ("acceptance_rate", "acceptance rate (kept / generated)", "#ff7f0e", -13)]
+    if any("dpo_reward_accuracy" in d["metrics"] for d in done):  # --objective dpo
+        lines.append(("dpo_reward_accuracy", "DPO reward accuracy (train, chosen > rejected)", "#9467bd", 6))
+    for key, name, color, dy in lines:
         ys = [d["metrics"].get(key) for d in done]
         bottom.plot(ks, ys, marker="o", color=color, label=name)
         for k, y in zip(ks, ys, strict=True):

@@ -12,6 +12,7 @@ import typing
 from transformers import TrainingArguments
 
 from itertrain.adapters import PeftArguments
+from itertrain.objectives import ObjectiveArguments
 from itertrain.config import IterArguments, IterTrainingArguments, NOT_RESULTS
 
 
@@ -59,6 +60,14 @@ def render() -> str:
         "| flag | type | default | what it does |",
         "|---|---|---|---|",
         *(_row(PeftArguments, f) for f in dataclasses.fields(PeftArguments)),
+        "",
+        "## Objectives: sft and iterative DPO",
+        "",
+        "What each iteration trains with; dpo through TRL's `DPOTrainer` (docs/objectives.md).",
+        "",
+        "| flag | type | default | what it does |",
+        "|---|---|---|---|",
+        *(_row(ObjectiveArguments, f) for f in dataclasses.fields(ObjectiveArguments)),
         "",
         "## Hugging Face TrainingArguments with itertrain's defaults",
         "",

@@ -108,6 +108,9 @@ def _manifest(path: str) -> dict:
         return {}
 
 
+DPO_KEYS = ("num_pairs", "dpo_reward_margin", "dpo_reward_accuracy")
+
+
 def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: int) -> list[dict]:
     models = {a.iteration: a for a in sorted(artifacts, key=Artifact.sort_key) if a.kind == ITERATION and a.usable}
     ckpts = sorted((a for a in artifacts if a.kind == CHECKPOINT and a.usable), key=Artifact.sort_key)
@@ -129,7 +132,9 @@ def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: i
                        eval_accuracy=metrics.get("eval_accuracy"), train_loss=metrics.get("train_loss"),
                        global_step=a.global_step, seconds=extra.get("seconds"),
                        finished=m.get("created"), verifier_timeouts=metrics.get("verifier_timeouts"),
-                       verifier_errors=metrics.get("verifier_errors"))
+                       verifier_errors=metrics.get("verifier_errors"),
+                       objective=extra.get("objective", {}).get("objective", "sft"),
+                       **{key: metrics.get(key) for key in DPO_KEYS if key in metrics})
         elif of_k:
             c = of_k[-1]
             row.update(state=f"interrupted at step {c.local_step}/{c.iteration_steps}", artifact=c.name,
@@ -198,6 +203,11 @@ def show(r: dict) -> None:
                     samples, _fmt(row["global_step"]), _fmt(row["train_loss"], ".4f"), _fmt(row["seconds"], ".1f"),
                     (row["finished"] or "").replace("+00:00", ""))
     console.print(its)
+    for row in r["iterations"]:  # --objective dpo: a line per iteration, below the table
+        if "num_pairs" in row:
+            console.print(f"dpo: iteration {row['iteration']}: {row['num_pairs']} pairs, reward margin "
+                          f"{_fmt(row.get('dpo_reward_margin'), '.3f')}, reward accuracy "
+                          f"{_fmt(row.get('dpo_reward_accuracy'), '.3f')} (train)", highlight=False)
     if stopped := r["last_stop"]:
         console.print(f"stopped: {stopped['reason']} in the {stopped['phase']} phase of iteration {stopped['iteration']} "
                       f"at global step {stopped['global_step']} ({stopped['time']}); committed: {stopped['committed']}",

@@ -27,7 +27,7 @@ class ObjectiveError(ValueError):
 @dataclass
 class ObjectiveArguments:
     objective: str = field(default=SFT, metadata={
-        "choices": [SFT, DPO],
+        "choices": [SFT, DPO],  # (the names of REGISTRY)
         "help": "sft: fine-tune on the accepted completions; dpo: DPO (TRL) on pairs of an accepted and a "
                 "rejected completion of the same prompt (docs/objectives.md)."})
     sft_iterations: int = field(default=0, metadata={
@@ -86,15 +86,16 @@ def name_for(args: ObjectiveArguments, k: int) -> str:
     return SFT if args.objective == SFT or k < args.sft_iterations else args.objective
 
 
+# name -> "module:class"; the class is made with the ObjectiveArguments (imported only when used)
+REGISTRY = {SFT: "itertrain.objectives.sft:Sft", DPO: "itertrain.objectives.dpo:Dpo"}
+
+
 def for_iteration(cfg, k: int):
     """Iteration k's objective."""
-    if name_for(cfg.obj, k) == SFT:
-        from itertrain.objectives.sft import Sft
+    import importlib
 
-        return Sft()
-    from itertrain.objectives.dpo import Dpo
-
-    return Dpo(cfg.obj)
+    module, cls = REGISTRY[name_for(cfg.obj, k)].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg.obj)
 
 
 def check_start(cfg, plan, base_dir: str) -> None:

@@ -19,6 +19,9 @@ class TrainSet:
 class Sft:
     name = "sft"
 
+    def __init__(self, args=None):
+        self.args = args  # ObjectiveArguments (sft has no settings of its own)
+
     def train_set(self, cfg, k: int, kept: dict, task, tokenizer) -> TrainSet:
         """Its own kept samples, earlier iterations' (--reuse_previous) and gold (--gold_iterations)."""
         examples = samples.training_set(k, kept, task.gold, reuse_previous=cfg.it.reuse_previous,
