@@ -135,3 +135,17 @@ def test_zero2_peft_adapter_with_carried_optimizer_state_resumes_bit_identically
     assert (out / "iter_1" / "adapter" / "adapter_model.safetensors").read_bytes() == \
         (ref / "iter_1" / "adapter" / "adapter_model.safetensors").read_bytes()
     assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+
+
+def test_zero2_dpo_crash_resumes_bit_identically(tmp_path):
+    """--objective dpo under ZeRO-2: TRL's DPOTrainer prepares the reference model for DeepSpeed; a
+    checkpoint inside the dpo iteration resumes to the uninterrupted run's model and metrics."""
+    dpo = ["--objective", "dpo", "--sft_iterations", "1", "--dpo_gold_chosen", "true"]
+    ref, out = tmp_path / "ref", tmp_path / "exp"
+    proc = ds_run(ref, 2, *dpo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ds_run(out, 2, *dpo, failpoints="train.step=9").returncode != 0
+    proc = ds_run(out, 2, *dpo, *AUTO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
+    assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
