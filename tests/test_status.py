@@ -80,3 +80,42 @@ def test_build_refuses_a_bad_selector(tmp_path, bad):
     args = status._parser().parse_args([str(tmp_path), "--resume_from", bad, "--resume_from_iteration", bad])
     with pytest.raises(ValueError):
         status.build(args)
+
+
+def _report():
+    """A report as build() makes it, with the widest cells a week-long run shows."""
+    it = {"iteration": 0, "state": "complete", "artifact": "iter_0", "eval_accuracy": 0.994, "acceptance_rate": 0.25,
+          "num_generated": 80000, "num_kept": 19988, "global_step": 30000, "train_loss": 0.0583, "seconds": 14321.5,
+          "finished": "2026-12-01T18:31:18+00:00", "verifier_timeouts": 0, "verifier_errors": 0}
+    stopped = {**it, "iteration": 1, "state": "stopped (SIGTERM, train): interrupted at step 2999/30000",
+               "eval_accuracy": None, "train_loss": None, "seconds": None, "finished": None}
+    why = ("no itertrain manifest (written by plain HF or TRL): accepted as unverified after a weights-only "
+           "trial load, its trainer_state.json gives global step 33000")
+    ck = {"name": "checkpoint-33000", "iteration": 1, "local_step": 3000, "iteration_steps": 30000,
+          "state": "unverified", "size": 16_123_456_789, "why": why}
+    return {"output_dir": "/scratch/experiments/a-rather-long-experiment-name", "iterations": [it, stopped],
+            "last_stop": None, "checkpoints": [ck, {**ck, "name": "checkpoint-30000", "why": ""}],
+            "plan": {"strategy": "trainer", "weights_from": "checkpoint-33000", "state_from": "checkpoint-33000",
+                     "next_iteration": 1, "next_step": 33000, "done": False, "reason": "the newest", "warnings": []},
+            "hints": ["iteration 1 was interrupted: resume with: torchrun --nproc_per_node=4 train_iterative.py "
+                      "--output_dir /scratch/experiments/a --resume_from auto --resume_from_iteration auto"]}
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_status_reads_at_80_columns_and_piped_nothing_cut_notes_below_on_one_line(width):
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    status.show(_report(), Console(file=buf, width=width))  # a file: what a pipe gets
+    text = buf.getvalue()
+    lines = text.splitlines()
+    assert "…" not in text
+    for line in lines:
+        assert len(line.rstrip()) <= width or line.startswith(("hint:", "[1] ")), line
+    for word in ("stopped", "(SIGTERM,", "train):", "interrupted", "2999/30000", "19988/80000", "30000",
+                 "12-01 18:31", "unverified", "16123.5 MB"):
+        assert word in text, word  # whole, never cut
+    assert sum(line.startswith("[1] checkpoint-33000: no itertrain manifest") for line in lines) == 1
+    assert lines[[i for i, line in enumerate(lines) if line.startswith("[1] ")][0]].endswith("global step 33000")

@@ -188,21 +188,32 @@ def _fmt(v, spec: str = ".3f") -> str:
     return "" if v is None else format(v, spec) if isinstance(v, float) else str(v)
 
 
-def show(r: dict) -> None:
+def _finished(iso: str | None) -> str:
+    """2026-12-01T18:31:18+00:00 -> 12-01 18:31 (UTC), short enough for 80 columns."""
+    return f"{iso[5:10]} {iso[11:16]}" if iso and len(iso) >= 16 else ""
+
+
+def show(r: dict, console=None) -> None:
+    """The report for people: fits 80 columns (a terminal that narrow, or a pipe), no cell cut
+    mid-word; long notes go below their table, one line each."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    its = Table(title=f"itertrain status: {r['output_dir']}")
-    for col in ("iteration", "state", "eval acc", "accepted", "kept / generated", "global step", "train loss",
-                "time (s)", "finished (UTC)"):
-        its.add_column(col, justify="left" if col in ("state", "finished (UTC)") else "right")
+    console = console or Console()
+    compact = dict(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))  # one space between columns
+    its = Table(title=f"itertrain status: {r['output_dir']}", **compact)
+    for col in ("it", "state", "acc", "accept", "kept/gen", "step", "loss", "secs", "finished"):
+        its.add_column(col, justify="left" if col in ("state", "finished") else "right", no_wrap=col != "state",
+                       min_width=12 if col == "state" else None)
     for row in r["iterations"]:
-        samples = "" if row["num_generated"] is None else f"{row['num_kept']} / {row['num_generated']}"
+        samples = "" if row["num_generated"] is None else f"{row['num_kept']}/{row['num_generated']}"
         its.add_row(str(row["iteration"]), row["state"], _fmt(row["eval_accuracy"]), _fmt(row["acceptance_rate"]),
-                    samples, _fmt(row["global_step"]), _fmt(row["train_loss"], ".4f"), _fmt(row["seconds"], ".1f"),
-                    (row["finished"] or "").replace("+00:00", ""))
+                    samples, _fmt(row["global_step"]), _fmt(row["train_loss"], ".4f"), _fmt(row["seconds"], ".0f"),
+                    _finished(row["finished"]))
     console.print(its)
+    console.print("acc = eval accuracy, accept = kept/generated, secs = time on it, finished in UTC",
+                  highlight=False, style="dim")
     for row in r["iterations"]:  # --objective dpo: a line per iteration, below the table
         if "num_pairs" in row:
             console.print(f"dpo: iteration {row['iteration']}: {row['num_pairs']} pairs, reward margin "
@@ -212,13 +223,19 @@ def show(r: dict) -> None:
         console.print(f"stopped: {stopped['reason']} in the {stopped['phase']} phase of iteration {stopped['iteration']} "
                       f"at global step {stopped['global_step']} ({stopped['time']}); committed: {stopped['committed']}",
                       highlight=False)
-    ck = Table(title="checkpoints")
-    for col in ("checkpoint", "iteration", "step in iteration", "state", "size", "note"):
-        ck.add_column(col, no_wrap=col == "checkpoint")
+    ck = Table(title="checkpoints", **compact)
+    for col in ("checkpoint", "it", "step", "state", "size", "note"):
+        ck.add_column(col, no_wrap=True, justify="right" if col in ("it", "step", "size") else "left")
+    notes = []
     for c in r["checkpoints"]:
         local = "" if c["local_step"] is None else f"{c['local_step']}/{c['iteration_steps']}"
-        ck.add_row(c["name"], str(c["iteration"]), local, c["state"], f"{c['size'] / 1e6:.1f} MB", c["why"])
+        if c["why"]:
+            notes.append(f"[{len(notes) + 1}] {c['name']}: {c['why']}")
+        ck.add_row(c["name"], str(c["iteration"]), local, c["state"], f"{c['size'] / 1e6:.1f} MB",
+                   f"[{len(notes)}]" if c["why"] else "")
     console.print(ck)
+    for note in notes:
+        console.print(note, highlight=False, soft_wrap=True, markup=False)
     plan = r["plan"]
     if "error" in plan:
         console.print(f"plan: [red]{plan['error']}[/red]")
