@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 from transformers.trainer_callback import ExportableState
 
 from itertrain import adapters, board, commit, curve, dist, engines, failpoints, inventory, manifest, objectives, \
-    samples, stop
+    progress, samples, stop
 from itertrain.artifacts import ITERATION, checkpoint_name, iteration_name
 from itertrain.config import Config, UsageError
 from itertrain.evaluate import greedy_accuracy
@@ -198,9 +198,12 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
     start = first_start(cfg, plan, base_dir, cfg.iteration_steps(dist.world_size()))
     board = open_board(cfg, plan, start) if dist.is_main() else None
     at = stop.Place(plan.next_iteration, plan.next_step, plan.state_from or plan.weights_from or "nothing yet")
+    if dist.is_main():
+        progress.start(cfg.output_dir, cfg.it.num_iterations)
     for k in range(plan.next_iteration, cfg.it.num_iterations):
         began = time.monotonic()
         at.iteration, at.global_step = k, start.step_offset + start.done_steps
+        progress.note(True, iteration=k, phase="generate", global_step=at.global_step)
         failpoints.send_signal("iteration", k)
         at.check("generate")
         # 1-2. generate with model_K (the base for K=0, else iter_{K-1}), verify and select
@@ -221,6 +224,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         if cfg.it.train_from == "base" and start.resume is None and start.view_of is None:
             start.weights, start.started_from = base_dir, "base"
         dist.log0(start.describe(k, steps, train_set.size, objective.name))
+        progress.note(True, phase="train", done=start.done_steps, total=steps, unit="steps")
         targs = copy.deepcopy(cfg.train)
         targs.output_dir = commit.staging_path(cfg.output_dir, "trainer")
         targs.max_steps, targs.save_total_limit = steps, None
@@ -252,6 +256,8 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         if peft:  # what is evaluated and saved: the adapter merged into the frozen model's weights
             trained = adapters.finish_on_main(trained, cfg.output_dir, frozen, cfg.peft)
 
+        progress.note(True, phase="evaluate", global_step=start.step_offset + steps)
+
         def evaluate():
             with samples.checker(cfg, task) as check:
                 result = greedy_accuracy(trained, tokenizer, task.eval_prompts, check,
@@ -271,6 +277,8 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         dist.log0(f"✅ iteration {k}: eval_accuracy={accuracy:.3f} acceptance_rate="
                   f"{found.stats['acceptance_rate']:.3f} train_loss={train_loss:.4f} step={global_step}")
         # 5. save iter_K
+        progress.note(True, phase="save", loss=train_loss)
+
         def save():
             extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3), **records}
             save_iteration(cfg, k, trainer, trained, tokenizer, global_step, start.started_from, extra, steps, adapter)
@@ -282,6 +290,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
         if k + 1 < cfg.it.num_iterations:  # after the last iteration there is nothing left to stop
             at.check("save")
         start = next_start(cfg, k, global_step)
+    progress.finish()
     if board is not None:
         board.close()
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from itertrain import commit, dist, manifest, shards, stop
+from itertrain import commit, dist, manifest, progress, shards, stop
 from itertrain.artifacts import CORRUPT, SUPERSEDED
 from itertrain.config import builtin_task
 from itertrain.tasks import Example, Task
@@ -201,6 +201,7 @@ def _generate(cfg, k, model_dir, source, task, tokenizer, load_model, at, todo, 
                 names, abandoned = dist.on_main(_verify_and_commit, cfg.output_dir, k, made, task, check, source,
                                                 digest, settings, None if at is None else stop.requested_here)
                 have += sum(end - first for first, end in sorted(made)[:len(names)])
+                progress.note(done=have, total=len(prompts), unit="prompts")
                 if names:  # the progress bar is for terminals; a log file gets a line per round
                     dist.log0(f"   💾 iteration {k}: {have}/{len(prompts)} prompts generated, verified and committed")
                 if at is not None:

@@ -1,4 +1,4 @@
-"""`itertrain status OUTPUT_DIR [--resume_from X] [--resume_from_iteration Y] [--json]`.
+"""`itertrain status OUTPUT_DIR [--resume_from X] [--resume_from_iteration Y] [--json] [--watch [SECONDS]]`.
 
 Where an experiment stands: its iterations (state, accuracy, acceptance rate, samples, steps, time),
 its checkpoints (step, iteration, state, size), the plan those flags would give, and hints with the
@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import asdict
 
-from itertrain import defaults, inventory, manifest, shards, stop
+from itertrain import defaults, inventory, manifest, progress, shards, stop
 from itertrain.artifacts import CHECKPOINT, COMPLETE, ITERATION, Artifact, aside_why
 from itertrain.plan import BOTH, ITERATION_STRATEGY, TRAINER, PlanError, Request, make_plan
 from itertrain.selectors import SelectorError, parse_checkpoint_selector, parse_iteration_selector
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_steps", type=int, default=None, help="default: the experiment's own")
     p.add_argument("--carry_optimizer_state", action="store_true", default=None)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout, nothing else")
+    p.add_argument("--watch", type=float, nargs="?", const=5.0, default=None, metavar="SECONDS",
+                   help="redraw every SECONDS (default 5) while a run goes on, with its phase, step, loss and an "
+                        "estimate of the time left; Ctrl-C ends it")
     p.add_argument("--stopped", action="store_true",
                    help=f"exit {stop.EXIT_STOPPED} if the last run stopped on request (resumable), else 0: for "
                         "job scripts whose launcher (torchrun) does not pass the exit status on")
@@ -65,8 +68,42 @@ def main(argv: list[str]) -> int:
         return 2
     if args.json:
         print(json.dumps(report))
+    elif args.watch:
+        return watch(args)
     else:
         show(report)
+        show_now(report, args.output_dir)
+    return 0
+
+
+def show_now(report: dict, output_dir: str, console=None) -> None:
+    """What a run is doing right now (progress.py), below the report."""
+    from rich.console import Console
+
+    console = console or Console()
+    seconds = [r["seconds"] for r in report["iterations"] if r.get("seconds")]
+    for line in progress.describe(progress.read(output_dir), seconds):
+        console.print(line, highlight=False)
+
+
+def watch(args, count: int | None = None, sleep=None) -> int:
+    """The report and the run's progress, redrawn every args.watch seconds (`count` times, for tests)."""
+    import time
+
+    from rich.console import Console
+
+    console, drawn = Console(), 0
+    try:
+        while count is None or drawn < count:
+            report = build(args)
+            console.clear()
+            show(report, console)
+            show_now(report, args.output_dir, console)
+            drawn += 1
+            if count is None or drawn < count:
+                (sleep or time.sleep)(args.watch)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

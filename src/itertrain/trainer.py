@@ -26,7 +26,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 
-from itertrain import adapters, commit, dist, failpoints, retention, stop
+from itertrain import adapters, commit, dist, failpoints, progress, retention, stop
 from itertrain.async_save import Saver
 from itertrain import curve as curve_file
 from itertrain.artifacts import CHECKPOINT, checkpoint_name
@@ -50,6 +50,9 @@ class StopAtStep(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         failpoints.send_signal("train.step", self.trainer.step_offset + state.global_step)
+        curve = self.trainer.loss_curve
+        progress.note(done=state.global_step, global_step=self.trainer.step_offset + state.global_step,
+                      loss=curve[-1] if curve else None)
         if reason := stop.agreed():
             self.trainer.stop_reason = reason
             control.should_save = True
