@@ -85,7 +85,15 @@ def test_pairs_are_committed_reused_and_set_aside_when_built_from_other_samples_
     (["--objective", "dpo", "--dpo_loss_type", "sigmoid", "nope"], "--dpo_loss_type nope: not a TRL DPO loss"),
     (["--objective", "dpo", "--dpo_beta", "0"], "--dpo_beta must be > 0, got 0.0"),
     (["--objective", "dpo", "--dpo_learning_rate", "-1"], "--dpo_learning_rate must be > 0, got -1.0"),
-    (["--objective", "dpo", "--dpo_args", "[1]"], "--dpo_args: not a JSON object (--dpo_args must be a JSON object"),
+    (["--objective", "dpo", "--dpo_args", "[1]"], "--dpo_args: not a JSON object ('[1]')"),
+    (["--objective", "dpo", "--dpo_args", '{"max_length": "x"}'],
+     "--dpo_args: argument --max_length/--max-length: invalid int value: 'x'"),
+    (["--objective", "dpo", "--dpo_args", '{"f_divergence_type": "nope"}'], "--dpo_args: f_divergence_type 'nope' is"),
+    (["--objective", "dpo", "--dpo_loss_type", "apo_zero", "--dpo_args", '{"f_divergence_type": "js_divergence"}'],
+     "--dpo_args: f_divergence_type 'js_divergence' works only with the losses"),
+    (["--objective", "dpo", "--dpo_loss_type", "exo_pair"], "--dpo_loss_type exo_pair needs --dpo_label_smoothing > 0"),
+    (["--objective", "dpo", "--dpo_loss_type", "aot", "--dpo_args", '{"use_weighting": true}'],
+     "--dpo_args: use_weighting does not work with the aot losses"),
     (["--objective", "dpo", "--dpo_args", "{x"], "--dpo_args: not a JSON object (Expecting property name"),
     (["--objective", "dpo", "--dpo_args", '{"learning_rate": 1}'],
      "--dpo_args: 'learning_rate' is not a DPOConfig option of its own"),
@@ -110,6 +118,8 @@ def test_dpo_config_copies_every_training_argument_as_set_not_trls_defaults():
                 "1e-5", "--dpo_args", '{"max_length": 64}', "--seed", "7")
     made = dpo.config(cfg.train, cfg.obj)
     assert (made.beta, made.loss_type, made.learning_rate, made.max_length) == (0.3, ["sigmoid", "sft"], 1e-5, 64)
+    assert dpo.options(parse("--objective", "dpo", "--dpo_args", '{"max_length": null, "ld_alpha": "0.5"}').obj) == {
+        "max_length": None, "ld_alpha": 0.5}  # parsed to the field's type, as on a command line
     assert (made.gradient_checkpointing, made.bf16, made.seed, made.max_steps) == (False, False, 7, cfg.train.max_steps)
     assert made.logging_steps == cfg.train.logging_steps  # TRL's default is 10
     assert dpo.config(cfg.train, parse("--objective", "dpo").obj).learning_rate == cfg.train.learning_rate
@@ -306,3 +316,13 @@ def test_dpo_on_two_ranks_crashed_and_resumed_ends_bit_identically(tmp_path):
     resume_until_done(out, *flags, launcher=TORCHRUN, timeout=600)
     same_run(out, ref, last="iter_1")
     assert manifest.read(str(out / "checkpoint-12"))["extra"]["world_size"] == 2
+
+
+def test_dpo_on_a_task_without_training_prompts_is_one_line():
+    import types
+
+    from itertrain.tasks import TaskError
+
+    cfg = parse(*DPO)
+    with pytest.raises(TaskError, match="the task has no training prompts to sample and pair"):
+        dpo.Dpo(cfg.obj).train_set(cfg, 1, {}, types.SimpleNamespace(train_prompts=[]), None)

@@ -186,10 +186,16 @@ def config_file_args(path: str) -> list[str]:
     if not isinstance(data, dict):
         raise UsageError(f"config file {path}: expected a mapping of flag names to values")
     known = {f.name for dc in ARGUMENTS for f in dataclasses.fields(dc)}
-    words = []
-    for key, value in data.items():
+    for key in data:
         if key not in known:
             raise UsageError(f"config file {path}: unknown setting {key!r} (see docs/config.md)")
+    return flag_words(data)
+
+
+def flag_words(data: dict) -> list[str]:
+    """{flag: value} as command-line words for HfArgumentParser (a None value: left out)."""
+    words = []
+    for key, value in data.items():
         if value is None:
             continue
         words.append(f"--{key}")

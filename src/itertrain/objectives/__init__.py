@@ -13,7 +13,6 @@ docs/objectives.md explains how to add one (KTO, ORPO, a reward-model-scored var
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 SFT, DPO = "sft", "dpo"
@@ -69,16 +68,6 @@ def validate(args: ObjectiveArguments, train, peft) -> None:
         dpo.check(args, train)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e).strip().splitlines()[0]) from None
-
-
-def dpo_extra(args: ObjectiveArguments) -> dict:
-    """--dpo_args as a dict (validated by objectives.dpo.check)."""
-    if not args.dpo_args:
-        return {}
-    value = json.loads(args.dpo_args)
-    if not isinstance(value, dict):
-        raise ValueError(f"--dpo_args must be a JSON object, got {args.dpo_args!r}")
-    return value
 
 
 def name_for(args: ObjectiveArguments, k: int) -> str:

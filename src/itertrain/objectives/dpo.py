@@ -11,10 +11,11 @@ uninterrupted run's.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from itertrain import adapters, pairs
-from itertrain.objectives import REFERENCE_INITIAL, ObjectiveArguments, dpo_extra
+from itertrain.objectives import REFERENCE_INITIAL, ObjectiveArguments
 from itertrain.objectives.sft import TrainSet
 from itertrain.tasks import TaskError
 
@@ -31,12 +32,16 @@ STEP_KEYS = {"rewards/margins": "dpo_reward_margin", "rewards/accuracies": "dpo_
              "rewards/chosen": "dpo_reward_chosen", "rewards/rejected": "dpo_reward_rejected"}
 
 
+# What TRL 1.16's DPOTrainer refuses only once it is built (after a generate phase) or at the first loss:
+# checked with the flags instead, so that a run never stops on them half way
+F_DIVERGENCES = {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"}
+F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
+
+
 def check(args: ObjectiveArguments, train) -> None:
     """ValueError (one line) for DPO settings that cannot run."""
-    from transformers import TrainingArguments
-    from trl import DPOConfig
-
-    if unknown := sorted(set(args.dpo_loss_type) - LOSS_TYPES):
+    losses = set(args.dpo_loss_type)
+    if unknown := sorted(losses - LOSS_TYPES):
         raise ValueError(f"--dpo_loss_type {' '.join(unknown)}: not a TRL DPO loss (use one of "
                          f"{', '.join(sorted(LOSS_TYPES))})")
     if not args.dpo_beta > 0:
@@ -46,12 +51,36 @@ def check(args: ObjectiveArguments, train) -> None:
     if train.deepspeed and adapters._zero_stage(train.deepspeed) == 3 or train.fsdp:
         raise ValueError("--objective dpo runs with DDP or DeepSpeed ZeRO-1/2: ZeRO-3 and FSDP would shard the "
                          "reference model too, which is not supported yet")
+    made = config(train, args)  # DPOConfig's own checks (e.g. loss_weights against loss_type)
+    if made.f_divergence_type not in F_DIVERGENCES:
+        raise ValueError(f"--dpo_args: f_divergence_type {made.f_divergence_type!r} is not one of "
+                         f"{', '.join(sorted(F_DIVERGENCES))}")
+    if made.f_divergence_type != "reverse_kl" and not losses <= F_DIVERGENCE_LOSSES:
+        raise ValueError(f"--dpo_args: f_divergence_type {made.f_divergence_type!r} works only with the losses "
+                         f"{', '.join(sorted(F_DIVERGENCE_LOSSES))}")
+    if "exo_pair" in losses and made.label_smoothing == 0:
+        raise ValueError("--dpo_loss_type exo_pair needs --dpo_label_smoothing > 0 (the EXO paper: 1e-3)")
+    if made.use_weighting and losses & {"aot", "aot_unpaired"}:
+        raise ValueError("--dpo_args: use_weighting does not work with the aot losses")
+
+
+def options(args: ObjectiveArguments) -> dict:
+    """--dpo_args as DPOConfig options, each parsed to its field's type as the command line would be."""
+    from trl import DPOConfig
+    from transformers import TrainingArguments
+
+    from itertrain.config import _Parser, flag_words
+
+    if not args.dpo_args:
+        return {}
     try:
-        extra = dpo_extra(args)
+        value = json.loads(args.dpo_args)
     except ValueError as e:
         raise ValueError(f"--dpo_args: not a JSON object ({str(e).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--dpo_args: not a JSON object ({args.dpo_args!r})")
     own = {f.name for f in dataclasses.fields(DPOConfig)} - {f.name for f in dataclasses.fields(TrainingArguments)}
-    for key in extra:
+    for key in value:
         if key not in own:
             raise ValueError(f"--dpo_args: {key!r} is not a DPOConfig option of its own (training arguments are "
                              "flags of their own)")
@@ -59,7 +88,11 @@ def check(args: ObjectiveArguments, train) -> None:
             flag = OWN_FLAGS[key]
             raise ValueError(f"--dpo_args: {key!r} " + (f"is set with {flag}" if flag else
                                                         "is not supported (the reference must stay fixed)"))
-    config(train, args)  # DPOConfig's own checks (e.g. loss_weights against loss_type)
+    try:
+        parsed = vars(_Parser(DPOConfig).parse_args(flag_words(value)))
+    except ValueError as e:  # (UsageError)
+        raise ValueError(f"--dpo_args: {e}") from None
+    return {key: None if v is None else parsed[key] for key, v in value.items()}
 
 
 def config(train, args: ObjectiveArguments):
@@ -72,7 +105,7 @@ def config(train, args: ObjectiveArguments):
     if args.dpo_learning_rate is not None:
         copied["learning_rate"] = args.dpo_learning_rate
     return DPOConfig(**copied, beta=args.dpo_beta, loss_type=list(args.dpo_loss_type),
-                     label_smoothing=args.dpo_label_smoothing, **dpo_extra(args))
+                     label_smoothing=args.dpo_label_smoothing, **options(args))
 
 
 def reference_dir(cfg, models: dict, base_dir: str, k: int) -> tuple[str, str]:
@@ -94,6 +127,9 @@ class Dpo:
         examples are: prompt without special tokens, completion + EOS."""
         from datasets import Dataset
 
+        if not task.train_prompts:
+            raise TaskError(f"iteration {k} trains with --objective dpo, but the task has no training prompts to "
+                            "sample and pair (give --train_prompts)")
         gold = {i: ex.answer for i, ex in enumerate(task.train_prompts)} if self.args.dpo_gold_chosen else None
         settings = {"pairs_per_prompt": self.args.pairs_per_prompt, "gold_chosen": self.args.dpo_gold_chosen}
         made = pairs.ensure(cfg.output_dir, k, settings, gold)
