@@ -6,26 +6,30 @@ from datetime import datetime, timedelta, timezone
 from itertrain import progress, status
 
 
+def read(directory):
+    return status._json(os.path.join(directory, progress.NAME)) or None
+
+
 def test_a_run_records_its_phase_and_steps_and_each_phase_counts_its_own(tmp_path):
     p = progress.Progress(str(tmp_path), 5)
     p.note(True, iteration=1, phase="generate", global_step=300)
     p.note(True, done=512, total=2000, unit="prompts")
-    state = progress.read(str(tmp_path))
+    state = read(str(tmp_path))
     assert (state["iteration"], state["phase"], state["done"], state["total"]) == (1, "generate", 512, 2000)
     p.note(True, phase="train", done=0, total=300, unit="steps")
     p.note(done=7, global_step=307, loss=0.5)  # within EVERY seconds of the last write: kept, not written
-    assert progress.read(str(tmp_path))["done"] == 0
+    assert read(str(tmp_path))["done"] == 0
     p.note(True)
-    assert progress.read(str(tmp_path))["done"] == 7 and progress.read(str(tmp_path))["loss"] == 0.5
+    assert read(str(tmp_path))["done"] == 7 and read(str(tmp_path))["loss"] == 0.5
     p.note(True, phase="evaluate")
-    assert progress.read(str(tmp_path))["done"] is None  # a new phase
+    assert read(str(tmp_path))["done"] is None  # a new phase
     assert not [f for f in os.listdir(tmp_path) if f != progress.NAME]  # its temporary file renamed over it
 
 
 def test_progress_outside_a_run_or_on_other_ranks_is_a_no_op(tmp_path):
     progress._current = None
     progress.note(True, iteration=0)
-    assert progress.read(str(tmp_path)) is None
+    assert read(str(tmp_path)) is None
 
 
 def _state(**kw):

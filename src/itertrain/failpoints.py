@@ -39,7 +39,7 @@ import threading
 import time
 
 ENV = "ITERTRAIN_FAILPOINTS"
-PROGRESS = ".itertrain.progress.json"  # progress.NAME (imported by neither: failpoints loads first)
+PROGRESS = ".itertrain.progress.json"  # progress.py's record: written when the clock says, not a fixed event
 LOG_ENV = "ITERTRAIN_CHAOS_LOG"
 _PATH_EVENTS = {"os.rename": 0, "os.remove": 0, "os.mkdir": 0, "os.rmdir": 0, "shutil.rmtree": 0,
                 "os.symlink": 1, "os.truncate": 0}
@@ -139,7 +139,7 @@ def install_file_events(root: str) -> None:
             return
         full = os.path.realpath(os.fspath(path))
         if not full.startswith(root) or os.path.basename(full).startswith(PROGRESS):
-            return  # (the progress record is written when the clock says, not at a fixed point of the run)
+            return
         with lock:
             counted(event, full)
 

@@ -82,7 +82,7 @@ def show_now(report: dict, output_dir: str, console=None) -> None:
 
     console = console or Console()
     seconds = [r["seconds"] for r in report["iterations"] if r.get("seconds")]
-    for line in progress.describe(progress.read(output_dir), seconds):
+    for line in progress.describe(_json(os.path.join(output_dir, progress.NAME)) or None, seconds):
         console.print(line, highlight=False)
 
 
