@@ -77,6 +77,31 @@ def dry_run(out, *flags) -> tuple[dict, str]:
     return plan.to_json(), banner.render(str(out), inv, plan, cfg.it.model_name or "base")
 
 
+def start_in_process(out, *flags):
+    """What a real start does before training (restore.resolve, apply, the banner), in-process:
+    (plan, banner)."""
+    from itertrain import banner, config, restore
+
+    cfg = config.parse(["--output_dir", str(out), *SMALL, *flags])
+    inv, plan = restore.resolve(cfg, 6)
+    restore.apply(cfg, plan, str(out / "base"))
+    return plan, banner.render(str(out), inv, plan, "base")
+
+
+DAMAGE = {"delete": lambda p: p.unlink(), "truncate": lambda p: truncate(p), "flip": lambda p: flip(p)}
+
+
+def assert_damaged_checkpoint_falls_back(crashed, work, victim, damage, *flags):
+    """A copy of `crashed` (killed in iteration 1 after checkpoint-9) with one file of checkpoint-9
+    damaged: the start sets checkpoint-9 aside, names the file, and goes on from iter_0."""
+    out = copy_experiment(crashed, work / "exp")
+    DAMAGE[damage](out / "checkpoint-9" / victim)
+    plan, text = start_in_process(out, *flags, "--resume_from", "auto", "--resume_from_iteration", "auto")
+    assert (plan.strategy, plan.weights_from, plan.next_iteration) == ("iteration", "iter_0", 1), text
+    assert len(list(out.glob("checkpoint-9.corrupt*"))) == 1 and not (out / "checkpoint-9").exists()
+    assert any("checkpoint-9" in line and victim in line for line in text.splitlines()), text
+
+
 def resume_until_done(out, *extra, tries=4, **kw):
     """Resume with auto auto until the run exits 0 (a crash resumes, never needs a hand)."""
     for _ in range(tries):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL, TORCHRUN, copy_experiment, flip, max_diff, resume_until_done, run_cli, shared, truncate
+from conftest import (TORCHRUN, assert_damaged_checkpoint_falls_back, copy_experiment, flip, max_diff, resume_until_done,
+                      run_cli, shared, start_in_process, truncate)
 
 from itertrain import adapters, commit, config, manifest, tinymodel
 from itertrain.adapters import AdapterError
@@ -364,13 +365,7 @@ def peft_model0_ref(tmp_path_factory, peft_crashed):
 
 
 def _start(out, *flags):
-    """What a real start does before training (restore.resolve, apply, the banner): in-process."""
-    from itertrain import banner, restore
-
-    cfg = config.parse(["--output_dir", str(out), *SMALL, *PEFT, *flags])
-    inv, plan = restore.resolve(cfg, 6)
-    restore.apply(cfg, plan, str(out / "base"))
-    return plan, banner.render(str(out), inv, plan, "base")
+    return start_in_process(out, *PEFT, *flags)
 
 
 PEFT_CHECKPOINT_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "curve.json", "itertrain.json",
@@ -392,12 +387,7 @@ def test_the_corruption_matrix_names_every_file_of_an_adapter_run(peft_crashed):
 @pytest.mark.parametrize("damage", ["delete", "truncate", "flip"])
 @pytest.mark.parametrize("victim", [f for f in PEFT_CHECKPOINT_FILES if f != "itertrain.json"])
 def test_adapter_checkpoint_file_damaged_falls_back_to_the_iteration_model(tmp_path, peft_crashed, victim, damage):
-    out = copy_experiment(peft_crashed, tmp_path / "exp")
-    {"delete": lambda p: p.unlink(), "truncate": truncate, "flip": flip}[damage](out / "checkpoint-9" / victim)
-    plan, text = _start(out, *AUTO)
-    assert (plan.strategy, plan.weights_from, plan.next_iteration) == ("iteration", "iter_0", 1), text
-    assert len(list(out.glob("checkpoint-9.corrupt*"))) == 1 and not (out / "checkpoint-9").exists()
-    assert any("checkpoint-9" in line and victim in line for line in text.splitlines()), text
+    assert_damaged_checkpoint_falls_back(peft_crashed, tmp_path, victim, damage, *PEFT)
 
 
 @pytest.mark.slow

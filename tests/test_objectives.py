@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SMALL, TORCHRUN, copy_experiment, flip, max_diff, resume_until_done, run_cli, shared, truncate
+from conftest import (TORCHRUN, assert_damaged_checkpoint_falls_back, copy_experiment, flip, max_diff, resume_until_done,
+                      run_cli, shared, truncate)
 
 from itertrain import config, manifest, objectives, pairs, samples
 from itertrain.config import UsageError
@@ -271,26 +272,11 @@ def test_the_corruption_matrix_names_every_file_of_a_dpo_checkpoint(dpo_crashed)
     assert sorted(p.name for p in (dpo_crashed / "checkpoint-9").iterdir()) == DPO_CHECKPOINT_FILES
 
 
-def _start(out, *flags):
-    """What a real start does before training (restore.resolve, apply, the banner): in-process."""
-    from itertrain import banner, restore
-
-    cfg = config.parse(["--output_dir", str(out), *SMALL, *DPO, *flags])
-    inv, plan = restore.resolve(cfg, 6)
-    restore.apply(cfg, plan, str(out / "base"))
-    return plan, banner.render(str(out), inv, plan, "base")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["delete", "truncate", "flip"])
 @pytest.mark.parametrize("victim", [f for f in DPO_CHECKPOINT_FILES if f != "itertrain.json"])
 def test_dpo_checkpoint_file_damaged_falls_back_to_the_iteration_model(tmp_path, dpo_crashed, victim, damage):
-    out = copy_experiment(dpo_crashed, tmp_path / "exp")
-    {"delete": lambda p: p.unlink(), "truncate": truncate, "flip": flip}[damage](out / "checkpoint-9" / victim)
-    plan, text = _start(out, "--resume_from", "auto", "--resume_from_iteration", "auto")
-    assert (plan.strategy, plan.weights_from, plan.next_iteration) == ("iteration", "iter_0", 1), text
-    assert len(list(out.glob("checkpoint-9.corrupt*"))) == 1 and not (out / "checkpoint-9").exists()
-    assert any("checkpoint-9" in line and victim in line for line in text.splitlines()), text
+    assert_damaged_checkpoint_falls_back(dpo_crashed, tmp_path, victim, damage, *DPO)
 
 
 @pytest.mark.slow
