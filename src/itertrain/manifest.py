@@ -8,6 +8,7 @@ file); checksums when the artifact is about to be loaded.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import mmap
 import os
@@ -128,4 +129,16 @@ def weights_digest(model_dir: str) -> str | None:
     if exists(model_dir):
         files = {f: m["xxh3_64"] for f, m in read(model_dir)["files"].items()}
     names = sorted(f for f in os.listdir(model_dir) if f.startswith(("model", "pytorch_model")))
-    return ",".join(f"{f}:{files.get(f) or file_digest(os.path.join(model_dir, f))}" for f in names)
+    return ",".join(f"{f}:{files.get(f) or _unchanged_digest(os.path.join(model_dir, f))}" for f in names)
+
+
+def _unchanged_digest(path: str) -> str:
+    """file_digest, once per file version in a process (a user's model without a manifest is asked
+    for at every start and, as a DPO reference, at every iteration)."""
+    st = os.stat(path)
+    return _digest_of_version(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest_of_version(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(path)
