@@ -318,7 +318,7 @@ def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArgument
     peft = peft or PeftArguments()
     adapters.validate(peft, train, it)
     obj = obj or ObjectiveArguments()
-    objectives.validate(obj, train, peft)
+    objectives.validate(obj, train)
     return Config(it, train, ckpt_sel, iter_sel, peft, obj)
 
 

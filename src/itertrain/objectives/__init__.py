@@ -13,7 +13,11 @@ docs/objectives.md explains how to add one (KTO, ORPO, a reward-model-scored var
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
+from itertrain import manifest
+from itertrain.plan import TRAINER
 
 SFT, DPO = "sft", "dpo"
 REFERENCE_INITIAL, REFERENCE_PREVIOUS = "initial", "previous"
@@ -21,6 +25,15 @@ REFERENCE_INITIAL, REFERENCE_PREVIOUS = "initial", "previous"
 
 class ObjectiveError(ValueError):
     """A start this objective cannot go on from: one line naming both sides."""
+
+
+@dataclass
+class TrainSet:
+    """What an objective's train_set gives the loop."""
+
+    data: object  # what the trainer is given as train_dataset
+    size: int  # its examples or pairs (num_train_samples)
+    metrics: dict  # per-iteration metrics known before training
 
 
 @dataclass
@@ -54,7 +67,7 @@ class ObjectiveArguments:
                 "\"max_length\": 2048}'."})
 
 
-def validate(args: ObjectiveArguments, train, peft) -> None:
+def validate(args: ObjectiveArguments, train) -> None:
     """Refuse (UsageError, one line) what cannot run, before anything is written."""
     from itertrain.config import UsageError
 
@@ -91,18 +104,12 @@ def check_start(cfg, plan, base_dir: str) -> None:
     """Rank 0, before anything is renamed: ObjectiveError (one line naming both sides) for a start
     whose checkpoint was trained with another objective or reference, or whose iteration model was
     trained against another fixed (initial) reference."""
-    import os
-
-    from itertrain import manifest
-
     k = plan.next_iteration
     objective = for_iteration(cfg, k)
     now = objective.reference(cfg, plan.models, base_dir, k)
     if now is not None and not os.path.isdir(os.path.join(cfg.output_dir, now["reference_path"])):
         raise ObjectiveError(f"iteration {k}'s reference model {now['reference']} is not here "
                              f"({now['reference_path']}): it cannot be trained with --objective {objective.name}")
-    from itertrain.plan import TRAINER
-
     # a checkpoint inside iteration k goes on training it; the state of a "both" start is the previous one's
     for name, checkpoint in ((plan.state_from, plan.strategy == TRAINER), (plan.weights_from, False)):
         path = os.path.join(cfg.output_dir, name) if name else None

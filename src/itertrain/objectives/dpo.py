@@ -15,8 +15,7 @@ import json
 import os
 
 from itertrain import adapters, pairs
-from itertrain.objectives import REFERENCE_INITIAL, ObjectiveArguments
-from itertrain.objectives.sft import TrainSet
+from itertrain.objectives import REFERENCE_INITIAL, ObjectiveArguments, TrainSet
 from itertrain.tasks import TaskError
 
 # TRL 1.16's DPOConfig.loss_type values

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from itertrain import samples
 from itertrain.data import Collator, encode
+from itertrain.objectives import TrainSet
 from itertrain.tasks import TaskError
-
-
-@dataclass
-class TrainSet:
-    data: object  # what the trainer is given as train_dataset
-    size: int  # its examples (num_train_samples)
-    metrics: dict  # per-iteration metrics known before training
 
 
 class Sft:
