@@ -222,19 +222,18 @@ def test_dpo_crash_or_stop_anywhere_resumes_bit_identically(dpo_ref, tmp_path, p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags", [
-    ["--dpo_reference", "previous", "--carry_optimizer_state", "true"],  # iteration 2 resumes as "both"
-    ["--sft_iterations", "0", "--async_save", "false"],  # dpo from the base, which is its reference
-    ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"],  # a LoRA adapter trained by DPO
+@pytest.mark.parametrize("flags, reference", [
+    (["--dpo_reference", "previous", "--carry_optimizer_state", "true"], "iter_1"),  # iteration 2 resumes as "both"
+    (["--sft_iterations", "0", "--async_save", "false"], "base"),  # dpo from the base, which is its reference
+    (["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"], "iter_0"),  # LoRA trained by DPO
 ])
-def test_dpo_variants_crash_and_resume_bit_identically(tmp_path, flags):
+def test_dpo_variants_crash_and_resume_bit_identically(tmp_path, flags, reference):
     ref, out = tmp_path / "ref", tmp_path / "exp"
     assert run_cli(ref, *DPO, *flags).returncode == 0
     assert run_cli(out, *DPO, *flags, failpoints="train.step=13").returncode == 137
     resume_until_done(out, *DPO, *flags)
     same_run(out, ref)
-    reference = manifest.read(str(ref / "iter_2"))["extra"]["objective"]["reference"]
-    assert reference == ("iter_1" if "previous" in flags else "base" if "0" in flags else "iter_0")
+    assert manifest.read(str(ref / "iter_2"))["extra"]["objective"]["reference"] == reference
 
 
 @pytest.fixture(scope="session")
