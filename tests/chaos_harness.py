@@ -63,6 +63,7 @@ TASK: list[str] = []  # --example: the GSM8K example (chat template, gsm8k verif
 PEFT: list[str] = []  # --peft MODE: the runs train a LoRA adapter (adapters.py) in that --peft_iteration mode
 OBJECTIVE: list[str] = []  # --objective dpo: iteration 1 trains with DPO (TRL) on pairs from iteration 0's model
 DPO = ["--objective", "dpo", "--sft_iterations", "1", "--dpo_gold_chosen", "true", "--pairs_per_prompt", "2"]
+TRACKERS: list[str] = []  # --trackers: the runs report to TensorBoard, W&B (offline) and MLflow (a store per run)
 
 
 def example_flags(model: Path) -> list[str]:
@@ -77,17 +78,24 @@ def _cmd(out: Path, ranks: int, *extra: str) -> list[str]:
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
                                    if ranks > 1 else [])
     return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM, *TASK, *PEFT, *OBJECTIVE,
-            *extra]
+            *TRACKERS, *extra]
 
 
-def _env(env_extra: dict | None = None) -> dict:
+def _env(out: Path, env_extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("ITERTRAIN_FAILPOINTS", "ITERTRAIN_CHAOS_LOG")}
+    if TRACKERS:
+        env.update({"WANDB_MODE": "offline", "WANDB_CONFIG_DIR": f"{out}.wandb-home",
+                    "WANDB_CACHE_DIR": f"{out}.wandb-home", "MLFLOW_TRACKING_URI": _mlflow_uri(out)})
     env.update(env_extra or {})
     return env
 
 
+def _mlflow_uri(out: Path) -> str:
+    return f"sqlite:///{out}.mlflow.db"  # beside the experiment: its writes are not the run's file events
+
+
 def _run(out: Path, *extra: str, env_extra: dict | None = None, ranks: int = 1) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(out, ranks, *extra), cwd=REPO, env=_env(env_extra), capture_output=True,
+    return subprocess.run(_cmd(out, ranks, *extra), cwd=REPO, env=_env(out, env_extra), capture_output=True,
                           text=True, timeout=600)
 
 
@@ -176,7 +184,62 @@ def _compare(out: Path, ref: Path, adopted: bool = False) -> str | None:
     if adopted:  # the adopted iteration 0 has no metrics of its own
         want = want[1:]
     same_metrics = (out / "metrics.jsonl").read_text() == "".join(want)
-    return None if diff == 0.0 and same_metrics else f"max abs diff {diff}, metrics same: {same_metrics}"
+    if diff != 0.0 or not same_metrics:
+        return f"max abs diff {diff}, metrics same: {same_metrics}"
+    return tracker_problem(out, committed_rows(ref)) if TRACKERS else None
+
+
+def _remove(out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    for beside in out.parent.glob(f"{out.name}.*"):  # the trackers' stores (--trackers)
+        shutil.rmtree(beside, ignore_errors=True) if beside.is_dir() else beside.unlink()
+
+
+def committed_rows(out: Path) -> dict[int, dict[str, float]]:
+    """What every tracker must hold: each committed step's loss and learning rate, and each
+    iteration's metrics at its last step."""
+    from itertrain import curve, trackers
+
+    rows: dict[int, dict] = {}
+    for it in curve.committed(str(out), 6):
+        for i, (loss, lr) in enumerate(zip(it["curve"]["loss"], it["curve"]["lr"], strict=True)):
+            rows[it["offset"] + 1 + i] = trackers.step_values(loss, lr)
+        rows[it["end"]].update(trackers.iteration_values(it["metrics"]))
+    return rows
+
+
+def tracker_problem(out: Path, want: dict, mlflow_uri: str | None = None) -> str | None:
+    """W&B's and MLflow's one run each hold every step once, equal to `want`."""
+    import json
+
+    from itertrain.trackers import wandb_run
+
+    record = json.loads((out / "trackers.json").read_text())
+    if "wandb" in record:
+        rows = wandb_run.local_log(str(out / "wandb"), record["wandb"]["id"])[0]
+        steps = [r["_step"] for r in rows]
+        if steps != sorted(set(steps)):
+            return f"W&B: steps logged twice or backwards: {steps}"
+        if {r["_step"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in rows} != want:
+            return "W&B: its history differs from the committed curves and metrics"
+    if "mlflow" in record:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=mlflow_uri or _mlflow_uri(out))
+        run = client.get_run(record["mlflow"]["id"])
+        runs = client.search_runs([run.info.experiment_id])
+        if len(runs) != 1 or run.info.status != "FINISHED":
+            return f"MLflow: {len(runs)} runs, this one {run.info.status}"
+        got: dict[int, dict] = {}
+        for key in run.data.metrics:
+            history = client.get_metric_history(run.info.run_id, key)
+            if len({m.step for m in history}) != len(history):
+                return f"MLflow: {key} has a step logged twice"
+            for m in history:
+                got.setdefault(m.step, {})[key] = m.value
+        if got != want:
+            return "MLflow: its metrics differ from the committed curves and metrics"
+    return None
 
 
 def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: int = 3,
@@ -194,7 +257,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
     err_path = work / f"r{seed}.stderr"
     for _ in range(kills + 5):
         with open(err_path, "w") as err:  # a file, not a pipe: a full pipe would stall the run
-            p = subprocess.Popen(_cmd(out, ranks, *AUTO), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+            p = subprocess.Popen(_cmd(out, ranks, *AUTO), cwd=REPO, env=_env(out), stdout=subprocess.DEVNULL,
                                  stderr=err, start_new_session=True)
             if len(result["killed_at"]) < kills:
                 lo, hi = window if not isinstance(window, list) else \
@@ -230,7 +293,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
         return {**result, "verdict": "HARD_FAIL", "why": "did not finish"}
     if why := _compare(out, ref, adopted=layout is not None):
         return {**result, "verdict": "SILENT_DIVERGENCE", "why": why}
-    shutil.rmtree(out, ignore_errors=True)
+    _remove(out)
     return {**result, "verdict": "PASS"}
 
 
@@ -301,7 +364,7 @@ def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: i
         return {**result, "verdict": "SILENT_DIVERGENCE", "why": why}
     if lost:
         return {**result, "verdict": "LOST_WORK", "why": lost}
-    shutil.rmtree(out, ignore_errors=True)
+    _remove(out)
     return {**result, "verdict": "PASS"}
 
 
@@ -337,11 +400,15 @@ def main() -> int:
                    help="run examples/gsm8k (chat template, gsm8k verifier in a pool of processes)")
     p.add_argument("--peft", choices=["continue", "merge"], default=None,
                    help="train a LoRA adapter (--use_peft) in this --peft_iteration mode; adapters compared too")
+    p.add_argument("--trackers", action="store_true",
+                   help="report to TensorBoard, W&B (offline) and MLflow (sqlite), and check what they hold")
     p.add_argument("--objective", choices=["sft", "dpo"], default="sft",
                    help="dpo: iteration 1 trains with DPO on pairs (--objective dpo --sft_iterations 1)")
     args = p.parse_args()
     if args.objective == "dpo":
         OBJECTIVE.extend(DPO)
+    if args.trackers:
+        TRACKERS.extend(["--report_to", "tensorboard", "wandb", "mlflow"])
     if args.peft:
         PEFT.extend(["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear",
                      "--peft_iteration", args.peft])

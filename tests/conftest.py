@@ -35,7 +35,10 @@ class Zygote:
     def __init__(self):
         self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "zygote.py")], cwd=REPO, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert json.loads(self.proc.stdout.readline()) == {"ready": True}
+        for line in self.proc.stdout:  # a library may print while it is imported (HF: WANDB_MODE=offline)
+            if line.startswith("{"):
+                assert json.loads(line) == {"ready": True}
+                break
 
     def run(self, cmd, argv, env, timeout) -> subprocess.CompletedProcess:
         import select

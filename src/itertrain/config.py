@@ -54,6 +54,10 @@ class IterArguments:
     stop_after: str | None = field(default=None, metadata={
         "help": "Stop the same way once the run has lasted this long (23h30m, 90m, 45s, or seconds): for "
                 "schedulers with a time limit."})
+    tracker_log_model: bool = field(default=False, metadata={
+        "help": "Once the last iteration is saved, log its model to the --report_to trackers by path, not "
+                "copied: a W&B reference artifact (file://, nothing uploaded), an MLflow tag and "
+                "final_model.json artifact."})
     dry_run: bool = field(default=False, metadata={
         "help": "Print the recovery banner and the plan as one JSON line, write nothing, exit."})
     num_iterations: int = field(default=defaults.NUM_ITERATIONS, metadata={"help": "Number of iterations (iter_0 .. iter_{N-1})."})
@@ -297,11 +301,10 @@ def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArgument
                          "phase when SIGTERM is among --stop_signals (the default); add it there instead")
     if train.save_only_model:
         raise UsageError("--save_only_model is not supported: checkpoints must hold the full training state")
-    if "tensorboard" in train.report_to:
-        from itertrain import board
+    from itertrain import trackers
 
-        if not board.available():
-            raise UsageError("--report_to tensorboard needs tensorboardX: pip install 'itertrain[tensorboard]'")
+    if found := trackers.problems(train.report_to):
+        raise UsageError(found[0])
     if train.load_best_model_at_end:
         raise UsageError("--load_best_model_at_end is not supported by iterative training")
     if it.model_name is not None:
@@ -329,7 +332,7 @@ NOT_RESULTS = {"output_dir", "resume_from", "resume_from_iteration", "dry_run", 
                "disable_tqdm", "report_to", "run_name", "logging_steps", "logging_strategy", "logging_first_step",
                "save_steps", "save_strategy", "save_total_limit", "use_cpu", "log_level", "log_level_replica",
                "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",
-               "hub_token"}
+               "hub_token", "tracker_log_model"}
 
 
 def resolved(cfg: Config) -> dict:

@@ -40,6 +40,7 @@ import time
 
 ENV = "ITERTRAIN_FAILPOINTS"
 PROGRESS = ".itertrain.progress.json"  # progress.py's record: written when the clock says, not a fixed event
+TRACKER_DIRS = ("wandb",)  # W&B's local files (its client and service write when they choose): not events
 LOG_ENV = "ITERTRAIN_CHAOS_LOG"
 _PATH_EVENTS = {"os.rename": 0, "os.remove": 0, "os.mkdir": 0, "os.rmdir": 0, "shutil.rmtree": 0,
                 "os.symlink": 1, "os.truncate": 0}
@@ -139,6 +140,8 @@ def install_file_events(root: str) -> None:
             return
         full = os.path.realpath(os.fspath(path))
         if not full.startswith(root) or os.path.basename(full).startswith(PROGRESS):
+            return
+        if os.path.relpath(full, root).split(os.sep)[0] in TRACKER_DIRS:
             return
         with lock:
             counted(event, full)

@@ -19,10 +19,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 from transformers.trainer_callback import ExportableState
 
-from itertrain import adapters, board, commit, curve, dist, engines, failpoints, inventory, manifest, objectives, \
-    progress, samples, stop
+from itertrain import adapters, commit, curve, dist, engines, failpoints, inventory, manifest, objectives, \
+    progress, samples, stop, trackers
 from itertrain.artifacts import ITERATION, checkpoint_name, iteration_name
-from itertrain.config import Config, UsageError
+from itertrain.config import Config, UsageError, resolved
 from itertrain.evaluate import greedy_accuracy
 from itertrain.plan import BOTH, TRAINER, Plan
 from itertrain.restore import RecoveryError
@@ -196,103 +196,114 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
     saver = Saver()  # pinned host buffers (on a GPU) are slow to allocate: once per run, not per iteration
     protect = {plan.weights_from, plan.state_from} - {None}
     start = first_start(cfg, plan, base_dir, cfg.iteration_steps(dist.world_size()))
-    board = open_board(cfg, plan, start) if dist.is_main() else None
+    opened = []  # rank 0's trackers stay on rank 0; a failure to open them stops every rank
+    dist.on_main(lambda: opened.append(open_trackers(cfg, plan, start)))
+    tracking = opened[0] if opened else None
     at = stop.Place(plan.next_iteration, plan.next_step, plan.state_from or plan.weights_from or "nothing yet")
     if dist.is_main():
         progress.start(cfg.output_dir, cfg.it.num_iterations)
-    for k in range(plan.next_iteration, cfg.it.num_iterations):
-        began = time.monotonic()
-        at.iteration, at.global_step = k, start.step_offset + start.done_steps
-        progress.note(True, iteration=k, phase="generate", global_step=at.global_step)
-        failpoints.send_signal("iteration", k)
-        at.check("generate")
-        # 1-2. generate with model_K (the base for K=0, else iter_{K-1}), verify and select
-        for j in range(k):  # earlier iterations' selections, as committed (made again only if broken)
-            if cfg.it.reuse_previous and j not in kept:
-                kept[j] = samples.earlier(cfg, j, *model_before(cfg, plan.models, base_dir, j), task, tokenizer,
-                                          load, at)
-        model_k, source = model_before(cfg, plan.models, base_dir, k)
-        found = samples.ensure(cfg, k, model_k, source, task, tokenizer, load, at)
-        kept[k] = found.kept
-        objective = objectives.for_iteration(cfg, k)
-        train_set = objective.train_set(cfg, k, kept, task, tokenizer)
-        if cfg.train.dataloader_drop_last and train_set.size < cfg.train.per_device_train_batch_size * dist.world_size():
-            raise TaskError(f"iteration {k} has {train_set.size} training examples, less than one batch across the "
-                            "ranks, and --dataloader_drop_last drops it: nothing would be trained")
-        steps = cfg.iteration_steps(dist.world_size(), train_set.size)
-        # 3. train
-        if cfg.it.train_from == "base" and start.resume is None and start.view_of is None:
-            start.weights, start.started_from = base_dir, "base"
-        dist.log0(start.describe(k, steps, train_set.size, objective.name))
-        progress.note(True, phase="train", done=start.done_steps, total=steps, unit="steps")
-        targs = copy.deepcopy(cfg.train)
-        targs.output_dir = commit.staging_path(cfg.output_dir, "trainer")
-        targs.max_steps, targs.save_total_limit = steps, None
-        targs.report_to = [r for r in targs.report_to if r != "tensorboard"]  # ours: board.py
-        targs.enable_jit_checkpoint = False  # HF's SIGTERM handler: ours (stop.py) stops every phase
-        engines.before_trainer(targs)
-        frozen = adapters.frozen_model(cfg.peft, base_dir, model_k, cfg.it.train_from) if peft else None
-        reference = dist.on_main(objective.reference, cfg, plan.models, base_dir, k)
-        records = {**({"peft": peft} if peft else {}), **({"objective": reference} if reference else {})}
-        trainer = objective.trainer(
-            model=training_model(cfg, start, frozen, k), args=targs, tokenizer=tokenizer, train_set=train_set,
-            reference=reference, load=load,
-            experiment_dir=cfg.output_dir, iteration=k, step_offset=start.step_offset, iteration_steps=steps,
-            started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=protect,
-            schedule_steps=steps * cfg.it.num_iterations if cfg.it.carry_optimizer_state else None,
-            curve=start.curve, board=board, async_save=cfg.it.async_save, weights_from=start.weights, saver=saver,
-            manifest_extra=records,
-        )
-        if not start.training_finished:
-            resume = both_view(cfg, start, trainer, steps) if start.view_of else start.resume
-            trainer.train(resume_from_checkpoint=resume)
-        elif start.engine_weights:  # nothing left to train, so the engine's loader never ran
-            engines.load_fsdp_weights(trainer.model, start.engine_weights)
-        finished_training(trainer, start, k, steps, at)
-        train_loss = trainer.mean_loss()
-        # 4. evaluate (rank 0; a stop request abandons it, and the resume evaluates again)
-        trained = engines.trained_model(trainer)  # every rank takes part; an ordinary model on rank 0
-        adapter = commit.staging_path(cfg.output_dir, adapters.ADAPTER_DIR) if peft else None
-        if peft:  # what is evaluated and saved: the adapter merged into the frozen model's weights
-            trained = adapters.finish_on_main(trained, cfg.output_dir, frozen, cfg.peft)
+    outcome = "failed"
+    try:
+        for k in range(plan.next_iteration, cfg.it.num_iterations):
+            began = time.monotonic()
+            at.iteration, at.global_step = k, start.step_offset + start.done_steps
+            progress.note(True, iteration=k, phase="generate", global_step=at.global_step)
+            failpoints.send_signal("iteration", k)
+            at.check("generate")
+            # 1-2. generate with model_K (the base for K=0, else iter_{K-1}), verify and select
+            for j in range(k):  # earlier iterations' selections, as committed (made again only if broken)
+                if cfg.it.reuse_previous and j not in kept:
+                    kept[j] = samples.earlier(cfg, j, *model_before(cfg, plan.models, base_dir, j), task, tokenizer,
+                                              load, at)
+            model_k, source = model_before(cfg, plan.models, base_dir, k)
+            found = samples.ensure(cfg, k, model_k, source, task, tokenizer, load, at)
+            kept[k] = found.kept
+            objective = objectives.for_iteration(cfg, k)
+            train_set = objective.train_set(cfg, k, kept, task, tokenizer)
+            if cfg.train.dataloader_drop_last and train_set.size < cfg.train.per_device_train_batch_size * dist.world_size():
+                raise TaskError(f"iteration {k} has {train_set.size} training examples, less than one batch across the "
+                                "ranks, and --dataloader_drop_last drops it: nothing would be trained")
+            steps = cfg.iteration_steps(dist.world_size(), train_set.size)
+            # 3. train
+            if cfg.it.train_from == "base" and start.resume is None and start.view_of is None:
+                start.weights, start.started_from = base_dir, "base"
+            dist.log0(start.describe(k, steps, train_set.size, objective.name))
+            progress.note(True, phase="train", done=start.done_steps, total=steps, unit="steps")
+            targs = copy.deepcopy(cfg.train)
+            targs.output_dir = commit.staging_path(cfg.output_dir, "trainer")
+            targs.max_steps, targs.save_total_limit = steps, None
+            targs.report_to = [r for r in targs.report_to if r not in trackers.KINDS]  # ours: trackers/
+            targs.enable_jit_checkpoint = False  # HF's SIGTERM handler: ours (stop.py) stops every phase
+            engines.before_trainer(targs)
+            frozen = adapters.frozen_model(cfg.peft, base_dir, model_k, cfg.it.train_from) if peft else None
+            reference = dist.on_main(objective.reference, cfg, plan.models, base_dir, k)
+            records = {**({"peft": peft} if peft else {}), **({"objective": reference} if reference else {})}
+            trainer = objective.trainer(
+                model=training_model(cfg, start, frozen, k), args=targs, tokenizer=tokenizer, train_set=train_set,
+                reference=reference, load=load,
+                experiment_dir=cfg.output_dir, iteration=k, step_offset=start.step_offset, iteration_steps=steps,
+                started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=protect,
+                schedule_steps=steps * cfg.it.num_iterations if cfg.it.carry_optimizer_state else None,
+                curve=start.curve, trackers=tracking, async_save=cfg.it.async_save, weights_from=start.weights, saver=saver,
+                manifest_extra=records,
+            )
+            if not start.training_finished:
+                resume = both_view(cfg, start, trainer, steps) if start.view_of else start.resume
+                trainer.train(resume_from_checkpoint=resume)
+            elif start.engine_weights:  # nothing left to train, so the engine's loader never ran
+                engines.load_fsdp_weights(trainer.model, start.engine_weights)
+            finished_training(trainer, start, k, steps, at)
+            train_loss = trainer.mean_loss()
+            # 4. evaluate (rank 0; a stop request abandons it, and the resume evaluates again)
+            trained = engines.trained_model(trainer)  # every rank takes part; an ordinary model on rank 0
+            adapter = commit.staging_path(cfg.output_dir, adapters.ADAPTER_DIR) if peft else None
+            if peft:  # what is evaluated and saved: the adapter merged into the frozen model's weights
+                trained = adapters.finish_on_main(trained, cfg.output_dir, frozen, cfg.peft)
 
-        progress.note(True, phase="evaluate", global_step=start.step_offset + steps)
+            progress.note(True, phase="evaluate", global_step=start.step_offset + steps)
 
-        def evaluate():
-            with samples.checker(cfg, task) as check:
-                result = greedy_accuracy(trained, tokenizer, task.eval_prompts, check,
-                                         max_new_tokens=cfg.it.max_new_tokens, should_stop=stop.requested_here)
-            return result, None if result is not None else stop.requested_here()
+            def evaluate():
+                with samples.checker(cfg, task) as check:
+                    result = greedy_accuracy(trained, tokenizer, task.eval_prompts, check,
+                                             max_new_tokens=cfg.it.max_new_tokens, should_stop=stop.requested_here)
+                return result, None if result is not None else stop.requested_here()
 
-        result, stopped = dist.on_main(evaluate)
-        if stopped:
-            at.check("evaluate", stopped)
-        accuracy, eval_problems = result
-        global_step = start.step_offset + steps
-        metrics = {"iteration": k, "eval_accuracy": accuracy, "acceptance_rate": found.stats["acceptance_rate"],
-                   "pass_at_k": found.stats["pass_at_k"], "num_generated": found.stats["num_generated"],
-                   "num_train_samples": train_set.size, "train_loss": train_loss, "global_step": global_step,
-                   **{key: found.stats.get(key, 0) + n for key, n in eval_problems.items()},
-                   **train_set.metrics, **objective.metrics(trainer)}
-        dist.log0(f"✅ iteration {k}: eval_accuracy={accuracy:.3f} acceptance_rate="
-                  f"{found.stats['acceptance_rate']:.3f} train_loss={train_loss:.4f} step={global_step}")
-        # 5. save iter_K
-        progress.note(True, phase="save", loss=train_loss)
+            result, stopped = dist.on_main(evaluate)
+            if stopped:
+                at.check("evaluate", stopped)
+            accuracy, eval_problems = result
+            global_step = start.step_offset + steps
+            metrics = {"iteration": k, "eval_accuracy": accuracy, "acceptance_rate": found.stats["acceptance_rate"],
+                       "pass_at_k": found.stats["pass_at_k"], "num_generated": found.stats["num_generated"],
+                       "num_train_samples": train_set.size, "train_loss": train_loss, "global_step": global_step,
+                       **{key: found.stats.get(key, 0) + n for key, n in eval_problems.items()},
+                       **train_set.metrics, **objective.metrics(trainer)}
+            dist.log0(f"✅ iteration {k}: eval_accuracy={accuracy:.3f} acceptance_rate="
+                      f"{found.stats['acceptance_rate']:.3f} train_loss={train_loss:.4f} step={global_step}")
+            # 5. save iter_K
+            progress.note(True, phase="save", loss=train_loss)
 
-        def save():
-            extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3), **records}
-            save_iteration(cfg, k, trainer, trained, tokenizer, global_step, start.started_from, extra, steps, adapter)
-            if board is not None:
-                board.iteration(metrics)
+            def save():
+                extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3), **records}
+                save_iteration(cfg, k, trainer, trained, tokenizer, global_step, start.started_from, extra, steps, adapter)
+                if tracking is not None:
+                    tracking.iteration(metrics)
+                    if k + 1 == cfg.it.num_iterations and cfg.it.tracker_log_model:
+                        tracking.final_model(os.path.join(cfg.output_dir, iteration_name(k)), metrics)
 
-        dist.on_main(save)
-        at.committed = iteration_name(k)
-        if k + 1 < cfg.it.num_iterations:  # after the last iteration there is nothing left to stop
-            at.check("save")
-        start = next_start(cfg, k, global_step)
+            dist.on_main(save)
+            at.committed = iteration_name(k)
+            if k + 1 < cfg.it.num_iterations:  # after the last iteration there is nothing left to stop
+                at.check("save")
+            start = next_start(cfg, k, global_step)
+        outcome = "finished"
+    except stop.Stopped:
+        outcome = "stopped"
+        raise
+    finally:
+        if tracking is not None:
+            tracking.close(outcome)
     progress.finish()
-    if board is not None:
-        board.close()
 
 
 def finished_training(trainer, start: Start, k: int, steps: int, at: stop.Place) -> None:
@@ -331,13 +342,17 @@ def save_iteration(cfg: Config, k: int, trainer, model, tokenizer, global_step: 
     write_metrics(cfg.output_dir, steps)
 
 
-def open_board(cfg: Config, plan: Plan, start: Start):
-    """TensorBoard for --report_to tensorboard: the committed history rewritten, then live steps."""
-    if "tensorboard" not in cfg.train.report_to:
+def open_trackers(cfg: Config, plan: Plan, start: Start):
+    """Rank 0: the --report_to trackers, caught up with the committed history (None if none asked)."""
+    if not any(kind in cfg.train.report_to for kind in trackers.KINDS):
         return None
     history = [(it["offset"], it["curve"], it["metrics"])
                for it in curve.committed(cfg.output_dir, cfg.iteration_steps(dist.world_size()))
                if it["iteration"] < plan.next_iteration and it["metrics"]]
     if start.curve:  # resuming a checkpoint inside an iteration: its steps so far
         history.append((start.step_offset, start.curve, None))
-    return board.open_board(cfg.output_dir, history)
+    try:
+        return trackers.open_all(cfg.output_dir, cfg.train.report_to, history, plan.branch, resolved(cfg),
+                                 cfg.train.run_name or os.path.basename(os.path.abspath(cfg.output_dir)))
+    except trackers.TrackerError as e:
+        raise RecoveryError(str(e)) from None

@@ -68,6 +68,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     renames: list[Rename] = field(default_factory=list)
+    branch: bool = False  # later trained progress is set aside: the run goes on from an earlier point
     create_config: list[str] = field(default_factory=list)  # iteration models that get a config.json
     # Which directory holds iteration K's model, for every K before next_iteration that has one: iter_K,
     # or an adopted model (the seed's base_model). The phases read "the model of iteration K" from here.
@@ -186,6 +187,7 @@ def make_plan(
         aside(a, aside_suffix(SUPERSEDED, stamp), f"later than the starting point (iteration {plan.next_iteration}, "
                                         f"step {plan.next_step})")
     if later:
+        plan.branch = True
         plan.warnings.append(
             f"trained progress newer than the chosen starting point will not be used: {_listing(later)} "
             "will be renamed aside (superseded), not deleted")

@@ -65,7 +65,7 @@ class Recovering:
 
     def __init__(self, *args, experiment_dir: str, iteration: int, step_offset: int, iteration_steps: int,
                  started_from: str | None, save_total_limit: int | None, protect: set[str],
-                 schedule_steps: int | None = None, curve: dict | None = None, board=None,
+                 schedule_steps: int | None = None, curve: dict | None = None, trackers=None,
                  async_save: bool = False, weights_from: str | None = None, saver: Saver | None = None,
                  manifest_extra: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -84,7 +84,7 @@ class Recovering:
         self._micro: list[torch.Tensor] = []  # this optimizer step's micro-batch losses
         self._steps: list[torch.Tensor] = []  # this rank's step losses not yet averaged over ranks
         self._lrs: list[float] = []
-        self.board = board  # TensorBoard (board.py) or None
+        self.trackers = trackers  # the --report_to trackers (trackers/), on rank 0, or None
         self.weights_from = weights_from  # the directory `model` was just loaded from, if given
         self.manifest_extra = manifest_extra or {}  # recorded in every checkpoint's manifest
         self.peft = adapters.is_peft(self.model)
@@ -114,8 +114,8 @@ class Recovering:
         self.loss_curve += new
         self.lr_curve += self._lrs
         self._lrs = []
-        if self.board is not None and dist.is_main():
-            self.board.steps(self.step_offset + first + 1, new, self.lr_curve[first:])
+        if self.trackers is not None and dist.is_main():
+            self.trackers.steps(self.step_offset + first + 1, new, self.lr_curve[first:])
         return {"loss": list(self.loss_curve), "lr": list(self.lr_curve),
                 "steps": {k: list(v) for k, v in self.step_curves.items()}}
 

@@ -1,0 +1,128 @@
+"""Trackers: where a run's curves go besides metrics.jsonl (--report_to tensorboard, wandb, mlflow).
+
+One tracker run per experiment, on the experiment's global-step axis. At every start a tracker is
+given the committed history (each finished iteration's per-step loss and learning rate and its
+metrics, then the curve of the checkpoint being resumed) and catches up from it; then the live steps
+follow. Nothing is logged twice after a crash: TensorBoard's files are rewritten from that history,
+W&B and MLflow skip every step they already hold. The run ids live in <output_dir>/trackers.json; a
+new branch (a start that sets later progress aside) starts new runs and keeps the earlier ids there.
+Only rank 0 opens trackers, and only the libraries asked for are imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+from itertrain import commit, dist
+
+RECORD = "trackers.json"
+# --report_to name: (module here, the package it needs, the extra that installs it)
+KINDS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb_run", "wandb"),
+         "mlflow": ("mlflow_run", "mlflow")}
+TRAIN_SCALARS = ("loss", "learning_rate")
+ITERATION_SCALARS = ("eval_accuracy", "acceptance_rate", "pass_at_k", "train_loss", "num_train_samples",
+                     "num_pairs", "dpo_reward_margin", "dpo_reward_accuracy")  # (the last three: --objective dpo)
+
+
+class TrackerError(RuntimeError):
+    """A tracker cannot go on with the experiment's run (its store lacks the recorded run)."""
+
+
+def problems(report_to: list[str]) -> list[str]:
+    """What stops the asked-for trackers from working, found without importing them."""
+    out = []
+    for kind, (_, package) in KINDS.items():
+        if kind in report_to and importlib.util.find_spec(package) is None:
+            out.append(f"--report_to {kind} needs {package}: pip install 'itertrain[{kind}]'")
+    if "mlflow" in report_to and not out:
+        from itertrain.trackers import mlflow_run
+
+        out += mlflow_run.problems()
+    return out
+
+
+def iteration_values(metrics: dict) -> dict[str, float]:
+    return {f"iteration/{k}": metrics[k] for k in ITERATION_SCALARS if metrics.get(k) is not None}
+
+
+def step_values(loss: float, lr: float) -> dict[str, float]:
+    return {"train/loss": loss, "train/learning_rate": lr}
+
+
+class Trackers:
+    """The opened trackers, as one: steps (live, from the Trainer), iteration metrics, close."""
+
+    def __init__(self, opened: list):
+        self.opened = opened
+
+    def steps(self, first_step: int, losses: list[float], lrs: list[float]) -> None:
+        for t in self.opened:
+            t.steps(first_step, losses, lrs)
+
+    def iteration(self, metrics: dict) -> None:
+        for t in self.opened:
+            t.iteration(metrics)
+
+    def final_model(self, path: str, metrics: dict) -> None:
+        for t in self.opened:
+            t.final_model(os.path.abspath(path), metrics)
+
+    def close(self, outcome: str) -> None:
+        """outcome: finished (every iteration done), stopped (a stop request: resumable) or failed."""
+        for t in self.opened:
+            t.close(outcome)
+
+
+def replay(tracker, history: list[tuple[int, dict | None, dict | None]]) -> None:
+    """Hand `history` ((step offset, curve, iteration metrics or None), oldest first) to a tracker
+    that skips what it already holds."""
+    for offset, curve, metrics in history:
+        if curve:
+            tracker.steps(offset + 1, curve["loss"], curve["lr"])
+        if metrics:
+            tracker.iteration(metrics)
+
+
+def read_record(output_dir: str) -> dict:
+    import json
+
+    try:
+        with open(os.path.join(output_dir, RECORD), encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise TrackerError(f"{os.path.join(output_dir, RECORD)} cannot be read ({e}): it holds the ids of this "
+                           "experiment's tracker runs; mend or remove it (a new run is then started)") from None
+
+
+def open_all(output_dir: str, report_to: list[str], history: list, branch: bool, settings: dict,
+             name: str) -> Trackers:
+    """Rank 0: open (resume or start) each asked-for tracker and catch it up with `history`."""
+    record = read_record(output_dir)
+    opened = []
+
+    def keep(kind: str, entry: dict | None) -> None:
+        if entry is not None and record.get(kind) != entry:
+            record[kind] = entry
+            commit.atomic_write_json(os.path.join(output_dir, RECORD), record)
+
+    for kind, (module, _) in KINDS.items():
+        if kind not in report_to:
+            continue
+        prior = record.get(kind)
+        if prior and branch:
+            record.setdefault("earlier", []).append({kind: prior})
+            dist.log0(f"📈 {kind}: this start sets later progress aside (a new branch), so it starts a new run; "
+                      f"the earlier run ({prior.get('id')}) is left as it was and listed in {RECORD}")
+            prior = None
+        tracker = importlib.import_module(f"itertrain.trackers.{module}").Tracker(output_dir, prior, settings, name)
+        keep(kind, tracker.record)  # a chosen id is on disk before the run is opened
+        tracker.start()
+        keep(kind, tracker.record)
+        tracker.catch_up(history)
+        dist.log0(tracker.describe())
+        opened.append(tracker)
+    return Trackers(opened)
