@@ -13,7 +13,7 @@ The package, in the order data flows through a run:
   adapters                  --use_peft: the frozen model and its adapter, the fp32 merge, what a resume must match
   commit, manifest, retention    the commit protocol (stage, fsync, manifest, rename); pruning after it
   stop, lock, dist, failpoints   stop requests, one writer, rank-0 decisions, crash points for tests
-  status, plot, board, curve     what a user reads: status, progress.png, TensorBoard, loss curves
+  status, plot, trackers, curve  what a user reads: status, progress.png, TensorBoard/W&B/MLflow, curves
 """
 
 __version__ = "0.1.0"

@@ -130,7 +130,9 @@ class IterTrainingArguments(TrainingArguments):
     warmup_steps: float = field(default=5, metadata={"help": "Warm-up steps of each iteration's schedule."})
     save_steps: float = field(default=100, metadata={"help": "Commit a trainer checkpoint every N steps."})
     logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
+    report_to: list[str] = field(default_factory=lambda: ["none"], metadata={
+        "help": "Where to report besides metrics.jsonl, one or more: tensorboard, wandb, mlflow (one run per "
+                "experiment each, docs/status.md), any other HF integration, all, or none."})
 
 
 @dataclass(frozen=True)
