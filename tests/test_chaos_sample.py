@@ -85,7 +85,8 @@ def test_full_disk_during_a_save_keeps_everything_and_resumes(tmp_path, ref):
 
 
 PEFT = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"]
-FLAVOURS = {"peft": ("PEFT", PEFT), "dpo": ("OBJECTIVE", chaos_harness.DPO)}
+FLAVOURS = {"peft": ("PEFT", PEFT), "dpo": ("OBJECTIVE", chaos_harness.DPO),
+            "trackers": ("TRACKERS", ["--report_to", "tensorboard", "wandb", "mlflow"])}
 
 
 @contextmanager
@@ -99,7 +100,7 @@ def harness_flags(flavour: str):
         getattr(chaos_harness, attr).clear()
 
 
-@pytest.fixture(scope="session", params=list(FLAVOURS))
+@pytest.fixture(scope="session", params=["peft", "dpo"])
 def flavoured_ref(request, tmp_path_factory):
     def build(work):
         with harness_flags(request.param):
@@ -124,3 +125,22 @@ def test_peft_and_dpo_random_sigkills_resume_exactly(tmp_path, flavoured_ref, se
     with harness_flags(flavour):
         result = random_trial(out, tmp_path, seed, window=window)
     assert result["verdict"] == "PASS", result
+
+
+@pytest.fixture(scope="session")
+def trackers_ref(tmp_path_factory):
+    def build(work):
+        with harness_flags("trackers"):
+            return reference(work)
+    return shared(tmp_path_factory, "chaos_trackers_ref", build)
+
+
+@pytest.mark.parametrize("where", ["middle", "last"])
+def test_trackers_crash_at_file_event_hold_every_step_once(tmp_path, trackers_ref, where):
+    """TensorBoard, W&B (offline) and MLflow on: killed mid-run, or at the last file event (found
+    by the sweep: the resume found the experiment complete and never sent W&B the last row)."""
+    out, events, _ = trackers_ref
+    event = len(events) if where == "last" else len(events) // 2
+    with harness_flags("trackers"):
+        result = trial(out, tmp_path, event, torn=False)
+    assert result["verdict"] == "PASS", (events[event - 1], result)

@@ -24,6 +24,7 @@ from itertrain import adapters, commit, curve, dist, engines, failpoints, invent
 from itertrain.artifacts import ITERATION, checkpoint_name, iteration_name
 from itertrain.config import Config, UsageError, resolved
 from itertrain.evaluate import greedy_accuracy
+from itertrain.handoff import Handoff
 from itertrain.plan import BOTH, TRAINER, Plan
 from itertrain.restore import RecoveryError
 from itertrain.tasks import Task, TaskError
@@ -160,10 +161,14 @@ def load_model(path: str, *, for_training: bool = False, device=None, frozen: bo
     return model.to(device) if device is not None else model
 
 
-def training_model(cfg: Config, start: Start, frozen: str | None, k: int):
-    """The model iteration k trains: loaded from start.weights, or with --use_peft the frozen model
-    and its adapter (adapters.py)."""
+def training_model(cfg: Config, start: Start, frozen: str | None, k: int, handoff: Handoff):
+    """The model iteration k trains: the one the previous iteration trained, where it starts from
+    its weights with a fresh optimizer; else loaded from start.weights, or with --use_peft the
+    frozen model and its adapter (adapters.py)."""
     load = functools.partial(load_model, for_training=True, device=cfg.train.device, frozen=frozen is not None)
+    fresh = frozen is None and start.resume is None and start.view_of is None
+    if (model := handoff.take(start.weights) if fresh else handoff.drop()) is not None:
+        return model.train()
     if frozen is None:
         return load(start.weights)
     try:
@@ -193,11 +198,12 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     load = functools.partial(load_model, device=cfg.train.device)  # generate on the GPU where there is one
     kept: dict[int, list] = {}
+    handoff = Handoff()  # iter_K's model, in memory, for iteration K+1 (no read back)
     saver = Saver()  # pinned host buffers (on a GPU) are slow to allocate: once per run, not per iteration
     protect = {plan.weights_from, plan.state_from} - {None}
     start = first_start(cfg, plan, base_dir, cfg.iteration_steps(dist.world_size()))
     opened = []  # rank 0's trackers stay on rank 0; a failure to open them stops every rank
-    dist.on_main(lambda: opened.append(open_trackers(cfg, plan, start)))
+    dist.on_main(lambda: opened.append(open_trackers(cfg, plan, start.curve, start.step_offset)))
     tracking = opened[0] if opened else None
     at = stop.Place(plan.next_iteration, plan.next_step, plan.state_from or plan.weights_from or "nothing yet")
     if dist.is_main():
@@ -216,7 +222,8 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
                     kept[j] = samples.earlier(cfg, j, *model_before(cfg, plan.models, base_dir, j), task, tokenizer,
                                               load, at)
             model_k, source = model_before(cfg, plan.models, base_dir, k)
-            found = samples.ensure(cfg, k, model_k, source, task, tokenizer, load, at)
+            found = samples.ensure(cfg, k, model_k, source, task, tokenizer, handoff.loader(load), at,
+                                   in_memory=handoff.path)
             kept[k] = found.kept
             objective = objectives.for_iteration(cfg, k)
             train_set = objective.train_set(cfg, k, kept, task, tokenizer)
@@ -239,7 +246,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
             reference = dist.on_main(objective.reference, cfg, plan.models, base_dir, k)
             records = {**({"peft": peft} if peft else {}), **({"objective": reference} if reference else {})}
             trainer = objective.trainer(
-                model=training_model(cfg, start, frozen, k), args=targs, tokenizer=tokenizer, train_set=train_set,
+                model=training_model(cfg, start, frozen, k, handoff), args=targs, tokenizer=tokenizer, train_set=train_set,
                 reference=reference, load=load,
                 experiment_dir=cfg.output_dir, iteration=k, step_offset=start.step_offset, iteration_steps=steps,
                 started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=protect,
@@ -292,6 +299,8 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
                         tracking.final_model(os.path.join(cfg.output_dir, iteration_name(k)), metrics)
 
             dist.on_main(save)
+            if not peft:
+                handoff.keep(os.path.join(cfg.output_dir, iteration_name(k)), trainer)
             at.committed = iteration_name(k)
             if k + 1 < cfg.it.num_iterations:  # after the last iteration there is nothing left to stop
                 at.check("save")
@@ -342,15 +351,27 @@ def save_iteration(cfg: Config, k: int, trainer, model, tokenizer, global_step: 
     write_metrics(cfg.output_dir, steps)
 
 
-def open_trackers(cfg: Config, plan: Plan, start: Start):
-    """Rank 0: the --report_to trackers, caught up with the committed history (None if none asked)."""
+def settle_trackers(cfg: Config, plan: Plan) -> None:
+    """Rank 0, when every iteration is already complete: the trackers caught up and closed (a run
+    killed after its last commit may not have sent them its last steps)."""
+    tracking = open_trackers(cfg, plan, None, 0)
+    if tracking is None:
+        return
+    if cfg.it.tracker_log_model and (done := curve.committed(cfg.output_dir, cfg.iteration_steps(dist.world_size()))):
+        tracking.final_model(os.path.join(cfg.output_dir, iteration_name(done[-1]["iteration"])), done[-1]["metrics"])
+    tracking.close("finished")
+
+
+def open_trackers(cfg: Config, plan: Plan, partial: dict | None, offset: int):
+    """Rank 0: the --report_to trackers, caught up with the committed history and `partial`, the
+    curve of the checkpoint being resumed (None if no tracker is asked for)."""
     if not any(kind in cfg.train.report_to for kind in trackers.KINDS):
         return None
     history = [(it["offset"], it["curve"], it["metrics"])
                for it in curve.committed(cfg.output_dir, cfg.iteration_steps(dist.world_size()))
                if it["iteration"] < plan.next_iteration and it["metrics"]]
-    if start.curve:  # resuming a checkpoint inside an iteration: its steps so far
-        history.append((start.step_offset, start.curve, None))
+    if partial:  # resuming a checkpoint inside an iteration: its steps so far
+        history.append((offset, partial, None))
     try:
         return trackers.open_all(cfg.output_dir, cfg.train.report_to, history, plan.branch, resolved(cfg),
                                  cfg.train.run_name or os.path.basename(os.path.abspath(cfg.output_dir)))

@@ -104,6 +104,9 @@ def run_experiment(cfg: Config) -> int:
     dist.on_main(write_metrics, cfg.output_dir, steps)  # derived: a crash or a rename may have left it behind
     if plan.done:
         dist.log0("✅ every requested iteration is already complete: nothing to do")
+        from itertrain.loop import settle_trackers
+
+        dist.on_main(settle_trackers, cfg, plan)
         return 0
     from itertrain.loop import run_iterations
 

@@ -144,11 +144,12 @@ def settings_of(cfg, task: Task) -> dict:
 
 
 def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load_model,
-           at: stop.Place | None = None) -> Samples:
+           at: stop.Place | None = None, in_memory: str | None = None) -> Samples:
     """Iteration k's samples: reused when committed; else generated (every rank) shard by shard,
     each shard verified and committed by rank 0 as it is made (a resume keeps them), and assembled
     into samples_k. `at`: the run's safe points (after every generation round, between prompts
-    being verified, after every shard)."""
+    being verified, after every shard). `in_memory`: the directory whose model `load_model` gives
+    from memory."""
     settings = settings_of(cfg, task)
     digest = dist.on_main(manifest.weights_digest, model_dir)
     if (found := load(cfg.output_dir, k, digest, settings)) is not None:
@@ -157,7 +158,8 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
         return found
     if not task.train_prompts:
         return Samples([], {"num_generated": 0, "num_kept": 0, "acceptance_rate": 0.0, "pass_at_k": 0.0})
-    _check_source(cfg.output_dir, model_dir, k, digest)
+    if model_dir != in_memory:  # (a model this run committed and holds in memory is not read back)
+        _check_source(cfg.output_dir, model_dir, k, digest)
     spans = shards.spans(len(task.train_prompts), cfg.it.generation_shard_size)
     done = dist.on_main(shards.committed, cfg.output_dir, k, digest, settings, spans, log=dist.log0)
     todo = [sp for sp in spans if sp not in done]
