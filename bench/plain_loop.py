@@ -73,6 +73,7 @@ def main() -> None:
     gold = [(e.prompt, e.answer) for e in task.gold]
     kept: list[tuple[str, str]] = []
     for k in range(args.num_iterations):
+        t0 = time.monotonic()
         # generate and filter
         model.eval()
         prompts = [e.prompt for e in task.train_prompts]
@@ -87,6 +88,7 @@ def main() -> None:
                 solved += bool(good)
                 kept += [(ex.prompt, t) for t in good[:1]]
         train = list(dict.fromkeys(gold + kept))
+        t1 = time.monotonic()
         # train
         targs = TrainingArguments(output_dir=os.path.join(args.output_dir, f"trainer_{k}"), max_steps=args.max_steps,
                                   per_device_train_batch_size=64, learning_rate=3e-3, warmup_steps=5,
@@ -95,6 +97,7 @@ def main() -> None:
         model.train()
         trainer = Trainer(model=model, args=targs, train_dataset=features(train, tok), data_collator=collate(tok.pad_token_id))
         result = trainer.train()
+        t2 = time.monotonic()
         # evaluate
         model.eval()
         correct = 0
@@ -102,13 +105,15 @@ def main() -> None:
             chunk = task.eval_prompts[i:i + 256]
             texts = complete(model, tok, [e.prompt for e in chunk], do_sample=False, max_new_tokens=8)
             correct += sum(task.verify(e, t) for e, t in zip(chunk, texts))
+        t3 = time.monotonic()
         # save
         model.save_pretrained(os.path.join(args.output_dir, f"iter_{k}"))
         tok.save_pretrained(os.path.join(args.output_dir, f"iter_{k}"))
         print(json.dumps({"iteration": k, "eval_accuracy": correct / len(task.eval_prompts),
                           "acceptance_rate": accepted / (4 * len(prompts)), "pass_at_k": solved / len(prompts),
                           "num_train_samples": len(train), "train_loss": result.training_loss,
-                          "seconds": round(time.monotonic() - began, 3)}), flush=True)
+                          "seconds": round(time.monotonic() - began, 3), "iteration_seconds": time.monotonic() - t0,
+                          "phases": {"generate": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2}}), flush=True)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from itertrain.tinymodel import make_model, make_tokenizer  # noqa: E402
 from itertrain.trainer import IterTrainer  # noqa: E402
 from generation_bench import generation_markdown, redo_fraction, vllm_vs_hf  # noqa: E402
 from stop_bench import agreement_cost, stop_latency, stop_markdown  # noqa: E402
+import e2e  # noqa: E402
 import peft_bench  # noqa: E402
 
 TOK = make_tokenizer()
@@ -359,18 +360,21 @@ TARGETS = {"train_throughput_ratio": (">=", 0.98), "checkpoint_stall_ratio": ("<
            "generate_vs_batched": (">=", 0.9), "resume_step_10000_vs_100": ("<=", 1.2), "stall_vs_size": ("<=", 1.25),
            "stop_latency_ratio": ("<=", 2.0), "stop_agreement_vs_step": ("<=", 0.01),
            "generation_redo_fraction": ("<=", 512 / 2000), "peft_checkpoint_bytes_ratio": ("<=", 0.1),
-           "peft_resume_ratio": ("<=", 1.0)}
+           "peft_resume_ratio": ("<=", 1.0), "iteration_ratio": ("<=", 0.95), "weight_reads_per_iteration": ("<=", 0),
+           "overhead_share": ("<=", 0.03), "overhead_growth": ("<=", 1.2), "peak_rss_ratio": ("<=", 1.5)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer pairs and steps (a smoke run, not for the docs)")
-    p.add_argument("--only", choices=["generation", "peft"], help="measure only these figures and update them in "
+    p.add_argument("--only", choices=["generation", "peft", "e2e"], help="measure only these figures and update them in "
                    "bench/results.json (each says when it was measured)")
     args = p.parse_args()
     dist.state()
     if args.only == "peft":
-        return update_peft(args.quick)
+        return update_only("peft" + " --quick" * args.quick, lambda w: peft_figures(w, 2 if args.quick else 4, args.quick))
+    if args.only == "e2e":
+        return update_only("e2e" + " --quick" * args.quick, lambda w: e2e.figures(w, args.quick))
     if args.only:
         return update_generation(args.quick)
     n = 2 if args.quick else 4
@@ -390,6 +394,7 @@ def main() -> int:
     results["stop_agreement_vs_step"] = agreement_cost()
     results["generation_redo_fraction"] = redo_fraction(work, 3 if args.quick else 8)
     results.update(peft_figures(work, n, args.quick))
+    results.update(e2e.figures(work, args.quick))
     recorded = {"vllm_vs_hf": vllm_vs_hf(work)}
     for key, r in results.items():
         op, target = TARGETS[key]
@@ -432,16 +437,16 @@ def peft_figures(work: Path, n: int, quick: bool) -> dict:
             "peft_resume_ratio": peft_bench.resume(work, n, size, sys.modules[__name__])}
 
 
-def update_peft(quick: bool) -> int:
-    """`--only peft`: the --use_peft figures measured now, the others kept as they were."""
+def update_only(name: str, measure) -> int:
+    """`--only NAME`: these figures measured now (`measure(work, n)`), the others kept as they were."""
     path = REPO / "bench" / "results.json"
     saved = json.loads(path.read_text())
     work = Path(tempfile.mkdtemp(prefix="itertrain-bench-"))
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    for key, r in peft_figures(work, 2 if quick else 4, quick).items():
+    for key, r in measure(work).items():
         op, target = TARGETS[key]
-        r.update(target=f"{op} {target}", met=r["value"] <= target,
-                 measured=f"{when}, python bench/run.py --only peft" + (" --quick" if quick else ""))
+        r.update(target=f"{op} {target}", met={">=": r["value"] >= target, "<=": r["value"] <= target}[op],
+                 measured=f"{when}, python bench/run.py --only {name}")
         saved["results"][key] = r
         print(f"{key:28s} {r['value']:10.4f}  target {r['target']:8s} {'met' if r['met'] else 'NOT met'}")
     path.write_text(json.dumps(saved, indent=1) + "\n")
@@ -464,9 +469,19 @@ def write_markdown(meta: dict, results: dict, recorded: dict) -> None:
     for key, value in {"{{DATE}}": meta["date"], "{{MACHINE}}": meta["machine"], "{{SECONDS}}": str(meta["seconds"]),
                        "{{ROWS}}": rows, "{{WHOLE_RUN}}": f"{stall['whole_run_ratio']:.2f}x", "{{SIZES}}": table,
                        "{{CHECKS}}": checks, "{{PROFILE}}": profile_markdown(), **stop_markdown(results),
-                       **generation_markdown(results, recorded), "{{PEFT}}": peft_bench.markdown(results)}.items():
+                       **generation_markdown(results, recorded), "{{PEFT}}": peft_bench.markdown(results),
+                       "{{E2E}}": e2e_markdown(results)}.items():
         text = text.replace(key, value)
     (REPO / "BENCHMARKS.md").write_text(text)
+
+
+def e2e_markdown(results: dict) -> str:
+    if "overhead_share" not in results:
+        return "(not measured yet: python bench/run.py --only e2e)"
+    ours, plain = results["overhead_share"]["phases_ours"], results["overhead_share"]["phases_plain"]
+    rows = "\n".join(f"| {p} | {ours[p]:.2f} s | {plain[p]:.2f} s | {ours[p] / plain[p]:.2f} |"
+                     for p in ("generate", "train", "evaluate", "other", "iteration"))
+    return ("| phase (median over the 5 iterations) | itertrain | plain loop | ratio |\n|---|---:|---:|---:|\n" + rows)
 
 
 def profile_markdown() -> str:

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 IGNORE = -100
 
 
+# Per tokenizer, every example encoded so far: with --reuse_previous each iteration trains on all
+# earlier iterations' samples again, and tokenizing them again made the per-iteration cost grow.
+_encoded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def encode(examples, tokenizer) -> list[dict]:
-    """Features for causal-LM fine-tuning: the loss is on the answer and the EOS only."""
+    """Features for causal-LM fine-tuning: the loss is on the answer and the EOS only. (Shared
+    between calls: read them, do not change them.)"""
+    cache = _encoded.setdefault(tokenizer, {})
     feats = []
     for ex in examples:
-        p = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
-        a = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        feats.append({"input_ids": p + a, "labels": [IGNORE] * len(p) + a})
+        if (key := (ex.prompt, ex.answer)) not in cache:
+            p = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+            a = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            cache[key] = {"input_ids": p + a, "labels": [IGNORE] * len(p) + a}
+        feats.append(cache[key])
     return feats
 
 

@@ -183,9 +183,11 @@ def metrics_rows(output_dir: str, max_steps: int) -> list[dict]:
             if m.get("extra", {}).get("metrics")]
 
 
-def write_metrics(output_dir: str, max_steps: int) -> None:
-    """metrics.jsonl is derived from the committed iteration manifests, rewritten atomically."""
-    rows = metrics_rows(output_dir, max_steps)
+def write_metrics(output_dir: str, max_steps: int, rows: list[dict] | None = None) -> None:
+    """metrics.jsonl is derived from the committed iteration manifests, rewritten atomically. `rows`:
+    theirs, as this run knows them (each committed iteration's, found at start or written since),
+    instead of scanning the experiment again: that scan grew with every artifact kept."""
+    rows = metrics_rows(output_dir, max_steps) if rows is None else rows
     commit.atomic_write_bytes(os.path.join(output_dir, METRICS),
                               "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
 
@@ -199,6 +201,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
     load = functools.partial(load_model, device=cfg.train.device)  # generate on the GPU where there is one
     kept: dict[int, list] = {}
     handoff = Handoff()  # iter_K's model, in memory, for iteration K+1 (no read back)
+    rows = metrics_rows(cfg.output_dir, cfg.iteration_steps(dist.world_size())) if dist.is_main() else None
     saver = Saver()  # pinned host buffers (on a GPU) are slow to allocate: once per run, not per iteration
     protect = {plan.weights_from, plan.state_from} - {None}
     start = first_start(cfg, plan, base_dir, cfg.iteration_steps(dist.world_size()))
@@ -292,7 +295,8 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
 
             def save():
                 extra = {"metrics": metrics, "seconds": round(time.monotonic() - began, 3), **records}
-                save_iteration(cfg, k, trainer, trained, tokenizer, global_step, start.started_from, extra, steps, adapter)
+                save_iteration(cfg, k, trainer, trained, tokenizer, global_step, start.started_from, extra, steps, adapter,
+                               rows)
                 if tracking is not None:
                     tracking.iteration(metrics)
                     if k + 1 == cfg.it.num_iterations and cfg.it.tracker_log_model:
@@ -335,7 +339,7 @@ def finished_training(trainer, start: Start, k: int, steps: int, at: stop.Place)
 
 
 def save_iteration(cfg: Config, k: int, trainer, model, tokenizer, global_step: int, started_from: str,
-                   extra: dict, steps: int, adapter: str | None = None) -> None:
+                   extra: dict, steps: int, adapter: str | None = None, rows: list[dict] | None = None) -> None:
     """Rank 0: commit iter_K (weights-only model + tokenizer + its loss curve [+ the adapter staged
     in `adapter`] + manifest), then metrics.jsonl."""
     name = iteration_name(k)
@@ -348,7 +352,9 @@ def save_iteration(cfg: Config, k: int, trainer, model, tokenizer, global_step: 
     commit.commit_dir(staged, os.path.join(cfg.output_dir, name), failpoint=("iteration.write", k),
                       kind=ITERATION, name=name, iteration=k, global_step=global_step,
                       started_from=started_from, extra=extra)
-    write_metrics(cfg.output_dir, steps)
+    if rows is not None:
+        rows.append(extra["metrics"])
+    write_metrics(cfg.output_dir, steps, rows)
 
 
 def settle_trackers(cfg: Config, plan: Plan) -> None:
