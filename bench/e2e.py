@@ -94,9 +94,10 @@ def reads_and_overhead(work: Path, plain_phases: list[dict] | None = None) -> di
     phases = {p: statistics.median(it["phases"].get(p, 0.0) for it in its) for p in ("generate", "train", "evaluate")}
     phases["other"] = statistics.median(it["overhead"] for it in its)
     phases["iteration"] = statistics.median(it["seconds"] for it in its)
+    if plain_phases:  # the plain loop's "other" (mostly save_pretrained), per iteration, then the median
+        for r in plain_phases:
+            r["other"] = r["iteration"] - r["generate"] - r["train"] - r["evaluate"]
     plain = {p: statistics.median(r[p] for r in plain_phases) for p in plain_phases[0]} if plain_phases else None
-    if plain:
-        plain["other"] = plain["iteration"] - plain["generate"] - plain["train"] - plain["evaluate"]
     reads = {"value": max(per_it[1:]), "per_iteration": per_it, "reads": committed,
              "how": "full reads of committed model weights (safetensors loads, mmap or whole, torch.load, checksum "
                     "passes) in each iteration of a 5-iteration run on the defaults without restarts, max over "

@@ -479,8 +479,12 @@ def e2e_markdown(results: dict) -> str:
     if "overhead_share" not in results:
         return "(not measured yet: python bench/run.py --only e2e)"
     ours, plain = results["overhead_share"]["phases_ours"], results["overhead_share"]["phases_plain"]
-    rows = "\n".join(f"| {p} | {ours[p]:.2f} s | {plain[p]:.2f} s | {ours[p] / plain[p]:.2f} |"
-                     for p in ("generate", "train", "evaluate", "other", "iteration"))
+    def row(p: str) -> str:
+        if plain[p] <= 0:  # (results measured before "other" was a per-iteration median: not meaningful)
+            return f"| {p} | {ours[p]:.2f} s | - | - |"
+        return f"| {p} | {ours[p]:.2f} s | {plain[p]:.2f} s | {ours[p] / plain[p]:.2f} |"
+
+    rows = "\n".join(row(p) for p in ("generate", "train", "evaluate", "other", "iteration"))
     return ("| phase (median over the 5 iterations) | itertrain | plain loop | ratio |\n|---|---:|---:|---:|\n" + rows)
 
 

@@ -142,3 +142,19 @@ def test_unreadable_tracker_record_is_one_line(tmp_path):
     with pytest.raises(trackers.TrackerError, match="cannot be read"):
         trackers.read_record(str(tmp_path))
     assert os.path.exists(tmp_path / trackers.RECORD)  # left for the user to mend
+
+
+@pytest.mark.slow
+def test_two_ranks_log_from_rank_0_only(tmp_path, wandb_env, monkeypatch):
+    from test_models_and_ranks import torchrun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "exp"
+    flags = ("--report_to", "wandb", "mlflow")
+    assert torchrun(out, *flags, failpoints="train.step=8").returncode != 0
+    done = torchrun(out, *AUTO, *flags)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_id = json.loads((out / trackers.RECORD).read_text())["wandb"]["id"]
+    assert len(list((out / "wandb").glob(f"offline-run-*-{run_id}*"))) == 2  # one W&B process a start: rank 0's
+    assert tracker_problem(out, committed_rows(out), uri) is None
