@@ -158,3 +158,30 @@ def test_two_ranks_log_from_rank_0_only(tmp_path, wandb_env, monkeypatch):
     run_id = json.loads((out / trackers.RECORD).read_text())["wandb"]["id"]
     assert len(list((out / "wandb").glob(f"offline-run-*-{run_id}*"))) == 2  # one W&B process a start: rank 0's
     assert tracker_problem(out, committed_rows(out), uri) is None
+
+
+def test_a_tracker_that_fails_mid_run_is_dropped_with_one_line(capsys):
+    """A dashboard gone away does not stop training; the next start catches it up."""
+    class Broken:
+        kind = "mlflow"
+
+        def steps(self, *a):
+            raise ConnectionError("server at http://127.0.0.1:5000 is gone")
+
+    class Fine:
+        kind = "wandb"
+        seen: list = []
+
+        def steps(self, first, losses, lrs):
+            self.seen.append(first)
+
+        def close(self, outcome):
+            self.seen.append(outcome)
+
+    both = trackers.Trackers([Broken(), Fine()])
+    both.steps(1, [0.5], [0.1])
+    both.steps(2, [0.4], [0.1])
+    both.close("finished")
+    assert Fine.seen == [1, 2, "finished"]
+    said = [line for line in capsys.readouterr().out.splitlines() if "mlflow" in line]
+    assert len(said) == 1 and "ConnectionError" in said[0] and "catches it up" in said[0], said

@@ -52,27 +52,36 @@ def step_values(loss: float, lr: float) -> dict[str, float]:
 
 
 class Trackers:
-    """The opened trackers, as one: steps (live, from the Trainer), iteration metrics, close."""
+    """The opened trackers, as one: steps (live, from the Trainer), iteration metrics, close.
+
+    A tracker that fails while the run goes on (a server gone, a full disk under its files) is
+    dropped for the rest of the run with one line saying so: a week of training is not stopped for
+    a dashboard, and the next start catches the tracker up from the committed curves."""
 
     def __init__(self, opened: list):
         self.opened = opened
 
+    def _each(self, what: str, *args) -> None:
+        for t in list(self.opened):
+            try:
+                getattr(t, what)(*args)
+            except Exception as e:  # noqa: BLE001 - reported, and made good by the next start
+                self.opened.remove(t)
+                dist.log0(f"⚠️  {t.kind}: {what} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                          "not logging to it for the rest of this run: the next start catches it up")
+
     def steps(self, first_step: int, losses: list[float], lrs: list[float]) -> None:
-        for t in self.opened:
-            t.steps(first_step, losses, lrs)
+        self._each("steps", first_step, losses, lrs)
 
     def iteration(self, metrics: dict) -> None:
-        for t in self.opened:
-            t.iteration(metrics)
+        self._each("iteration", metrics)
 
     def final_model(self, path: str, metrics: dict) -> None:
-        for t in self.opened:
-            t.final_model(os.path.abspath(path), metrics)
+        self._each("final_model", os.path.abspath(path), metrics)
 
     def close(self, outcome: str) -> None:
         """outcome: finished (every iteration done), stopped (a stop request: resumable) or failed."""
-        for t in self.opened:
-            t.close(outcome)
+        self._each("close", outcome)
 
 
 def replay(tracker, history: list[tuple[int, dict | None, dict | None]]) -> None:
@@ -119,6 +128,7 @@ def open_all(output_dir: str, report_to: list[str], history: list, branch: bool,
                       f"the earlier run ({prior.get('id')}) is left as it was and listed in {RECORD}")
             prior = None
         tracker = importlib.import_module(f"itertrain.trackers.{module}").Tracker(output_dir, prior, settings, name)
+        tracker.kind = kind
         keep(kind, tracker.record)  # a chosen id is on disk before the run is opened
         tracker.start()
         keep(kind, tracker.record)
