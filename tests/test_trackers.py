@@ -185,3 +185,15 @@ def test_a_tracker_that_fails_mid_run_is_dropped_with_one_line(capsys):
     assert Fine.seen == [1, 2, "finished"]
     said = [line for line in capsys.readouterr().out.splitlines() if "mlflow" in line]
     assert len(said) == 1 and "ConnectionError" in said[0] and "catches it up" in said[0], said
+
+
+def test_a_tracker_that_cannot_be_opened_is_one_line_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    """Seen in a random-kill sweep: a kill during MLflow's creation of its sqlite database left it
+    half made, and every resume stopped on it. A store that cannot be opened is now one line; the
+    run goes on, and a later start that can open it catches it up from the committed curves."""
+    (tmp_path / "broken.db").write_bytes(b"not a database at all, " * 100)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'broken.db'}")
+    opened = trackers.open_all(str(tmp_path), ["mlflow"], [], False, {"learning_rate": 0.1}, "exp")
+    assert opened.opened == []
+    said = [line for line in capsys.readouterr().out.splitlines() if "mlflow" in line]
+    assert len(said) == 1 and "cannot be opened" in said[0] and "catches it up" in said[0], said

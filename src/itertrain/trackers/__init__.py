@@ -67,7 +67,7 @@ class Trackers:
                 getattr(t, what)(*args)
             except Exception as e:  # noqa: BLE001 - reported, and made good by the next start
                 self.opened.remove(t)
-                dist.log0(f"⚠️  {t.kind}: {what} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                dist.log0(f"⚠️  {t.kind}: {what} failed ({type(e).__name__}: {_first_line(e)}); "
                           "not logging to it for the rest of this run: the next start catches it up")
 
     def steps(self, first_step: int, losses: list[float], lrs: list[float]) -> None:
@@ -82,6 +82,10 @@ class Trackers:
     def close(self, outcome: str) -> None:
         """outcome: finished (every iteration done), stopped (a stop request: resumable) or failed."""
         self._each("close", outcome)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def replay(tracker, history: list[tuple[int, dict | None, dict | None]]) -> None:
@@ -130,9 +134,16 @@ def open_all(output_dir: str, report_to: list[str], history: list, branch: bool,
         tracker = importlib.import_module(f"itertrain.trackers.{module}").Tracker(output_dir, prior, settings, name)
         tracker.kind = kind
         keep(kind, tracker.record)  # a chosen id is on disk before the run is opened
-        tracker.start()
-        keep(kind, tracker.record)
-        tracker.catch_up(history)
+        try:
+            tracker.start()
+            keep(kind, tracker.record)
+            tracker.catch_up(history)
+        except Exception as e:  # noqa: BLE001 - said in one line; the next start catches it up
+            # (a store that cannot be reached or read: seen with an MLflow database whose creation a
+            # kill cut short). An unattended resume goes on training; nothing it logs is lost.
+            dist.log0(f"⚠️  {kind}: cannot be opened ({type(e).__name__}: {_first_line(e)}); this run goes on "
+                      "without it, and the next start that can open it catches it up")
+            continue
         dist.log0(tracker.describe())
         opened.append(tracker)
     return Trackers(opened)
