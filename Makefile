@@ -83,6 +83,8 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --random 40 --objective dpo --jobs 2 --json chaos-random-dpo.json
 	$(BIN)/python tests/chaos_harness.py --random 10 --objective dpo --ranks 2 --jobs 1 --json chaos-random-dpo-2ranks.json
 	$(BIN)/python tests/chaos_harness.py --random 20 --objective dpo --signal SIGTERM --jobs 2 --json chaos-sigterm-dpo.json
+	$(BIN)/python tests/chaos_harness.py --events all --trackers --jobs 2 --json chaos-kill-trackers.json
+	$(BIN)/python tests/chaos_harness.py --random 40 --trackers --jobs 2 --json chaos-random-trackers.json
 	$(MAKE) vllm
 	$(BIN)/python tests/chaos_harness.py --random 4 --generate --vllm --jobs 1 --json chaos-random-vllm.json
 
