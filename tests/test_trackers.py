@@ -128,6 +128,22 @@ def test_missing_tracker_package_is_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("flags,needle", [
+    (["--report_to", "bogus"], "--report_to bogus: not an integration HF knows"),
+    (["--report_to", "wandb", "bogus"], "--report_to bogus"),
+    (["--tracker_log_model", "true"], "add --report_to wandb and/or mlflow"),
+    (["--report_to", "tensorboard", "--tracker_log_model", "true"], "add --report_to wandb and/or mlflow"),
+])
+def test_bad_report_flags_are_one_line_before_anything_is_written(tmp_path, capsys, flags, needle):
+    """--report_to bogus used to reach HF's own check only when the first Trainer was built: after
+    the base model and the whole generate phase, as a traceback."""
+    assert cli.main(["--output_dir", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # importing mlflow runs `uname -p` (platform.processor)
 def test_mlflow_file_store_without_its_opt_in_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
@@ -187,6 +203,7 @@ def test_a_tracker_that_fails_mid_run_is_dropped_with_one_line(capsys):
     assert len(said) == 1 and "ConnectionError" in said[0] and "catches it up" in said[0], said
 
 
+@pytest.mark.slow  # importing mlflow runs `uname -p` (platform.processor)
 def test_a_tracker_that_cannot_be_opened_is_one_line_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
     """Seen in a random-kill sweep: a kill during MLflow's creation of its sqlite database left it
     half made, and every resume stopped on it. A store that cannot be opened is now one line; the

@@ -303,10 +303,18 @@ def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArgument
                          "phase when SIGTERM is among --stop_signals (the default); add it there instead")
     if train.save_only_model:
         raise UsageError("--save_only_model is not supported: checkpoints must hold the full training state")
+    from transformers.integrations import INTEGRATION_TO_CALLBACK
+
     from itertrain import trackers
 
+    if unknown := [r for r in train.report_to if r not in INTEGRATION_TO_CALLBACK]:
+        raise UsageError(f"--report_to {unknown[0]}: not an integration HF knows (tensorboard, wandb, mlflow, "
+                         f"{', '.join(sorted(set(INTEGRATION_TO_CALLBACK) - set(trackers.KINDS)))}, all or none)")
     if found := trackers.problems(train.report_to):
         raise UsageError(found[0])
+    if it.tracker_log_model and not {"wandb", "mlflow"} & set(train.report_to):
+        raise UsageError("--tracker_log_model logs the final model to W&B or MLflow: add --report_to wandb "
+                         "and/or mlflow")
     if train.load_best_model_at_end:
         raise UsageError("--load_best_model_at_end is not supported by iterative training")
     if it.model_name is not None:
