@@ -19,7 +19,7 @@ class Handoff:
     def keep(self, path: str, trainer) -> None:
         """After iter_K is committed at `path`: keep the trainer's model (every rank its own)."""
         self.drop()
-        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled or trainer.peft:
             return
         # without the mixed-precision wrapper accelerate puts on forward: as a fresh load would be
         self.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)

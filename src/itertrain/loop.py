@@ -166,8 +166,9 @@ def training_model(cfg: Config, start: Start, frozen: str | None, k: int, handof
     its weights with a fresh optimizer; else loaded from start.weights, or with --use_peft the
     frozen model and its adapter (adapters.py)."""
     load = functools.partial(load_model, for_training=True, device=cfg.train.device, frozen=frozen is not None)
-    fresh = frozen is None and start.resume is None and start.view_of is None
-    if (model := handoff.take(start.weights) if fresh else handoff.drop()) is not None:
+    fresh = frozen is None and start.resume is None and start.view_of is None  # weights only, no state
+    model = handoff.take(start.weights)  # (taken either way: only this iteration could have used it)
+    if fresh and model is not None:
         return model.train()
     if frozen is None:
         return load(start.weights)
@@ -303,8 +304,7 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
                         tracking.final_model(os.path.join(cfg.output_dir, iteration_name(k)), metrics)
 
             dist.on_main(save)
-            if not peft:
-                handoff.keep(os.path.join(cfg.output_dir, iteration_name(k)), trainer)
+            handoff.keep(os.path.join(cfg.output_dir, iteration_name(k)), trainer)
             at.committed = iteration_name(k)
             if k + 1 < cfg.it.num_iterations:  # after the last iteration there is nothing left to stop
                 at.check("save")

@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 
 from itertrain import commit, dist
 
 RECORD = "trackers.json"
-# --report_to name: (module here, the package it needs, the extra that installs it)
+# --report_to name (also the extra that installs it): (module here, the package it needs)
 KINDS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb_run", "wandb"),
          "mlflow": ("mlflow_run", "mlflow")}
-TRAIN_SCALARS = ("loss", "learning_rate")
 ITERATION_SCALARS = ("eval_accuracy", "acceptance_rate", "pass_at_k", "train_loss", "num_train_samples",
                      "num_pairs", "dpo_reward_margin", "dpo_reward_accuracy")  # (the last three: --objective dpo)
 
 
 class TrackerError(RuntimeError):
-    """A tracker cannot go on with the experiment's run (its store lacks the recorded run)."""
+    """The experiment's tracker record cannot be read, or a tracker cannot reach its run."""
 
 
 def problems(report_to: list[str]) -> list[str]:
@@ -99,8 +99,6 @@ def replay(tracker, history: list[tuple[int, dict | None, dict | None]]) -> None
 
 
 def read_record(output_dir: str) -> dict:
-    import json
-
     try:
         with open(os.path.join(output_dir, RECORD), encoding="utf-8") as f:
             return json.load(f)

@@ -24,9 +24,13 @@ def _uri() -> str:
 
 
 def problems() -> list[str]:
+    """A file store that MLflow itself would refuse (decided MLflow's own way), before anything runs."""
+    from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    from mlflow.utils.uri import get_uri_scheme, is_databricks_uri
+
     uri = _uri()
-    file_store = uri and (uri.startswith("file:") or "://" not in uri)
-    if file_store and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+    file_store = uri and get_uri_scheme(uri) in ("", "file") and not is_databricks_uri(uri)
+    if file_store and not MLFLOW_ALLOW_FILE_STORE.get():
         return [f"MLFLOW_TRACKING_URI={uri} is a file store, which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE=true "
                 "is set too; or use a database store (sqlite:///path/mlflow.db) or a server"]
     return []

@@ -13,6 +13,7 @@ a row held back at a stop or crash is caught up from the committed curve at the 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import secrets
@@ -53,8 +54,6 @@ def records(path: str):
 def local_log(wandb_dir: str, run_id: str) -> tuple[list[dict], set[str]]:
     """What W&B wrote locally for `run_id` over every start, oldest first: the history rows
     ({key: value, "_step": n}) and the config keys set (W&B's own, "_wandb", left out)."""
-    import json
-
     def started(path: str) -> tuple[str, str]:  # offline-run-<yyyymmdd_hhmmss>-<id>[-n]
         name = os.path.basename(os.path.dirname(path))
         return (m.group(1) if (m := re.search(r"-(\d{8}_\d{6})-", name)) else "", name)
