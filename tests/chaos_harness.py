@@ -64,6 +64,7 @@ PEFT: list[str] = []  # --peft MODE: the runs train a LoRA adapter (adapters.py)
 OBJECTIVE: list[str] = []  # --objective dpo: iteration 1 trains with DPO (TRL) on pairs from iteration 0's model
 DPO = ["--objective", "dpo", "--sft_iterations", "1", "--dpo_gold_chosen", "true", "--pairs_per_prompt", "2"]
 TRACKERS: list[str] = []  # --trackers: the runs report to TensorBoard, W&B (offline) and MLflow (a store per run)
+TRACKER_FLAGS = ["--report_to", "tensorboard", "wandb", "mlflow", "--tracker_log_model", "true"]
 
 
 def example_flags(model: Path) -> list[str]:
@@ -222,6 +223,11 @@ def tracker_problem(out: Path, want: dict, mlflow_uri: str | None = None) -> str
             return f"W&B: steps logged twice or backwards: {steps}"
         if {r["_step"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in rows} != want:
             return "W&B: its history differs from the committed curves and metrics"
+        run_id = record["wandb"]["id"]
+        logs = (out / "wandb").glob(f"*-{run_id}*/run-{run_id}.wandb")
+        if "--tracker_log_model" in TRACKERS and not any(
+                r.WhichOneof("record_type") == "artifact" for log in logs for r in wandb_run.records(str(log))):
+            return "W&B: the final model's reference artifact is missing"
     if "id" in record.get("mlflow", {}):  # (no id: its store never opened, e.g. a kill cut its creation short)
         from mlflow import MlflowClient
 
@@ -239,6 +245,8 @@ def tracker_problem(out: Path, want: dict, mlflow_uri: str | None = None) -> str
                 got.setdefault(m.step, {})[key] = m.value
         if got != want:
             return "MLflow: its metrics differ from the committed curves and metrics"
+        if "--tracker_log_model" in TRACKERS and run.data.tags.get("itertrain.final_model") != str(out / "iter_1"):
+            return "MLflow: the final model's tag is missing"
     return None
 
 
@@ -408,7 +416,7 @@ def main() -> int:
     if args.objective == "dpo":
         OBJECTIVE.extend(DPO)
     if args.trackers:
-        TRACKERS.extend(["--report_to", "tensorboard", "wandb", "mlflow"])
+        TRACKERS.extend(TRACKER_FLAGS)
     if args.peft:
         PEFT.extend(["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear",
                      "--peft_iteration", args.peft])

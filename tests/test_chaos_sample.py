@@ -86,7 +86,7 @@ def test_full_disk_during_a_save_keeps_everything_and_resumes(tmp_path, ref):
 
 PEFT = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"]
 FLAVOURS = {"peft": ("PEFT", PEFT), "dpo": ("OBJECTIVE", chaos_harness.DPO),
-            "trackers": ("TRACKERS", ["--report_to", "tensorboard", "wandb", "mlflow"])}
+            "trackers": ("TRACKERS", chaos_harness.TRACKER_FLAGS)}
 
 
 @contextmanager
