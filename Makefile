@@ -85,6 +85,7 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --random 20 --objective dpo --signal SIGTERM --jobs 2 --json chaos-sigterm-dpo.json
 	$(BIN)/python tests/chaos_harness.py --events all --trackers --jobs 2 --json chaos-kill-trackers.json
 	$(BIN)/python tests/chaos_harness.py --random 40 --trackers --jobs 2 --json chaos-random-trackers.json
+	$(BIN)/python tests/chaos_harness.py --random 20 --trackers --signal SIGTERM --jobs 2 --json chaos-sigterm-trackers.json
 	$(MAKE) vllm
 	$(BIN)/python tests/chaos_harness.py --random 4 --generate --vllm --jobs 1 --json chaos-random-vllm.json
 
