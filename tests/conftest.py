@@ -235,3 +235,15 @@ def _fast_tests_start_no_process(request, monkeypatch):
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     monkeypatch.setattr(os, "fork", refuse)
+
+
+@pytest.fixture(autouse=True)
+def _no_deepspeed_config_left_behind():
+    # transformers keeps the last TrainingArguments' DeepSpeed config as a process global: one a test
+    # leaves behind turns every later from_pretrained in this worker into a ZeRO-3 init.
+    yield
+    ds = sys.modules.get("transformers.integrations.deepspeed")
+    if ds is not None and ds.is_deepspeed_zero3_enabled():
+        ds.unset_hf_deepspeed_config()
+        pytest.fail("this test left transformers' global DeepSpeed config set (a TrainingArguments with "
+                    "--deepspeed still alive)")

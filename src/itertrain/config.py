@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from itertrain import adapters, defaults, objectives, verifiers
 from itertrain.adapters import PeftArguments
@@ -236,10 +237,16 @@ def parse(argv: list[str]) -> Config:
     if any(a.startswith("--num_train_epochs") for a in argv) and not any(a.startswith("--max_steps") for a in argv):
         argv = [*argv, "--max_steps", "-1"]  # epochs asked for: the demo's step default must not override them
     try:
-        it, train, peft, obj = parser().parse_args_into_dataclasses(args=argv)
-    except (ValueError, TypeError, ImportError) as e:  # TrainingArguments.__post_init__ checks
-        raise UsageError(str(e).strip().splitlines()[0]) from None
-    return validate(it, train, peft, obj)
+        try:
+            it, train, peft, obj = parser().parse_args_into_dataclasses(args=argv)
+        except (ValueError, TypeError, ImportError) as e:  # TrainingArguments.__post_init__ checks
+            raise UsageError(str(e).strip().splitlines()[0]) from None
+        return validate(it, train, peft, obj)
+    except Exception:
+        # TrainingArguments made transformers' global DeepSpeed config live: a refused one must not
+        # leave it, or this process's next from_pretrained would start a ZeRO-3 init.
+        unset_hf_deepspeed_config()
+        raise
 
 
 def builtin_task(it: IterArguments) -> bool:
