@@ -92,11 +92,13 @@ def _env(out: Path, env_extra: dict | None = None) -> dict:
 
 
 def _mlflow_uri(out: Path) -> str:
-    return f"sqlite:///{out}.mlflow.db"  # beside the experiment: its writes are not the run's file events
+    # beside the experiment: its writes are not the run's file events; the runs' cwd is out.parent, so the
+    # artifacts MLflow puts under ./mlruns stay in the scratch folder too
+    return f"sqlite:///{out}.mlflow.db"
 
 
 def _run(out: Path, *extra: str, env_extra: dict | None = None, ranks: int = 1) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(out, ranks, *extra), cwd=REPO, env=_env(out, env_extra), capture_output=True,
+    return subprocess.run(_cmd(out, ranks, *extra), cwd=out.parent, env=_env(out, env_extra), capture_output=True,
                           text=True, timeout=600)
 
 
@@ -247,6 +249,8 @@ def tracker_problem(out: Path, want: dict, mlflow_uri: str | None = None) -> str
             return "MLflow: its metrics differ from the committed curves and metrics"
         if "--tracker_log_model" in TRACKERS and run.data.tags.get("itertrain.final_model") != str(out / "iter_1"):
             return "MLflow: the final model's tag is missing"
+        if not Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(out.parent):
+            return f"MLflow: artifacts went outside the scratch folder, to {run.info.artifact_uri}"
     return None
 
 
@@ -265,7 +269,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
     err_path = work / f"r{seed}.stderr"
     for _ in range(kills + 5):
         with open(err_path, "w") as err:  # a file, not a pipe: a full pipe would stall the run
-            p = subprocess.Popen(_cmd(out, ranks, *AUTO), cwd=REPO, env=_env(out), stdout=subprocess.DEVNULL,
+            p = subprocess.Popen(_cmd(out, ranks, *AUTO), cwd=out.parent, env=_env(out), stdout=subprocess.DEVNULL,
                                  stderr=err, start_new_session=True)
             if len(result["killed_at"]) < kills:
                 lo, hi = window if not isinstance(window, list) else \
