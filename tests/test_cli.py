@@ -123,3 +123,20 @@ def test_fsdp_without_a_distributed_launch_is_one_line_before_anything_is_writte
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("itertrain: error: --fsdp needs a distributed launch"), err
     assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.slow
+def test_the_collector_skips_start_up_objects_during_a_run_and_is_given_back_after(tmp_path, monkeypatch):
+    import gc
+
+    from itertrain import cli, loop
+
+    seen = []
+    real = loop.run_iterations
+    monkeypatch.setattr(loop, "run_iterations", lambda *a, **k: seen.append((gc.isenabled(), gc.get_freeze_count()))
+                        or real(*a, **k))
+    assert cli.main(["--output_dir", str(tmp_path / "exp"), *SMALL, "--num_iterations", "1"]) == 0
+    assert seen and seen[0][0] and seen[0][1] > 100_000  # on, with the imports out of its way
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # an in-process caller gets it back as it was
+    assert cli.main(["--output_dir", str(tmp_path / "x"), "--resume_from", "latest"]) == 2  # a refusal too
+    assert gc.isenabled() and gc.get_freeze_count() == 0

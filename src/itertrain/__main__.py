@@ -1,3 +1,3 @@
-from itertrain.cli import main
+from itertrain.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())
