@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from itertrain import dist, inventory, restore  # noqa: E402
 from itertrain.data import Collator, encode  # noqa: E402
-from itertrain.generate import complete, sample  # noqa: E402
+from itertrain.generate import sample  # noqa: E402
 from itertrain.loop import load_model  # noqa: E402
 from itertrain.plan import Request, make_plan  # noqa: E402
 from itertrain.selectors import Selector  # noqa: E402
@@ -38,7 +38,9 @@ from itertrain.trainer import IterTrainer  # noqa: E402
 from generation_bench import generation_markdown, redo_fraction, vllm_vs_hf  # noqa: E402
 from stop_bench import agreement_cost, stop_latency, stop_markdown  # noqa: E402
 import e2e  # noqa: E402
+from plain_loop import complete  # noqa: E402  (HF's own generate call, as a user makes it: the baselines)
 import peft_bench  # noqa: E402
+import profile_runs  # noqa: E402
 
 TOK = make_tokenizer()
 
@@ -470,7 +472,7 @@ def write_markdown(meta: dict, results: dict, recorded: dict) -> None:
                        "{{ROWS}}": rows, "{{WHOLE_RUN}}": f"{stall['whole_run_ratio']:.2f}x", "{{SIZES}}": table,
                        "{{CHECKS}}": checks, "{{PROFILE}}": profile_markdown(), **stop_markdown(results),
                        **generation_markdown(results, recorded), "{{PEFT}}": peft_bench.markdown(results),
-                       "{{E2E}}": e2e_markdown(results)}.items():
+                       "{{E2E}}": e2e_markdown(results), "{{RUN_PROFILE}}": profile_runs.markdown()}.items():
         text = text.replace(key, value)
     (REPO / "BENCHMARKS.md").write_text(text)
 

@@ -1,0 +1,51 @@
+"""The HF backend's batched call: its samples are HF generate's own, prompts prefilled once."""
+
+import pytest
+import torch
+
+from itertrain import generate
+from itertrain.generate import complete
+from itertrain.tasks.addition import make_task
+from itertrain.tinymodel import make_model, make_tokenizer
+
+TOK = make_tokenizer()
+SAMPLING = dict(do_sample=True, temperature=1.0, top_k=None, top_p=None, max_new_tokens=8)
+
+
+def hf_generate(model, prompts, n, **kw):
+    TOK.padding_side = "left"
+    enc = TOK(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, pad_token_id=TOK.pad_token_id, eos_token_id=TOK.eos_token_id,
+                             num_return_sequences=n, **kw)
+    return TOK.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_samples_are_hf_generates_own(n):
+    model = make_model(3, len(TOK)).eval()
+    prompts = [e.prompt for e in make_task(seed=1, num_gold=1, num_prompts=64, num_eval=1).train_prompts]
+    assert len({len(TOK(p)["input_ids"]) for p in prompts}) > 1  # left padding is exercised
+    torch.manual_seed(7)
+    want = hf_generate(model, prompts, n, **SAMPLING)
+    torch.manual_seed(7)
+    assert complete(model, TOK, prompts, num_return_sequences=n, **SAMPLING) == want
+
+
+def test_the_prompts_are_run_once_not_once_per_sample():
+    model = make_model(3, len(TOK)).eval()
+    rows = []
+    model.register_forward_pre_hook(lambda m, args, kw: rows.append(kw["input_ids"].shape), with_kwargs=True)
+    complete(model, TOK, ["12+34=", "5+6="], num_return_sequences=4, **SAMPLING)
+    assert rows[0][0] == 2 and all(r == (8, 1) for r in rows[1:])  # prompts once, then 8 rows a token at a time
+
+
+def test_only_decoder_only_hf_models_are_prefilled_once(monkeypatch):
+    model = make_model(3, len(TOK)).eval()
+    assert generate._prefills_once(model)
+    assert not generate._prefills_once(torch.nn.Linear(2, 2))
+    monkeypatch.setattr(generate, "_prefills_once", lambda m: False)  # the others: HF's own path, as it is
+    torch.manual_seed(7)
+    want = hf_generate(model, ["12+34="], 4, **SAMPLING)
+    torch.manual_seed(7)
+    assert complete(model, TOK, ["12+34="], num_return_sequences=4, **SAMPLING) == want
