@@ -91,7 +91,9 @@ chaos: $(STAMP)
 
 # Speed against plain HF code, side by side (bench/run.py): bench/results.json and BENCHMARKS.md.
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/python bench/profile_phases.py
+	$(BIN)/python bench/profile_runs.py
 	$(BIN)/python bench/run.py
 
 clean:

@@ -58,6 +58,34 @@ def collate(pad_id):
     return fn
 
 
+def generate_and_select(model, tok, task, k, kept):
+    """4 samples per prompt, the correct ones kept in `kept` (one per prompt, deduplicated)."""
+    model.eval()
+    prompts = [e.prompt for e in task.train_prompts]
+    accepted, solved = 0, 0
+    for i in range(0, len(prompts), 256):
+        torch.manual_seed(SEED * 1000 + k * 100 + i // 256)
+        texts = complete(model, tok, prompts[i:i + 256], do_sample=True, temperature=1.0, top_k=None,
+                         top_p=None, num_return_sequences=4, max_new_tokens=8)
+        for j, ex in enumerate(task.train_prompts[i:i + 256]):
+            good = [t for t in dict.fromkeys(texts[j * 4:(j + 1) * 4]) if task.verify(ex, t)]
+            accepted += sum(task.verify(ex, t) for t in texts[j * 4:(j + 1) * 4])
+            solved += bool(good)
+            kept += [(ex.prompt, t) for t in good[:1]]
+    return accepted, solved
+
+
+def evaluate(model, tok, task) -> int:
+    """Greedy completions of the held-out prompts: how many are correct."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(task.eval_prompts), 256):
+        chunk = task.eval_prompts[i:i + 256]
+        texts = complete(model, tok, [e.prompt for e in chunk], do_sample=False, max_new_tokens=8)
+        correct += sum(task.verify(e, t) for e, t in zip(chunk, texts))
+    return correct
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("output_dir")
@@ -75,18 +103,7 @@ def main() -> None:
     for k in range(args.num_iterations):
         t0 = time.monotonic()
         # generate and filter
-        model.eval()
-        prompts = [e.prompt for e in task.train_prompts]
-        accepted, solved = 0, 0
-        for i in range(0, len(prompts), 256):
-            torch.manual_seed(SEED * 1000 + k * 100 + i // 256)
-            texts = complete(model, tok, prompts[i:i + 256], do_sample=True, temperature=1.0, top_k=None,
-                             top_p=None, num_return_sequences=4, max_new_tokens=8)
-            for j, ex in enumerate(task.train_prompts[i:i + 256]):
-                good = [t for t in dict.fromkeys(texts[j * 4:(j + 1) * 4]) if task.verify(ex, t)]
-                accepted += sum(task.verify(ex, t) for t in texts[j * 4:(j + 1) * 4])
-                solved += bool(good)
-                kept += [(ex.prompt, t) for t in good[:1]]
+        accepted, solved = generate_and_select(model, tok, task, k, kept)
         train = list(dict.fromkeys(gold + kept))
         t1 = time.monotonic()
         # train
@@ -99,18 +116,14 @@ def main() -> None:
         result = trainer.train()
         t2 = time.monotonic()
         # evaluate
-        model.eval()
-        correct = 0
-        for i in range(0, len(task.eval_prompts), 256):
-            chunk = task.eval_prompts[i:i + 256]
-            texts = complete(model, tok, [e.prompt for e in chunk], do_sample=False, max_new_tokens=8)
-            correct += sum(task.verify(e, t) for e, t in zip(chunk, texts))
+        correct = evaluate(model, tok, task)
         t3 = time.monotonic()
         # save
         model.save_pretrained(os.path.join(args.output_dir, f"iter_{k}"))
         tok.save_pretrained(os.path.join(args.output_dir, f"iter_{k}"))
         print(json.dumps({"iteration": k, "eval_accuracy": correct / len(task.eval_prompts),
-                          "acceptance_rate": accepted / (4 * len(prompts)), "pass_at_k": solved / len(prompts),
+                          "acceptance_rate": accepted / (4 * len(task.train_prompts)),
+                          "pass_at_k": solved / len(task.train_prompts),
                           "num_train_samples": len(train), "train_loss": result.training_loss,
                           "seconds": round(time.monotonic() - began, 3), "iteration_seconds": time.monotonic() - t0,
                           "phases": {"generate": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2}}), flush=True)
