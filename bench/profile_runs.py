@@ -84,7 +84,7 @@ def profile(cmd: list[str], work: Path, rate: int) -> dict:
     spy = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
     if spy is None:
         raise SystemExit("profile_runs.py needs py-spy: pip install -e '.[bench]' (make bench installs it)")
-    proc = subprocess.run([spy, "record", "--idle", "--threads", "-r", str(rate), "-f", "raw", "-o", str(raw), "--",
+    proc = subprocess.run([spy, "record", "--nonblocking", "--idle", "--threads", "-r", str(rate), "-f", "raw", "-o", str(raw), "--",
                            sys.executable, __file__, "--child", str(gc_log), *cmd], cwd=work, capture_output=True,
                           text=True)
     if proc.returncode != 0:
@@ -126,7 +126,7 @@ def main() -> int:
             "plain": profile([str(REPO / "bench" / "plain_loop.py"), str(work / "plain"), "--num_iterations", n],
                              work, args.rate)}
     result["how"] = (f"`python bench/profile_runs.py` ({args.num_iterations} iterations on the defaults, each side once "
-                     f"in a fresh process, py-spy at {args.rate} Hz on the main thread with idle time, so the rows add "
+                     f"in a fresh process, py-spy at {args.rate} Hz (not pausing the process) on the main thread with idle time, so the rows add "
                      "up to the wall time from start-up to exit; a sample goes to the first row whose frame is on its "
                      "stack, in the order of the rows).")
     OUT.write_text(json.dumps(result, indent=1) + "\n")

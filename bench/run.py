@@ -371,7 +371,13 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="fewer pairs and steps (a smoke run, not for the docs)")
     p.add_argument("--only", choices=["generation", "peft", "e2e"], help="measure only these figures and update them in "
                    "bench/results.json (each says when it was measured)")
+    p.add_argument("--render", action="store_true", help="measure nothing: write BENCHMARKS.md again from "
+                   "bench/results.json and the profiles (after bench/profile_runs.py alone)")
     args = p.parse_args()
+    if args.render:
+        saved = json.loads((REPO / "bench" / "results.json").read_text())
+        write_markdown(saved["meta"], saved["results"], saved["recorded"])
+        return 0
     dist.state()
     if args.only == "peft":
         return update_only("peft" + " --quick" * args.quick, lambda w: peft_figures(w, 2 if args.quick else 4, args.quick))
