@@ -249,8 +249,9 @@ def tracker_problem(out: Path, want: dict, mlflow_uri: str | None = None) -> str
             return "MLflow: its metrics differ from the committed curves and metrics"
         if "--tracker_log_model" in TRACKERS and run.data.tags.get("itertrain.final_model") != str(out / "iter_1"):
             return "MLflow: the final model's tag is missing"
-        if not Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(out.parent):
-            return f"MLflow: artifacts went outside the scratch folder, to {run.info.artifact_uri}"
+        artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+        if artifacts.exists() and not artifacts.is_relative_to(out.parent):
+            return f"MLflow: artifacts were written outside the scratch folder, to {artifacts}"
     return None
 
 
