@@ -44,6 +44,12 @@ def test_only_decoder_only_hf_models_are_prefilled_once(monkeypatch):
     model = make_model(3, len(TOK)).eval()
     assert generate._prefills_once(model)
     assert not generate._prefills_once(torch.nn.Linear(2, 2))
+    model.generation_config.use_cache = False  # (generating without a cache: HF's path, as it is)
+    rows = []
+    model.register_forward_pre_hook(lambda m, args, kw: rows.append(kw["input_ids"].shape), with_kwargs=True)
+    complete(model, TOK, ["12+34="], num_return_sequences=4, **SAMPLING)
+    assert rows[0] == (4, 6)
+    model.generation_config.use_cache = True
     monkeypatch.setattr(generate, "_prefills_once", lambda m: False)  # the others: HF's own path, as it is
     torch.manual_seed(7)
     want = hf_generate(model, ["12+34="], 4, **SAMPLING)

@@ -30,7 +30,8 @@ def complete(model, tokenizer, prompts: list[str], **generate_kwargs) -> list[st
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     width, n = enc["input_ids"].shape[1], generate_kwargs.pop("num_return_sequences", 1)
-    if n > 1 and width > 1 and _prefills_once(model):
+    if n > 1 and width > 1 and generate_kwargs.get("use_cache", model.generation_config.use_cache) is not False \
+            and _prefills_once(model):
         enc, n = prefill_once(model, enc, n), 1
     # synced_gpus=False: every rank's model is whole and ranks run different batches (HF would turn
     # it on by itself under DeepSpeed ZeRO-3 and wait for the other ranks at every token)
@@ -41,8 +42,8 @@ def complete(model, tokenizer, prompts: list[str], **generate_kwargs) -> list[st
 
 def prefill_once(model, enc, n: int) -> dict:
     """The prompts' KV cache, computed once and repeated for the n samples of each: `generate` with
-    num_return_sequences=n would run every prompt n times (a quarter of the phase on the defaults).
-    The last prompt token is left to `generate`, which takes up from the cache."""
+    num_return_sequences=n would run every prompt n times. The last prompt token is left to
+    `generate`, which takes up from the cache (so a model generating without a cache is left to HF)."""
     ids, mask = enc["input_ids"], enc["attention_mask"]
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate numbers left padding
     cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
