@@ -369,7 +369,7 @@ TARGETS = {"train_throughput_ratio": (">=", 0.98), "checkpoint_stall_ratio": ("<
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer pairs and steps (a smoke run, not for the docs)")
-    p.add_argument("--only", choices=["generation", "peft", "e2e"], help="measure only these figures and update them in "
+    p.add_argument("--only", choices=["generation", "peft", "e2e", "rss"], help="measure only these figures and update them in "
                    "bench/results.json (each says when it was measured)")
     p.add_argument("--render", action="store_true", help="measure nothing: write BENCHMARKS.md again from "
                    "bench/results.json and the profiles (after bench/profile_runs.py alone)")
@@ -381,6 +381,8 @@ def main() -> int:
     dist.state()
     if args.only == "peft":
         return update_only("peft" + " --quick" * args.quick, lambda w: peft_figures(w, 2 if args.quick else 4, args.quick))
+    if args.only == "rss":
+        return update_only("rss", lambda w: {"peak_rss_ratio": e2e.peak_rss_ratio(w, 2)})
     if args.only == "e2e":
         return update_only("e2e" + " --quick" * args.quick, lambda w: e2e.figures(w, args.quick))
     if args.only:
