@@ -30,8 +30,7 @@ def complete(model, tokenizer, prompts: list[str], **generate_kwargs) -> list[st
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     width, n = enc["input_ids"].shape[1], generate_kwargs.pop("num_return_sequences", 1)
-    if n > 1 and width > 1 and generate_kwargs.get("use_cache", model.generation_config.use_cache) is not False \
-            and _prefills_once(model):
+    if n > 1 and width > 1 and _prefills_once(model, generate_kwargs.get("use_cache")):
         enc, n = prefill_once(model, enc, n), 1
     # synced_gpus=False: every rank's model is whole and ranks run different batches (HF would turn
     # it on by itself under DeepSpeed ZeRO-3 and wait for the other ranks at every token)
@@ -52,11 +51,13 @@ def prefill_once(model, enc, n: int) -> dict:
     return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0), "cache": cache}
 
 
-def _prefills_once(model) -> bool:
-    """A decoder-only HF model whose forward takes the arguments prefill_once gives it."""
+def _prefills_once(model, use_cache: bool | None = None) -> bool:
+    """A decoder-only HF model that generates with a cache (`use_cache`, else its generation config's)
+    and whose forward takes the arguments prefill_once gives it."""
     from transformers import PreTrainedModel
 
     return (isinstance(model, PreTrainedModel) and not model.config.is_encoder_decoder
+            and (model.generation_config.use_cache if use_cache is None else use_cache) is not False
             and {"cache", "position_ids", "logits_to_keep"} <= set(inspect.signature(model.forward).parameters))
 
 
