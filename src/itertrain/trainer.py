@@ -19,6 +19,7 @@ override is here, each small, each calling the library's own code.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import shutil
 
@@ -95,19 +96,18 @@ class Recovering:
         if self.async_save:
             dist.side_group()  # collective: every rank builds its trainer at the same point
         self.stop_reason: str | None = None  # set when a stop request ended training
-        self._flos_per_token: int | None = None
         self.add_callback(SaveAtLastStep())
         self.add_callback(StopAtStep(self))
 
     def floating_point_ops(self, inputs) -> int:
-        """HF's count (6 x tokens x parameters without embeddings), the parameters counted once per
-        trainer instead of at every step (1.4 % of a training step of the built-in model)."""
+        """HF's count (6 x tokens x parameters without embeddings), with the parameters counted once per
+        trainer: HF walks every parameter at every step."""
         main = getattr(self.model, "main_input_name", "input_ids")
-        if main not in inputs:
-            return 0
-        if self._flos_per_token is None:
-            self._flos_per_token = super().floating_point_ops({main: torch.empty(1)})
-        return self._flos_per_token * inputs[main].numel()
+        return self._flos_per_token * inputs[main].numel() if main in inputs else 0
+
+    @functools.cached_property
+    def _flos_per_token(self) -> int:
+        return super().floating_point_ops({getattr(self.model, "main_input_name", "input_ids"): torch.empty(1)})
 
     def training_step(self, *args, **kwargs):
         loss = super().training_step(*args, **kwargs)
