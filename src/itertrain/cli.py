@@ -36,8 +36,8 @@ def console() -> int:
 
 
 def leave(code: int) -> int:
-    """End the process now, without the interpreter's teardown, which frees the imports' ~1M objects one
-    by one (1.2 s) after everything is committed, every tracker closed and the output flushed. Only
+    """End the process now, once everything is committed, every tracker closed and the output flushed,
+    without the interpreter's teardown (freeing the imports' objects one by one: BENCHMARKS.md). Only
     where the output cannot be flushed (a closed pipe) is `code` returned for the usual exit."""
     try:
         sys.stdout.flush()
@@ -49,7 +49,7 @@ def leave(code: int) -> int:
 
 def train_command(argv: list[str]) -> int:
     """`itertrain train`: parse the flags, run the experiment, turn each kind of failure into its exit code."""
-    gc.disable()  # until run.freeze_imports: the imports below make ~900k objects that live for the run
+    gc.disable()  # until run.freeze_imports, which freezes what the imports below leave
     try:
         return _train(argv)
     finally:
@@ -87,10 +87,9 @@ def _train(argv: list[str]) -> int:
             # Every artifact is committed (fsynced) and every rank has left the process group
             # together. What remains is interpreter teardown, where a rank can still abort in C++
             # destructors ("terminate called without an active exception", seen under DeepSpeed
-            # ZeRO-3 on CPU after a finished run), and torchrun then fails the whole run. Leave now.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            # ZeRO-3 on CPU after a finished run), and torchrun then fails the whole run. Leave now,
+            # before the collector is given back (train_command's finally).
+            return leave(code)
         return code
     except (UsageError, TaskError, AdapterError) as e:
         _error(e)

@@ -3,6 +3,7 @@ print the plan and stop), prepare (base model, renames, settings), run the itera
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -118,15 +119,12 @@ def run_experiment(cfg: Config) -> int:
 
 
 def freeze_imports() -> None:
-    """Keep the collector off what start-up made: the imports' ~900k objects, alive for the whole run.
-
-    A full collection walked them all (0.19 s each, eleven in a 3-iteration run on the defaults: HF's
-    Trainer asks for two per train, the imports set off the rest), 7 % of that run. cli.train_command
-    turns the collector off before the imports and undoes the freeze when the run ends. Called before
-    any model is loaded, so nothing the run drops later is kept.
+    """Keep the collector off what start-up made: the imports' objects, alive for the whole run, which
+    every full collection walked (HF's Trainer asks for two per train; BENCHMARKS.md has the cost).
+    cli.train_command turns the collector off before the imports (their garbage is frozen with them)
+    and undoes the freeze when the run ends. Called before any model is loaded, so nothing the run
+    drops later is kept.
     """
-    import gc
-
     import transformers.trainer  # noqa: F401  (the training imports too, before the freeze)
 
     gc.freeze()
