@@ -90,8 +90,12 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --random 4 --generate --vllm --jobs 1 --json chaos-random-vllm.json
 
 # Speed against plain HF code, side by side (bench/run.py): bench/results.json and BENCHMARKS.md.
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench
+$(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/profile_phases.py
 	$(BIN)/python bench/profile_runs.py
 	$(BIN)/python bench/run.py
