@@ -55,9 +55,10 @@ test:
 	$(MAKE) -j2 $(DS_STAMP) $(VLLM_STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
-# The edit loop: the tests that start no process (not marked slow; tests/conftest.py enforces it).
-test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" tests
+# The edit loop: the fast tests, which start no process (tests/conftest.py enforces it). Some parse
+# --deepspeed configurations, which needs DeepSpeed installed.
+test-fast: $(DS_STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m fast tests
 
 # Every file event of a short 2-iteration run, killed and resumed (tests/chaos_harness.py); about
 # 30 minutes per mode on 2 cores.

@@ -6,7 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
 
-from itertrain.cli import leave, train_command  # noqa: E402
+from itertrain.app.cli import leave, train_command  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(leave(train_command(sys.argv[1:])))

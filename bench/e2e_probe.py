@@ -22,7 +22,9 @@ import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from itertrain import cli, failpoints, loop, manifest, samples  # noqa: E402,F401  (all of it imported)
+from itertrain.app import cli, loop  # noqa: E402,F401  (all of it imported
+from itertrain.core import failpoints, manifest
+from itertrain.phases import samples
 
 WEIGHTS = (".safetensors", ".bin", ".pt")
 record = {"started": time.monotonic(), "iterations": [], "reads": []}

@@ -71,8 +71,8 @@ def vllm_vs_hf(work: Path, model_dir: Path | None = None, vllm_python: Path | No
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from itertrain import generate, tinymodel, vllm_backend
-    from itertrain.tasks import addition
+    from itertrain.phases import generate, vllm_backend
+    from itertrain.tasks import addition, tinymodel
 
     if model_dir is None:
         model_dir = work / "gen-base"

@@ -128,7 +128,7 @@ def vllm_half_billion(work: Path) -> dict:
     from generation_bench import vllm_vs_hf
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from itertrain import tinymodel
+    from itertrain.tasks import tinymodel
 
     python = Path(os.environ.get("ITERTRAIN_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
     if not python.exists():
@@ -150,7 +150,7 @@ def figures(work: Path, deadline: float) -> dict:
     import run as bench  # bench/run.py
     import torch
 
-    from itertrain import dist
+    from itertrain.runtime import dist
 
     dist.state()
     # a save every 10 steps (make bench's spacing on CPU) and every 150: a GPU runs 10 steps of this

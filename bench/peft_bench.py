@@ -15,11 +15,13 @@ from pathlib import Path
 
 from transformers import LlamaForCausalLM
 
-from itertrain import adapters, inventory, restore
-from itertrain.config import parse
-from itertrain.loop import load_model
-from itertrain.plan import Request, make_plan
-from itertrain.selectors import Selector
+from itertrain.app.config import parse
+from itertrain.app.loop import load_model
+from itertrain.core import inventory
+from itertrain.core.plan import Request, make_plan
+from itertrain.core.selectors import Selector
+from itertrain.runtime import restore
+from itertrain.training import adapters
 
 LORA = ["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32"]  # peft's default targets: q_proj, v_proj
 

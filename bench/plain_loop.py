@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "src"))
 
-from itertrain import tinymodel  # noqa: E402  (the same base model, written from the same seed)
+from itertrain.tasks import tinymodel  # noqa: E402  (the same base model, written from the same seed
 from itertrain.tasks.addition import make_task  # noqa: E402  (the same prompts and verifier)
 
 SEED = 42

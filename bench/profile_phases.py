@@ -18,11 +18,11 @@ from torch.profiler import ProfilerActivity, profile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from itertrain import tinymodel  # noqa: E402
-from itertrain.data import encode  # noqa: E402
-from itertrain.generate import sample  # noqa: E402  (every prompt as one shard)
-from itertrain.samples import select  # noqa: E402
+from itertrain.phases.generate import sample  # noqa: E402  (every prompt as one shard)
+from itertrain.phases.samples import select  # noqa: E402
+from itertrain.tasks import tinymodel  # noqa: E402
 from itertrain.tasks.addition import make_task  # noqa: E402
+from itertrain.training.data import encode  # noqa: E402
 
 
 def generate_profile(task, model, tok) -> list[dict]:
@@ -70,7 +70,7 @@ def overheads(task, model, tok, model_dir: str) -> dict:
 
 def iteration_seconds(work: str) -> float:
     """One iteration of the demo (its defaults: 300 steps, 2,000 prompts), end to end in-process."""
-    from itertrain import cli
+    from itertrain.app import cli
 
     t0 = time.perf_counter()
     assert cli.main(["--output_dir", f"{work}/exp", "--num_iterations", "1", "--disable_tqdm", "true"]) == 0

@@ -26,21 +26,23 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from itertrain import dist, inventory, restore  # noqa: E402
-from itertrain.data import Collator, encode  # noqa: E402
-from itertrain.generate import sample  # noqa: E402
-from itertrain.loop import load_model  # noqa: E402
-from itertrain.plan import Request, make_plan  # noqa: E402
-from itertrain.selectors import Selector  # noqa: E402
-from itertrain.tasks.addition import make_task  # noqa: E402
-from itertrain.tinymodel import make_model, make_tokenizer  # noqa: E402
-from itertrain.trainer import IterTrainer  # noqa: E402
-from generation_bench import generation_markdown, redo_fraction, vllm_vs_hf  # noqa: E402
-from stop_bench import agreement_cost, stop_latency, stop_markdown  # noqa: E402
 import e2e  # noqa: E402
-from plain_loop import complete  # noqa: E402  (HF's own generate call, as a user makes it: the baselines)
 import peft_bench  # noqa: E402
 import profile_runs  # noqa: E402
+from generation_bench import generation_markdown, redo_fraction, vllm_vs_hf  # noqa: E402
+from plain_loop import complete  # noqa: E402  (HF's own generate call, as a user makes it: the baselines)
+from stop_bench import agreement_cost, stop_latency, stop_markdown  # noqa: E402
+
+from itertrain.app.loop import load_model  # noqa: E402
+from itertrain.core import inventory  # noqa: E402
+from itertrain.core.plan import Request, make_plan  # noqa: E402
+from itertrain.core.selectors import Selector  # noqa: E402
+from itertrain.phases.generate import sample  # noqa: E402
+from itertrain.runtime import dist, restore
+from itertrain.tasks.addition import make_task  # noqa: E402
+from itertrain.tasks.tinymodel import make_model, make_tokenizer  # noqa: E402
+from itertrain.training.data import Collator, encode  # noqa: E402
+from itertrain.training.trainer import IterTrainer, Recovery  # noqa: E402
 
 TOK = make_tokenizer()
 
@@ -90,9 +92,9 @@ class Clock(TrainerCallback):
 
 
 def ours(model, args, data, work: str, **kw) -> IterTrainer:
-    return IterTrainer(model=model, args=args, train_dataset=data, data_collator=Collator(0), experiment_dir=work,
-                       iteration=0, step_offset=0, iteration_steps=args.max_steps, started_from="base",
-                       save_total_limit=None, protect=set(), **kw)
+    return IterTrainer(model=model, args=args, train_dataset=data, data_collator=Collator(0),
+                       recovery=Recovery(experiment_dir=work, iteration=0, step_offset=0,
+                                         iteration_steps=args.max_steps, started_from="base", **kw))
 
 
 def plain(model, args, data) -> Trainer:
@@ -314,7 +316,7 @@ def plan_1000(work: Path) -> dict:
 
 
 def _fake(d: Path, name: str, kind: str, it: int, step: int, local: int | None) -> None:
-    from itertrain import manifest
+    from itertrain.core import manifest
 
     a = d / name
     a.mkdir()

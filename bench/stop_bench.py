@@ -43,7 +43,7 @@ class SignalAt(TrainerCallback):
 def stop_latency(work: Path, n: int, size: tuple[int, int, int]) -> dict:
     from run import SaveClock, features, llama, ours, pairs, plain, targs
 
-    from itertrain import stop
+    from itertrain.runtime import stop
 
     data, at = features(64), 3
     seconds: dict[str, list] = {"stop": [], "save": []}
@@ -111,7 +111,7 @@ def _ranks(steps: int, agreements: int) -> None:
     from accelerate import PartialState
     from run import Collator, features, llama
 
-    from itertrain import dist, stop
+    from itertrain.runtime import dist, stop
 
     state = PartialState(cpu=True)  # a gloo group on a machine without an accelerator (dist uses this one)
     model = torch.nn.parallel.DistributedDataParallel(llama(256, 4))

@@ -10,8 +10,8 @@ import random
 import time
 
 from itertrain.tasks import Example
-from itertrain.verifiers import gsm8k
-from itertrain.verifying import Checker
+from itertrain.tasks.pool import Checker
+from itertrain.tasks.verifiers import gsm8k
 
 
 def main() -> None:

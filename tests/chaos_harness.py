@@ -201,13 +201,14 @@ def _remove(out: Path) -> None:
 def committed_rows(out: Path) -> dict[int, dict[str, float]]:
     """What every tracker must hold: each committed step's loss and learning rate, and each
     iteration's metrics at its last step."""
-    from itertrain import curve, trackers
+    from itertrain.core import curve
+    from itertrain.trackers import values
 
     rows: dict[int, dict] = {}
     for it in curve.committed(str(out), 6):
         for i, (loss, lr) in enumerate(zip(it["curve"]["loss"], it["curve"]["lr"], strict=True)):
-            rows[it["offset"] + 1 + i] = trackers.step_values(loss, lr)
-        rows[it["end"]].update(trackers.iteration_values(it["metrics"]))
+            rows[it["offset"] + 1 + i] = values.step_values(loss, lr)
+        rows[it["end"]].update(values.iteration_values(it["metrics"]))
     return rows
 
 
@@ -432,7 +433,7 @@ def main() -> int:
         p.error("--adopt runs one rank")
     work = Path(tempfile.mkdtemp(prefix="itertrain-chaos-"))
     if args.example:
-        from itertrain.tinymodel import write_chat_model
+        from itertrain.tasks.tinymodel import write_chat_model
 
         write_chat_model(str(work / "instruct"), 0)
         TASK.extend(example_flags(work / "instruct"))

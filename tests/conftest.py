@@ -72,18 +72,22 @@ def _zygote() -> Zygote:
 def dry_run(out, *flags) -> tuple[dict, str]:
     """What `--dry_run` prints (the plan as JSON, the banner), made in-process by the steps a real
     start takes before it writes anything (the entry points' own --dry_run: tests/test_cli.py)."""
-    from itertrain import banner, config, dist, run
+    from itertrain.app import config, startup
+    from itertrain.core import banner
+    from itertrain.runtime import dist
 
     cfg = config.parse(["--output_dir", str(out), *SMALL, *flags, "--dry_run"])
-    run.check_inputs(cfg)
-    inv, plan = run.decide(cfg, cfg.iteration_steps(dist.world_size()))
+    startup.check_inputs(cfg)
+    inv, plan = startup.decide(cfg, cfg.iteration_steps(dist.world_size()))
     return plan.to_json(), banner.render(str(out), inv, plan, cfg.it.model_name or "base")
 
 
 def start_in_process(out, *flags):
     """What a real start does before training (restore.resolve, apply, the banner), in-process:
     (plan, banner)."""
-    from itertrain import banner, config, restore
+    from itertrain.app import config
+    from itertrain.core import banner
+    from itertrain.runtime import restore
 
     cfg = config.parse(["--output_dir", str(out), *SMALL, *flags])
     inv, plan = restore.resolve(cfg, 6)
@@ -204,34 +208,45 @@ def crashed_in_iter1(tmp_path_factory):
     return shared(tmp_path_factory, "crashed_in_iter1", run_once(failpoints="train.step=10", rc=137))[0]
 
 
-# `make test-fast` runs the tests not marked slow, and those start no process at all: a test that
-# uses a fixture made by a real run is marked slow here, and any other that starts a process fails.
-RUN_FIXTURES = {"reference", "reference_two_ranks", "reference_carry", "crashed_in_iter1"}
+# Every test is of one kind (pyproject.toml lists them): fast (starts no process; `make test-fast`),
+# e2e (real runs of the tiny model, one process each), dist (several processes: torchrun, accelerate
+# launch, DeepSpeed), vllm (the real vLLM engine) or chaos (the crash harness's sample). A test that
+# uses a fixture made by a real run is of that run's kind; an unmarked test is fast, and fails if
+# it starts a process.
+KINDS = ("e2e", "dist", "vllm", "chaos")
+RUN_FIXTURES = {"reference": "e2e", "reference_carry": "e2e", "crashed_in_iter1": "e2e", "reference_two_ranks": "dist"}
+# The multi-process tests run one after another on one worker, never beside each other on 2 cores;
+# each group starts first, as it is the longest that one worker runs in turn.
+GROUPS = ("dist", "vllm")
 
 
-FIRST = ("vllm", "zero3")  # the longest groups of tests that one worker runs in turn: start them first
+def kind(item) -> str:
+    for k in KINDS:
+        if item.get_closest_marker(k) is not None:
+            return k
+    return "fast"
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
-
-    def group(item):
-        marker = item.get_closest_marker("xdist_group")
-        name = marker.args[0] if marker and marker.args else marker.kwargs.get("name") if marker else None
-        return FIRST.index(name) if name in FIRST else len(FIRST)
-
-    items.sort(key=group)  # stable: the rest keep their order
+        for fixture, made_by in RUN_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()) and kind(item) in ("fast", "e2e"):
+                item.add_marker(getattr(pytest.mark, made_by))
+        k = kind(item)
+        if k == "fast":
+            item.add_marker(pytest.mark.fast)
+        if k in GROUPS:
+            item.add_marker(pytest.mark.xdist_group(k))  # (xdist reads it after this hook: trylast)
+    items.sort(key=lambda item: GROUPS.index(kind(item)) if kind(item) in GROUPS else len(GROUPS))
 
 
 @pytest.fixture(autouse=True)
 def _fast_tests_start_no_process(request, monkeypatch):
-    if request.node.get_closest_marker("slow") is not None:
+    if kind(request.node) != "fast":
         return
 
     def refuse(*args, **kwargs):
-        raise AssertionError("this test starts a process: mark it slow (make test-fast runs none)")
+        raise AssertionError("this test starts a process: mark it e2e, dist, vllm or chaos (make test-fast runs none)")
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     monkeypatch.setattr(os, "fork", refuse)

@@ -42,7 +42,7 @@ def flaky(example, completion):
     """gsm8k, except that some completions (fixed by their text) hang and others raise."""
     import zlib
 
-    from itertrain.verifiers import gsm8k
+    from itertrain.tasks.verifiers import gsm8k
 
     h = zlib.crc32(completion.encode())
     if h % 29 == 0:

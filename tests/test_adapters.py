@@ -8,11 +8,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (TORCHRUN, assert_damaged_checkpoint_falls_back, copy_experiment, flip, max_diff, resume_until_done,
-                      run_cli, shared, start_in_process, truncate)
+from conftest import (
+    TORCHRUN,
+    assert_damaged_checkpoint_falls_back,
+    copy_experiment,
+    flip,
+    max_diff,
+    resume_until_done,
+    run_cli,
+    shared,
+    start_in_process,
+    truncate,
+)
 
-from itertrain import adapters, commit, config, manifest, tinymodel
-from itertrain.adapters import AdapterError
+from itertrain.app import config
+from itertrain.core import commit, manifest
+from itertrain.core.errors import AdapterError, AdapterMismatch
+from itertrain.tasks import tinymodel
+from itertrain.training import adapters
 
 PEFT = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"]
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
@@ -107,7 +120,7 @@ def test_the_frozen_model_and_where_the_adapter_comes_from(tmp_path):
     assert adapters.adapter_in(str(it0), str(base)) == str(it0 / "adapter")
     assert adapters.adapter_in(str(it0), str(it0)) is None  # merge: a fresh adapter on iter_0
     assert adapters.adapter_in(str(ckpt), str(base)) == str(ckpt)
-    with pytest.raises(AdapterError, match="holds no adapter to train on"):
+    with pytest.raises(AdapterMismatch, match="holds no adapter to train on"):
         adapters.adapter_in(str(tmp_path), str(base))
 
 
@@ -191,7 +204,7 @@ def test_a_checkpoint_resumes_only_with_the_adapter_and_base_it_was_trained_with
     if message is None:
         adapters.check_start(str(tmp_path), plan, args, now, train_from)
         return
-    with pytest.raises(AdapterError) as e:
+    with pytest.raises(AdapterMismatch) as e:
         adapters.check_start(str(tmp_path), plan, args, now, train_from)
     assert str(e.value).startswith(message)
 
@@ -212,7 +225,7 @@ def test_an_iteration_model_needs_its_adapter_only_to_continue_it(tmp_path, was,
     if refused is None:
         adapters.check_start(str(tmp_path), plan, args, now, train_from)
         return
-    with pytest.raises(AdapterError, match=refused.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(AdapterMismatch, match=refused.replace("(", r"\(").replace(")", r"\)")):
         adapters.check_start(str(tmp_path), plan, args, now, train_from)
 
 
@@ -223,7 +236,7 @@ def test_plain_hf_peft_checkpoint_is_recognised_by_its_adapter_files(tmp_path):
         (ckpt / f).write_text("x")
     (ckpt / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "lora_alpha": 8}')
     (ckpt / "trainer_state.json").write_text('{"global_step": 4, "max_steps": 8}')
-    from itertrain import inventory
+    from itertrain.core import inventory
 
     [a], _ = inventory.scan(str(tmp_path), 8)
     assert (a.state, a.adapter) == ("unverified", True)
@@ -233,7 +246,7 @@ def test_plain_hf_peft_checkpoint_is_recognised_by_its_adapter_files(tmp_path):
     plan = types.SimpleNamespace(state_from="checkpoint-4", weights_from=None)
     now = {"base": "b", "base_digest": "bb", "mode": "continue", "config": {"peft_type": "LORA", "r": 16,
                                                                             "lora_alpha": 8, "target_modules": None}}
-    with pytest.raises(AdapterError, match=r"checkpoint-4's adapter was made with other settings \(r: 8, this run 16\)"):
+    with pytest.raises(AdapterMismatch, match=r"checkpoint-4's adapter was made with other settings \(r: 8, this run 16\)"):
         adapters.check_start(str(tmp_path), plan, parse(*PEFT).peft, now, "previous")
     now["config"]["r"] = 8  # its target_modules (peft's expansion) are not compared
     adapters.check_start(str(tmp_path), plan, parse(*PEFT).peft, now, "previous")
@@ -278,7 +291,7 @@ def _adapter_diff(a, b):
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_peft_run_writes_adapter_checkpoints_and_merged_iteration_models(peft_ref):
     out, stdout = peft_ref
     assert "🧩 PEFT: LORA adapter (r=4, alpha=32, on all-linear), --peft_iteration continue" in stdout
@@ -304,7 +317,7 @@ def test_a_peft_run_writes_adapter_checkpoints_and_merged_iteration_models(peft_
         assert torch.allclose(merged(ids).logits, on_base(ids).logits, atol=1e-5)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("point", ["train.step=4", "train.step=6", "train.step=9", "iteration.write=0",
                                    "checkpoint.write=12"])
 def test_peft_crash_anywhere_resumes_bit_identically(peft_ref, tmp_path, point):
@@ -314,7 +327,7 @@ def test_peft_crash_anywhere_resumes_bit_identically(peft_ref, tmp_path, point):
     same_run(out, peft_ref[0])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, point", [
     (["--peft_iteration", "merge"], "train.step=9"),
     (["--peft_iteration", "merge", "--train_from", "base"], "train.step=4"),
@@ -331,7 +344,7 @@ def test_peft_modes_crash_and_resume_bit_identically(tmp_path, flags, point):
     same_run(out, ref)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_merge_trains_a_fresh_adapter_on_the_previous_iterations_model(tmp_path, peft_ref):
     out = tmp_path / "merge"
     assert run_cli(out, *PEFT, "--peft_iteration", "merge").returncode == 0
@@ -376,21 +389,21 @@ PEFT_ITERATION_FILES = ["adapter/README.md", "adapter/adapter_config.json", "ada
                         "tokenizer.json", "tokenizer_config.json"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_corruption_matrix_names_every_file_of_an_adapter_run(peft_crashed):
     assert sorted(p.name for p in (peft_crashed / "checkpoint-9").iterdir()) == PEFT_CHECKPOINT_FILES
     it = peft_crashed / "iter_0"
     assert sorted(str(p.relative_to(it)) for p in it.rglob("*") if p.is_file()) == PEFT_ITERATION_FILES
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", ["delete", "truncate", "flip"])
 @pytest.mark.parametrize("victim", [f for f in PEFT_CHECKPOINT_FILES if f != "itertrain.json"])
 def test_adapter_checkpoint_file_damaged_falls_back_to_the_iteration_model(tmp_path, peft_crashed, victim, damage):
     assert_damaged_checkpoint_falls_back(peft_crashed, tmp_path, victim, damage, *PEFT)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", ["delete", "truncate", "flip"])
 @pytest.mark.parametrize("victim", [f for f in PEFT_ITERATION_FILES if f != "itertrain.json"])
 def test_adapter_iteration_file_damaged_falls_back_to_the_checkpoint(tmp_path, peft_crashed, victim, damage):
@@ -403,7 +416,7 @@ def test_adapter_iteration_file_damaged_falls_back_to_the_checkpoint(tmp_path, p
     assert any("iter_0" in line and victim in line for line in text.splitlines()), text
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("victim", ["checkpoint-9/adapter_model.safetensors", "iter_0/adapter/adapter_model.safetensors"])
 def test_a_damaged_adapter_is_set_aside_and_the_run_ends_as_the_uninterrupted_one(tmp_path, peft_crashed,
                                                                                    peft_model0_ref, victim):
@@ -423,7 +436,7 @@ def _model(where: Path, seed: int) -> Path:
     return path
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, message", [
     (["--model_name", "MODEL0"], "checkpoint-9 holds a PEFT adapter's training state, not the whole model's: resume "
                                  "with --use_peft and the adapter settings it was trained with"),
@@ -447,7 +460,7 @@ def test_a_resume_the_adapter_cannot_go_on_from_is_refused_before_anything_chang
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == before
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_full_fine_tunes_checkpoint_is_not_resumed_as_an_adapter(crashed_in_iter1, tmp_path):
     out = copy_experiment(crashed_in_iter1, tmp_path / "exp")
     proc = run_cli(out, *PEFT, *AUTO)
@@ -460,7 +473,7 @@ def test_a_full_fine_tunes_checkpoint_is_not_resumed_as_an_adapter(crashed_in_it
     assert manifest.read(str(out / "iter_1"))["extra"]["peft"]["mode"] == "merge"
 
 
-@pytest.mark.slow
+@pytest.mark.dist
 def test_peft_under_two_ranks_resumes_bit_identically(tmp_path_factory, tmp_path):
     ref = shared(tmp_path_factory, "peft_two_ranks", _run(launcher=TORCHRUN, timeout=600))[0]
     out = tmp_path / "exp"
@@ -470,7 +483,7 @@ def test_peft_under_two_ranks_resumes_bit_identically(tmp_path_factory, tmp_path
     same_run(out, ref)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_plain_hf_peft_checkpoint_is_adopted_and_resumed(tmp_path):
     """A plain HF Trainer + peft run stopped at checkpoint-4 of 8: itertrain resumes its adapter."""
     import subprocess

@@ -12,16 +12,16 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, max_diff, dry_run, run_cli, run_once, shared
+from conftest import REPO, dry_run, max_diff, run_cli, run_once, shared
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 THREE = ["--num_iterations", "3"]
 KEEP = ("model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
 def _write_start(work):
-    from itertrain import tinymodel
+    from itertrain.tasks import tinymodel
 
     tinymodel.write_base(str(work / "model"), 42)
     return work / "model"

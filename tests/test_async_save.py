@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from itertrain.async_save import Buffers, Saver
+from itertrain.runtime.async_save import Buffers, Saver
 
 
 def test_copies_are_exact_detached_and_reused():
@@ -64,7 +64,7 @@ def test_a_background_error_surfaces_with_its_reason():
     saver.wait()  # reported once, then the saver is usable again
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_async_checkpoints_equal_synchronous_ones_byte_for_byte(tmp_path):
     a, s = tmp_path / "async", tmp_path / "sync"
     assert run_cli(a).returncode == 0

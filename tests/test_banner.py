@@ -1,9 +1,9 @@
 """The start-up banner rendered from an inventory and a plan, in-process (pure text)."""
 
-from itertrain import banner
-from itertrain.artifacts import CHECKPOINT, COMPLETE, CORRUPT, ITERATION, UNVERIFIED, Artifact
-from itertrain.plan import Request, make_plan
-from itertrain.selectors import Selector
+from itertrain.core import banner
+from itertrain.core.names import CHECKPOINT, COMPLETE, CORRUPT, ITERATION, UNVERIFIED, Artifact
+from itertrain.core.plan import Request, make_plan
+from itertrain.core.selectors import Selector
 
 NONE, AUTO = Selector("none"), Selector("auto")
 

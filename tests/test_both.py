@@ -9,7 +9,7 @@ import torch
 from conftest import SMALL, copy_experiment, weights
 from transformers import AutoTokenizer, TrainerCallback
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 class Captured(Exception):
@@ -28,11 +28,11 @@ class Capture(TrainerCallback):
 
 
 def test_both_loads_weights_from_iteration_and_state_from_checkpoint(tmp_path, reference):
-    from itertrain.config import parse
-    from itertrain.data import Collator, encode
-    from itertrain.loop import Start, both_view
+    from itertrain.app.config import parse
+    from itertrain.app.starts import Start, both_view
     from itertrain.tasks import load_task
-    from itertrain.trainer import IterTrainer
+    from itertrain.training.data import Collator, encode
+    from itertrain.training.trainer import IterTrainer, Recovery
 
     out = copy_experiment(reference, tmp_path / "exp")
     cfg = parse([*SMALL, "--output_dir", str(out)])
@@ -45,8 +45,8 @@ def test_both_loads_weights_from_iteration_and_state_from_checkpoint(tmp_path, r
 
     trainer = IterTrainer(model=AutoModelForCausalLM.from_pretrained(str(out / "iter_0")), args=targs,
                           train_dataset=encode(gold, tok), data_collator=Collator(tok.pad_token_id),
-                          experiment_dir=str(out), iteration=1, step_offset=9, iteration_steps=6,
-                          started_from="iter_0", save_total_limit=None, protect=set())
+                          recovery=Recovery(experiment_dir=str(out), iteration=1, step_offset=9, iteration_steps=6,
+                                            started_from="iter_0"))
     cap = Capture()
     trainer.add_callback(cap)
     with pytest.raises(Captured):

@@ -7,7 +7,7 @@ import pytest
 from chaos_harness import adopted_reference, random_trial, reference, trial
 from conftest import shared
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.chaos
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +66,7 @@ def test_full_disk_during_a_save_keeps_everything_and_resumes(tmp_path, ref):
     clear line, exit 1, every committed artifact intact; with space again, resume ends exactly."""
     from chaos_harness import AUTO, _compare, _run
 
-    from itertrain import manifest
+    from itertrain.core import manifest
 
     out_ref, events, _ = ref
     after_iter0 = next(i for i, e in enumerate(events, 1) if e.split("\t")[1:3] == ["os.rename", ".staging/iter_0"])

@@ -14,14 +14,14 @@ MALFORMED = [("--resume_from", v) for v in ("latest", "-3", "1.5", "../x", "")] 
 
 @pytest.mark.parametrize("flag,value", MALFORMED)
 def test_malformed_selector_exits_2_one_line(tmp_path, capsys, flag, value):
-    from itertrain.cli import main
+    from itertrain.app.cli import main
 
     assert main(["--output_dir", str(tmp_path / "x"), flag, value]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("flag,value", [("--resume_from", "latest"), ("--resume_from_iteration", "iter_x")])
 def test_malformed_selector_in_a_real_process_is_one_line(tmp_path, flag, value):
     proc = subprocess.run([sys.executable, str(REPO / "train_iterative.py"), "--output_dir", str(tmp_path / "x"),
@@ -32,7 +32,7 @@ def test_malformed_selector_in_a_real_process_is_one_line(tmp_path, flag, value)
 
 
 def test_error_message_is_one_line(tmp_path, capsys):
-    from itertrain.cli import main
+    from itertrain.app.cli import main
 
     assert main(["--output_dir", str(tmp_path), "--resume_from", "latest"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -47,14 +47,14 @@ def test_error_message_is_one_line(tmp_path, capsys):
     (["--output_dir", "X", "--save_only_model", "true"], "--save_only_model is not supported"),
 ])
 def test_bad_arguments(tmp_path, capsys, argv, needle):
-    from itertrain.cli import main
+    from itertrain.app.cli import main
 
     argv = [str(tmp_path / "o") if a == "X" else a for a in argv]
     assert main(argv) == 2
     assert needle in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_explicit_missing_artifact_lists_what_exists(tmp_path, reference):
     out = copy_experiment(reference, tmp_path / "exp")
     proc = run_cli(out, "--resume_from", "7", "--resume_from_iteration", "none")
@@ -68,7 +68,7 @@ def test_explicit_missing_artifact_lists_what_exists(tmp_path, reference):
 CONSOLE_SCRIPT = str(Path(sys.executable).parent / "itertrain")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_status_json_and_table(tmp_path, crashed_in_iter1):
     proc = subprocess.run([CONSOLE_SCRIPT, "status", str(crashed_in_iter1), "--json"],
                           capture_output=True, text=True)
@@ -83,9 +83,9 @@ def test_status_json_and_table(tmp_path, crashed_in_iter1):
     assert proc.returncode == 0 and "checkpoint-9" in proc.stdout and "trainer" in proc.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_second_run_on_same_dir_refuses(tmp_path, crashed_in_iter1):
-    from itertrain import lock
+    from itertrain.core import lock
 
     out = copy_experiment(crashed_in_iter1, tmp_path / "exp")
     held = lock.acquire(str(out))
@@ -97,7 +97,7 @@ def test_second_run_on_same_dir_refuses(tmp_path, crashed_in_iter1):
     assert not (out / "iter_1").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_console_script_and_module_entry_points(tmp_path):
     for i, entry in enumerate([(CONSOLE_SCRIPT, "train"), (sys.executable, "-m", "itertrain")]):
         out = tmp_path / f"e{i}"
@@ -116,7 +116,7 @@ def test_no_load_path_unpickles_arbitrary_objects():
 
 
 def test_fsdp_without_a_distributed_launch_is_one_line_before_anything_is_written(tmp_path, capsys):
-    from itertrain.cli import main
+    from itertrain.app.cli import main
 
     # HF's Trainer would raise "Using fsdp only works in distributed training" after iteration 0's samples
     assert main(["--output_dir", str(tmp_path / "exp"), *SMALL, "--fsdp", "full_shard auto_wrap"]) == 2
@@ -125,11 +125,11 @@ def test_fsdp_without_a_distributed_launch_is_one_line_before_anything_is_writte
     assert not (tmp_path / "exp").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_collector_skips_start_up_objects_during_a_run_and_is_given_back_after(tmp_path, monkeypatch):
     import gc
 
-    from itertrain import cli, loop
+    from itertrain.app import cli, loop
 
     seen = []
     real = loop.run_iterations

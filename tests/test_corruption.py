@@ -4,9 +4,9 @@ deleted), named in the banner; --strict_resume turns that into an error; all bro
 import json
 
 import pytest
-from conftest import copy_experiment, flip, max_diff, dry_run, resume_until_done, run_cli, truncate
+from conftest import copy_experiment, dry_run, flip, max_diff, resume_until_done, run_cli, truncate
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 
@@ -94,7 +94,7 @@ def test_hostile_pickle_is_refused_and_never_runs(tmp_path, crashed_in_iter1, re
     import os
     import pickle
 
-    from itertrain import manifest as mf
+    from itertrain.core import manifest as mf
 
     if os.path.exists(PWNED):
         os.unlink(PWNED)

@@ -12,9 +12,11 @@ import shutil
 import pytest
 from conftest import SMALL, copy_experiment, flip, max_diff, resume_until_done, truncate
 
-from itertrain import banner, config, restore
+from itertrain.app import config
+from itertrain.core import banner
+from itertrain.runtime import restore
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 

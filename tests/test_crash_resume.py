@@ -4,7 +4,7 @@
 import pytest
 from conftest import copy_experiment, max_diff, resume_until_done, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 POINTS = [
     "train.step=2",  # iteration 0, before its first checkpoint

@@ -2,7 +2,7 @@
 
 import json
 
-from itertrain import commit, curve
+from itertrain.core import commit, curve
 
 
 def test_round_trip_and_malformed_files(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from conftest import copy_experiment, max_diff, run_cli, shared
 
 pytest.importorskip("deepspeed", reason="make test installs DeepSpeed (Makefile); run it from there")
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.dist
 
 DATA = Path(__file__).parent / "data"
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
@@ -37,7 +37,6 @@ def zero3(tmp_path_factory):
     return shared(tmp_path_factory, "zero3", _zero3_runs)
 
 
-@pytest.mark.xdist_group("zero3")  # one worker builds the zero3 runs once
 def test_zero3_checkpoints_hold_every_ranks_shards_and_iteration_models_are_whole(zero3):
     ref, _ = zero3
     files = json.loads((ref / "checkpoint-9" / "itertrain.json").read_text())["files"]
@@ -52,7 +51,6 @@ def test_zero3_checkpoints_hold_every_ranks_shards_and_iteration_models_are_whol
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
-@pytest.mark.xdist_group("zero3")  # one worker builds the zero3 runs once
 def test_zero3_crash_resumes_bit_identically(zero3, tmp_path):
     ref, crashed = zero3
     out = copy_experiment(crashed, tmp_path / "exp")
@@ -63,7 +61,6 @@ def test_zero3_crash_resumes_bit_identically(zero3, tmp_path):
     assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
 
 
-@pytest.mark.xdist_group("zero3")  # one worker builds the zero3 runs once
 def test_zero3_shards_on_another_world_size_are_refused_before_loading(zero3, tmp_path):
     out = copy_experiment(zero3[1], tmp_path / "exp")
     before = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
@@ -95,7 +92,7 @@ def as_fsdp_sharded(ckpt: Path) -> None:
     import torch.distributed.checkpoint as dcp
     from transformers import AutoModelForCausalLM
 
-    from itertrain import commit, manifest
+    from itertrain.core import commit, manifest
 
     m = manifest.read(str(ckpt))
     model = AutoModelForCausalLM.from_pretrained(ckpt)

@@ -9,7 +9,7 @@ from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
-from itertrain import config
+from itertrain.app import config
 
 
 class _Model(torch.nn.Module):

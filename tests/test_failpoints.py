@@ -2,7 +2,7 @@
 
 import pytest
 
-from itertrain import failpoints
+from itertrain.core import failpoints
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from itertrain import generate
-from itertrain.generate import complete
+from itertrain.phases import generate
+from itertrain.phases.generate import complete
 from itertrain.tasks.addition import make_task
-from itertrain.tinymodel import make_model, make_tokenizer
+from itertrain.tasks.tinymodel import make_model, make_tokenizer
 
 TOK = make_tokenizer()
 SAMPLING = dict(do_sample=True, temperature=1.0, top_k=None, top_p=None, max_new_tokens=8)

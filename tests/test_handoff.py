@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, SMALL
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_no_weights_read_back_after_the_first_iteration(tmp_path):
     probe = tmp_path / "probe.json"
     out = tmp_path / "exp"

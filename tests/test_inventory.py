@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from itertrain import commit, inventory, manifest, retention
-from itertrain.artifacts import CHECKPOINT, COMPLETE, CORRUPT, INCOMPLETE, ITERATION, UNVERIFIED
+from itertrain.core import commit, inventory, manifest, retention
+from itertrain.core.names import CHECKPOINT, COMPLETE, CORRUPT, INCOMPLETE, ITERATION, UNVERIFIED
 
 FILES = {"model.safetensors": b"w" * 100, "optimizer.pt": b"o" * 50, "scheduler.pt": b"s",
          "trainer_state.json": b"{}", "config.json": b"{}"}
@@ -172,14 +172,14 @@ def test_plain_checkpoints_have_no_engine(tmp_path):
     assert a.engine is None
 
 
-@pytest.mark.slow  # a fresh interpreter, to see what the imports bring in
+@pytest.mark.e2e  # a fresh interpreter, to see what the imports bring in
 def test_the_pure_core_imports_no_torch():
     """Inventory, planner, retention and status read manifests only: no torch, no accelerate."""
     import subprocess
     import sys
 
-    code = ("import sys; import itertrain.inventory, itertrain.plan, itertrain.retention, itertrain.status, "
-            "itertrain.shards; heavy = sorted(m for m in ('torch', 'accelerate', 'transformers') if m in sys.modules); "
+    code = ("import sys; import itertrain.core.inventory, itertrain.core.plan, itertrain.core.retention, itertrain.app.status, "
+            "itertrain.phases.shards; heavy = sorted(m for m in ('torch', 'accelerate', 'transformers') if m in sys.modules); "
             "print(heavy); raise SystemExit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

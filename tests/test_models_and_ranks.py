@@ -6,7 +6,7 @@ import sys
 import pytest
 from conftest import copy_experiment, max_diff, resume_until_done, run_cli, shared
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,7 @@ def gpt2_dir(tmp_path_factory):
 def _write_gpt2(d):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from itertrain.tinymodel import make_tokenizer
+    from itertrain.tasks.tinymodel import make_tokenizer
 
     tok = make_tokenizer()
     cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
@@ -64,6 +64,7 @@ def two_rank_runs(tmp_path_factory, reference_two_ranks):
     return reference_two_ranks, shared(tmp_path_factory, "two_ranks_crashed", crash)
 
 
+@pytest.mark.dist
 def test_two_ranks_crash_and_resume_bit_identical(tmp_path, reference, two_rank_runs):
     ref, crashed = two_rank_runs
     assert (ref / "checkpoint-6" / "rng_state_1.pth").exists()
@@ -76,6 +77,7 @@ def test_two_ranks_crash_and_resume_bit_identical(tmp_path, reference, two_rank_
     assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
 
 
+@pytest.mark.dist
 def test_load_failing_on_one_rank_makes_all_fall_back_together(tmp_path, two_rank_runs):
     ref, crashed = two_rank_runs
     out = copy_experiment(crashed, tmp_path / "exp")
@@ -87,6 +89,7 @@ def test_load_failing_on_one_rank_makes_all_fall_back_together(tmp_path, two_ran
     assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
 
 
+@pytest.mark.dist
 def test_ranks_with_different_views_load_one_plan(tmp_path, two_rank_runs):
     """Rank 1 cannot see checkpoint-9; rank 0 plans for both, so both resume it in full."""
     ref, crashed = two_rank_runs
@@ -97,6 +100,7 @@ def test_ranks_with_different_views_load_one_plan(tmp_path, two_rank_runs):
     assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
 
 
+@pytest.mark.dist
 def test_accelerate_launch_two_processes_matches_torchrun(tmp_path, two_rank_runs):
     """`accelerate launch` (2 CPU processes through its multi-process launcher) is the same run."""
     ref, _ = two_rank_runs
@@ -108,6 +112,7 @@ def test_accelerate_launch_two_processes_matches_torchrun(tmp_path, two_rank_run
     assert max_diff(tmp_path / "acc" / "iter_1", ref / "iter_1") == 0.0
 
 
+@pytest.mark.dist
 def test_two_nodes_on_loopback_match_one_node(tmp_path, two_rank_runs):
     """torchrun --nnodes 2 --rdzv_backend c10d, one process per "node", one shared directory."""
     import socket
@@ -130,6 +135,7 @@ def test_two_nodes_on_loopback_match_one_node(tmp_path, two_rank_runs):
     assert max_diff(tmp_path / "exp" / "iter_1", ref / "iter_1") == 0.0
 
 
+@pytest.mark.dist
 def test_ranks_that_do_not_share_the_directory_refuse(tmp_path):
     proc = torchrun(tmp_path / "exp", failpoints="view.hide=.itertrain.shared-check@1")
     assert proc.returncode != 0

@@ -6,12 +6,24 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import (TORCHRUN, assert_damaged_checkpoint_falls_back, copy_experiment, flip, max_diff, resume_until_done,
-                      run_cli, shared, truncate)
+from conftest import (
+    TORCHRUN,
+    assert_damaged_checkpoint_falls_back,
+    copy_experiment,
+    flip,
+    max_diff,
+    resume_until_done,
+    run_cli,
+    shared,
+    truncate,
+)
 
-from itertrain import config, manifest, objectives, pairs, samples
-from itertrain.config import UsageError
-from itertrain.objectives import ObjectiveError, dpo
+from itertrain.app import config
+from itertrain.core import manifest
+from itertrain.core.errors import UsageError
+from itertrain.phases import pairs, samples
+from itertrain.training import objectives
+from itertrain.training.objectives import ObjectiveError, dpo
 
 DPO = ["--objective", "dpo", "--sft_iterations", "1", "--dpo_gold_chosen", "true", "--pairs_per_prompt", "2",
        "--num_iterations", "3"]
@@ -105,8 +117,9 @@ def test_pairs_are_committed_reused_and_set_aside_when_built_from_other_samples_
      "`loss_weights` must have the same length as `loss_type`"),
     (["--objective", "dpo", "--deepspeed", str(Path(__file__).parent / "data" / "zero3.json")],
      "--objective dpo runs with DDP or DeepSpeed ZeRO-1/2"),
-    (["--objective", "dpo", "--pairs_per_prompt", "0"], "--sft_iterations must be >= 0 and --pairs_per_prompt >= 1"),
-    (["--objective", "kto"], "argument --objective: invalid choice: 'kto'"),
+    (["--objective", "dpo", "--pairs_per_prompt", "0"], "--pairs_per_prompt must be >= 1"),
+    (["--objective", "dpo", "--sft_iterations", "-1"], "--sft_iterations must be >= 0"),
+    (["--objective", "kto"], "--objective 'kto': not an objective (use one of sft, dpo)"),
 ])
 def test_dpo_settings_that_cannot_run_are_refused_in_one_line(flags, message):
     with pytest.raises(UsageError) as e:
@@ -117,13 +130,14 @@ def test_dpo_settings_that_cannot_run_are_refused_in_one_line(flags, message):
 def test_dpo_config_copies_every_training_argument_as_set_not_trls_defaults():
     cfg = parse("--objective", "dpo", "--dpo_beta", "0.3", "--dpo_loss_type", "sigmoid", "sft", "--dpo_learning_rate",
                 "1e-5", "--dpo_args", '{"max_length": 64}', "--seed", "7")
-    made = dpo.config(cfg.train, cfg.obj)
+    made = dpo.config(cfg.train, cfg.objective_args["dpo"])
     assert (made.beta, made.loss_type, made.learning_rate, made.max_length) == (0.3, ["sigmoid", "sft"], 1e-5, 64)
-    assert dpo.options(parse("--objective", "dpo", "--dpo_args", '{"max_length": null, "ld_alpha": "0.5"}').obj) == {
+    assert dpo.options(parse("--objective", "dpo", "--dpo_args", '{"max_length": null, "ld_alpha": "0.5"}')
+                       .objective_args["dpo"]) == {
         "max_length": None, "ld_alpha": 0.5}  # parsed to the field's type, as on a command line
     assert (made.gradient_checkpointing, made.bf16, made.seed, made.max_steps) == (False, False, 7, cfg.train.max_steps)
     assert made.logging_steps == cfg.train.logging_steps  # TRL's default is 10
-    assert dpo.config(cfg.train, parse("--objective", "dpo").obj).learning_rate == cfg.train.learning_rate
+    assert dpo.config(cfg.train, parse("--objective", "dpo").objective_args["dpo"]).learning_rate == cfg.train.learning_rate
 
 
 def test_which_objective_each_iteration_trains_with_and_what_is_a_result():
@@ -174,7 +188,7 @@ def same_run(out, ref, last="iter_2"):
     assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_dpo_run_commits_pairs_records_its_reference_and_logs_trls_rewards(dpo_ref):
     out, stdout = dpo_ref
     assert "▶️  iteration 1: training on 46 pairs (dpo) from iter_0, global steps 7-12" in stdout
@@ -191,11 +205,11 @@ def test_a_dpo_run_commits_pairs_records_its_reference_and_logs_trls_rewards(dpo
     assert len(steps["rewards/margins"]) == 6 and sum(steps["rewards/margins"]) / 6 == rows[2]["dpo_reward_margin"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_dpo_metrics_reach_status_plot_and_tensorboard(dpo_ref, capsys):
     from test_users import scalars
 
-    from itertrain import cli
+    from itertrain.app import cli
 
     out = dpo_ref[0]
     tb = scalars(out / "tensorboard")
@@ -209,7 +223,7 @@ def test_dpo_metrics_reach_status_plot_and_tensorboard(dpo_ref, capsys):
     assert cli.main(["plot", str(out), "--output", str(out.parent / "p.png")]) == 0 and (out.parent / "p.png").stat().st_size
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("point", ["train.step=9", "pairs.write=1", "train.step=12", "checkpoint.write=15",
                                    "iteration.write=1", "train.step=16", "signal.train.step=10", "signal.iteration=2"])
 def test_dpo_crash_or_stop_anywhere_resumes_bit_identically(dpo_ref, tmp_path, point):
@@ -221,7 +235,7 @@ def test_dpo_crash_or_stop_anywhere_resumes_bit_identically(dpo_ref, tmp_path, p
         assert "♻️  iteration 1: reusing committed pairs_1 (46 pairs)" in proc.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, reference", [
     (["--dpo_reference", "previous", "--carry_optimizer_state", "true"], "iter_1"),  # iteration 2 resumes as "both"
     (["--sft_iterations", "0", "--async_save", "false"], "base"),  # dpo from the base, which is its reference
@@ -246,7 +260,7 @@ def dpo_crashed(tmp_path_factory):
     return shared(tmp_path_factory, "dpo_crashed", build)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, message", [
     (["--dpo_reference", "previous"], "checkpoint-9 was trained against the reference iter_0 (initial, weights"),
     (["--objective", "sft"], "checkpoint-9 was trained with --objective dpo, this run's iteration trains with sft"),
@@ -266,19 +280,19 @@ DPO_CHECKPOINT_FILES = ["config.json", "curve.json", "generation_config.json", "
                         "trainer_state.json", "training_args.bin"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_corruption_matrix_names_every_file_of_a_dpo_checkpoint(dpo_crashed):
     assert sorted(p.name for p in (dpo_crashed / "checkpoint-9").iterdir()) == DPO_CHECKPOINT_FILES
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", ["delete", "truncate", "flip"])
 @pytest.mark.parametrize("victim", [f for f in DPO_CHECKPOINT_FILES if f != "itertrain.json"])
 def test_dpo_checkpoint_file_damaged_falls_back_to_the_iteration_model(tmp_path, dpo_crashed, victim, damage):
     assert_damaged_checkpoint_falls_back(dpo_crashed, tmp_path, victim, damage, *DPO)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("victim, damage", [("checkpoint-9/curve.json", flip), ("checkpoint-9/optimizer.pt", truncate),
                                             ("pairs_1/pairs.jsonl", flip)])
 def test_a_damaged_dpo_checkpoint_or_pairs_file_is_set_aside_and_the_run_ends_as_the_uninterrupted_one(
@@ -290,8 +304,7 @@ def test_a_damaged_dpo_checkpoint_or_pairs_file_is_set_aside_and_the_run_ends_as
     assert len(list(out.glob(victim.split("/")[0] + ".corrupt*"))) == 1, proc.stdout[-2000:]
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("torchrun")
+@pytest.mark.dist
 def test_dpo_on_two_ranks_crashed_and_resumed_ends_bit_identically(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "exp"
     flags = [*DPO, "--num_iterations", "2"]
@@ -310,4 +323,38 @@ def test_dpo_on_a_task_without_training_prompts_is_one_line():
 
     cfg = parse(*DPO)
     with pytest.raises(TaskError, match="the task has no training prompts to sample and pair"):
-        dpo.Dpo(cfg.obj).train_set(cfg, 1, {}, types.SimpleNamespace(train_prompts=[]), None)
+        dpo.Dpo(cfg.objective_args["dpo"]).train_set(cfg, 1, {}, types.SimpleNamespace(train_prompts=[]), None)
+
+
+@pytest.mark.e2e
+def test_a_toy_objective_in_one_file_and_one_line(tmp_path, monkeypatch, capsys):
+    """tests/toy_objective.py (one file) and the registration line below: its flag is parsed and refused
+    like any other, it trains through the real command line (in this process, so that the registry
+    line reaches it), and its declared metrics reach metrics.jsonl, the trackers' scalars, status and
+    the plot, with no other module changed."""
+    import matplotlib.axes
+    from conftest import SMALL
+
+    from itertrain.app import cli
+    from itertrain.trackers import values
+
+    monkeypatch.setitem(objectives.REGISTRY, "toy", "toy_objective:Toy")  # the one registration line
+    with pytest.raises(UsageError, match="--toy_gold_limit must be >= 1, got 0"):
+        parse("--objective", "toy", "--toy_gold_limit", "0")
+    out = tmp_path / "exp"
+    assert cli.main(["train", "--output_dir", str(out), *SMALL, "--objective", "toy", "--sft_iterations", "1",
+                     "--toy_gold_limit", "16"]) == 0
+    assert "iteration 1: training on 16 gold examples (toy) from iter_0" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "toy_examples" not in rows[0] and rows[1]["toy_examples"] == rows[1]["num_train_samples"] == 16
+    assert rows[1]["toy_gold_share"] == 16 / 64
+    assert values.iteration_values(rows[1])["iteration/toy_gold_share"] == 0.25
+    assert cli.main(["status", str(out)]) == 0
+    assert "toy: iteration 1: 16 gold examples, gold share 0.25" in capsys.readouterr().out
+    labels = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **kw: labels.append(kw.get("label")) or
+                        real(self, *a, **kw))
+    assert cli.main(["plot", str(out), "--output", str(tmp_path / "p.png")]) == 0
+    assert "toy: share of the gold data trained on" in labels
+

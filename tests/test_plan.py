@@ -7,9 +7,19 @@ import json
 
 import pytest
 
-from itertrain.artifacts import CHECKPOINT, COMPLETE, CORRUPT, INCOMPLETE, ITERATION, UNVERIFIED, Artifact
-from itertrain.plan import BOTH, ITERATION_STRATEGY, SCRATCH, SHADOWED, TRAINER, PlanError, Request, Skip, make_plan
-from itertrain.selectors import Selector
+from itertrain.core.names import CHECKPOINT, COMPLETE, CORRUPT, INCOMPLETE, ITERATION, UNVERIFIED, Artifact
+from itertrain.core.plan import (
+    BOTH,
+    ITERATION_STRATEGY,
+    SCRATCH,
+    SHADOWED,
+    TRAINER,
+    PlanError,
+    Request,
+    Skip,
+    make_plan,
+)
+from itertrain.core.selectors import Selector
 
 STEPS, SAVE, ITERS = 4, 2, 3
 NONE, AUTO = Selector("none"), Selector("auto")

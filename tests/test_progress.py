@@ -3,7 +3,8 @@
 import os
 from datetime import datetime, timedelta, timezone
 
-from itertrain import progress, status
+from itertrain.app import status
+from itertrain.core import progress
 
 
 def read(directory):

@@ -7,9 +7,9 @@ import pytest
 from chaos_harness import EXAMPLE, example_flags
 from conftest import max_diff, run_cli, run_once, shared
 
-from itertrain import cli, tinymodel
-from itertrain.config import IterArguments
-from itertrain.tasks import Example, TaskError, chat, load_task, read_data
+from itertrain.app import cli
+from itertrain.app.config import IterArguments
+from itertrain.tasks import Example, TaskError, chat, load_task, read_data, tinymodel
 
 TRAIN, EVAL = EXAMPLE / "train.jsonl", EXAMPLE / "eval.jsonl"
 FIELDS = IterArguments(prompt_field="question")
@@ -123,7 +123,7 @@ def example_ref(tmp_path_factory):
     return flags, shared(tmp_path_factory, "example_ref", run_once(*flags))[0]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_example_killed_or_stopped_anywhere_resumes_bit_identically(tmp_path, example_ref):
     flags, ref = example_ref
     rows_ = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
@@ -141,7 +141,7 @@ def test_the_example_killed_or_stopped_anywhere_resumes_bit_identically(tmp_path
         assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_hanging_and_raising_plugin_is_counted_and_the_resume_is_identical(tmp_path, example_ref):
     flags, _ = example_ref
     flaky = [*flags, "--verifier", "plugins:flaky", "--verifier_timeout", "2", "--num_iterations", "1"]
@@ -151,7 +151,7 @@ def test_a_hanging_and_raising_plugin_is_counted_and_the_resume_is_identical(tmp
     (row,) = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert row["verifier_timeouts"] > 0 and row["verifier_errors"] > 0, row
     assert proc.stdout.count("counted as rejected") == 1  # logged once, then counted
-    from itertrain import status
+    from itertrain.app import status
 
     (shown,) = status.build(status._parser().parse_args([str(whole)]))["iterations"]
     assert (shown["verifier_timeouts"], shown["verifier_errors"]) == (row["verifier_timeouts"], row["verifier_errors"])
@@ -163,7 +163,7 @@ def test_a_hanging_and_raising_plugin_is_counted_and_the_resume_is_identical(tmp
     assert max_diff(cut / "iter_0", whole / "iter_0") == 0.0
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_samples_of_other_prompts_are_not_reused(tmp_path, example_ref):
     """The same data with another chat template is other prompts: committed samples made from the
     templated ones are set aside (kept) and made again from the plain ones."""

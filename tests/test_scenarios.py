@@ -4,9 +4,9 @@ import json
 import re
 
 import pytest
-from conftest import copy_experiment, max_diff, dry_run, run_cli, weights
+from conftest import copy_experiment, dry_run, max_diff, run_cli, weights
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def dry(out, rf, ri, *extra):

@@ -1,6 +1,6 @@
 import pytest
 
-from itertrain.selectors import SelectorError, parse_checkpoint_selector, parse_iteration_selector
+from itertrain.core.selectors import SelectorError, parse_checkpoint_selector, parse_iteration_selector
 
 BAD = ["latest", "-3", "1.5", "iter_x", "iter_-1", "../x", "", " ", "checkpoint-20", "/abs", "iter_1/..", "1e3"]
 

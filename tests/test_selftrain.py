@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import REPO, copy_experiment, max_diff, resume_until_done, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def metrics(out):

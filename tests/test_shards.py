@@ -9,7 +9,8 @@ import sys
 import pytest
 from conftest import TORCHRUN, max_diff, run_cli
 
-from itertrain import config, samples, shards
+from itertrain.app import config
+from itertrain.phases import samples, shards
 from itertrain.tasks import Example
 
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
@@ -65,7 +66,7 @@ def _same(out, ref) -> None:
     assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_stopped_phase_shows_its_progress_and_keeps_its_shards(tmp_path, reference):
     out = tmp_path / "exp"
     assert run_cli(out, failpoints="signal.generate=3").returncode == 75  # 2 of 3 shards committed
@@ -83,7 +84,7 @@ def test_a_stopped_phase_shows_its_progress_and_keeps_its_shards(tmp_path, refer
     _same(out, reference)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", ["truncated", "other model", "other settings", "other shard size"])
 def test_a_shard_that_does_not_fit_is_set_aside_and_made_again(tmp_path, reference, damage):
     out = tmp_path / "exp"
@@ -112,7 +113,7 @@ def test_a_shard_that_does_not_fit_is_set_aside_and_made_again(tmp_path, referen
     _same(out, reference)
 
 
-@pytest.mark.slow
+@pytest.mark.dist
 def test_stopped_with_one_rank_resumed_with_two_ends_as_the_two_rank_run(tmp_path, reference_two_ranks):
     out = tmp_path / "exp"
     assert run_cli(out, failpoints="signal.generate=2").returncode == 75
@@ -122,7 +123,7 @@ def test_stopped_with_one_rank_resumed_with_two_ends_as_the_two_rank_run(tmp_pat
     _same(out, reference_two_ranks)
 
 
-@pytest.mark.slow
+@pytest.mark.dist
 def test_killed_on_one_rank_during_generation_resumed_with_one_rank(tmp_path, reference, reference_two_ranks):
     _same_samples(reference_two_ranks, reference, ks=(0,))  # the base's samples do not depend on the ranks
     out = tmp_path / "exp"

@@ -2,8 +2,9 @@
 
 import pytest
 
-from itertrain import shards, status
-from itertrain.artifacts import CHECKPOINT, COMPLETE, CORRUPT, ITERATION, UNVERIFIED, Artifact
+from itertrain.app import status
+from itertrain.core.names import CHECKPOINT, COMPLETE, CORRUPT, ITERATION, UNVERIFIED, Artifact
+from itertrain.phases import shards
 
 
 def ckpt(step, state=COMPLETE, steps=6):

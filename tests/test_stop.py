@@ -14,9 +14,9 @@ import sys
 import pytest
 from conftest import REPO, SMALL, TORCHRUN, copy_experiment, max_diff, resume_until_done, run_cli
 
-from itertrain import stop
+from itertrain.runtime import stop
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
 
@@ -117,8 +117,8 @@ def test_training_that_ends_early_without_a_stop_request_is_not_committed():
     """Anything else that sets should_training_stop (an early-stopping callback, a user's)."""
     from types import SimpleNamespace
 
-    from itertrain.loop import Start, finished_training
-    from itertrain.restore import RecoveryError
+    from itertrain.app.loop import Start, finished_training
+    from itertrain.runtime.restore import RecoveryError
 
     trainer = SimpleNamespace(stop_reason=None, state=SimpleNamespace(global_step=4))
     start = Start(1, "w", None, 6, "iter_0")
@@ -129,7 +129,7 @@ def test_training_that_ends_early_without_a_stop_request_is_not_committed():
     finished_training(trainer, start, 1, 6, stop.Place(1, 6, "iter_0"))
 
 
-@pytest.mark.xdist_group("torchrun")
+@pytest.mark.dist
 @pytest.mark.parametrize("spec", ["signal.train.step=8", "signal.train.step=8@1", "signal.generate=1@0"])
 def test_two_ranks_stop_together_whether_one_or_both_are_signalled(tmp_path, reference_two_ranks, spec):
     out = tmp_path / "exp"
@@ -143,7 +143,7 @@ def test_two_ranks_stop_together_whether_one_or_both_are_signalled(tmp_path, ref
     same_as(out, reference_two_ranks)
 
 
-@pytest.mark.xdist_group("torchrun")
+@pytest.mark.dist
 def test_sigterm_to_the_torchrun_launcher_ends_committed_within_its_grace(tmp_path, reference_two_ranks):
     """torchrun forwards SIGTERM to its workers and kills them 30 s later: they must have stopped
     and committed by then. The signal goes when iteration 1's training starts (read from the run's

@@ -6,13 +6,13 @@ import textwrap
 
 import pytest
 
-from itertrain.samples import select, training_set
+from itertrain.phases.samples import select, training_set
 from itertrain.tasks import Example, TaskError, exact, load_task, numeric, read_data
-from itertrain.verifiers import named as verifier
+from itertrain.tasks.verifiers import named as verifier
 
 
 def args(**kw):
-    from itertrain.config import IterArguments
+    from itertrain.app.config import IterArguments
 
     return IterArguments(**{**dict(num_gold=10, num_prompts=20, num_eval=5), **kw})
 

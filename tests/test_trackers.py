@@ -15,7 +15,8 @@ import pytest
 from chaos_harness import committed_rows, tracker_problem
 from conftest import run_cli
 
-from itertrain import cli, trackers
+from itertrain import trackers
+from itertrain.app import cli
 from itertrain.trackers import wandb_run
 
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
@@ -40,7 +41,7 @@ def wandb_env(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_wandb_one_run_across_kill_and_stop_and_new_branch(tmp_path, wandb_env):
     out = tmp_path / "exp"
     crash_stop_resume(out, "--report_to", "wandb")
@@ -77,7 +78,7 @@ def mlflow_check(out, uri: str, last_model: bool = False) -> None:
         assert run.data.tags["itertrain.final_model"] == str(out / "iter_1")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_mlflow_file_store_one_run_across_kill_and_stop(tmp_path, monkeypatch):
     uri = f"file:{tmp_path / 'mlruns'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -87,7 +88,7 @@ def test_mlflow_file_store_one_run_across_kill_and_stop(tmp_path, monkeypatch):
     mlflow_check(out, uri, last_model=True)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_mlflow_server_one_run_across_kill(tmp_path, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,7 +144,7 @@ def test_bad_report_flags_are_one_line_before_anything_is_written(tmp_path, caps
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.slow  # importing mlflow runs `uname -p` (platform.processor)
+@pytest.mark.e2e  # importing mlflow runs `uname -p` (platform.processor)
 def test_mlflow_file_store_without_its_opt_in_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
@@ -160,7 +161,7 @@ def test_unreadable_tracker_record_is_one_line(tmp_path):
     assert os.path.exists(tmp_path / trackers.RECORD)  # left for the user to mend
 
 
-@pytest.mark.slow
+@pytest.mark.dist
 def test_two_ranks_log_from_rank_0_only(tmp_path, wandb_env, monkeypatch):
     from test_models_and_ranks import torchrun
 
@@ -203,7 +204,7 @@ def test_a_tracker_that_fails_mid_run_is_dropped_with_one_line(capsys):
     assert len(said) == 1 and "ConnectionError" in said[0] and "catches it up" in said[0], said
 
 
-@pytest.mark.slow  # importing mlflow runs `uname -p` (platform.processor)
+@pytest.mark.e2e  # importing mlflow runs `uname -p` (platform.processor)
 def test_a_tracker_that_cannot_be_opened_is_one_line_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
     """Seen in a random-kill sweep: a kill during MLflow's creation of its sqlite database left it
     half made, and every resume stopped on it. A store that cannot be opened is now one line; the

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import REPO, SMALL, copy_experiment, dry_run, resume_until_done, run_cli
 
-from itertrain import cli, config
+from itertrain.app import cli, config
 
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
@@ -29,7 +29,7 @@ def scalars(logdir) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_tensorboard_one_run_global_steps_resume_continues_without_duplicates(tmp_path):
     tb = ["--report_to", "tensorboard", "--logging_steps", "2"]
     ref, out = tmp_path / "ref", tmp_path / "exp"
@@ -61,7 +61,7 @@ def test_config_file_with_command_line_override(tmp_path):
     ("lerning_rate: 0.1\n", "unknown setting 'lerning_rate'"), ("max_steps: lots\n", "invalid int value"),
 ])
 def test_bad_config_file_is_one_line_error(tmp_path, capsys, text, needle):
-    from itertrain.cli import main
+    from itertrain.app.cli import main
 
     f = tmp_path / "c.yaml"
     f.write_text(text)
@@ -83,7 +83,7 @@ def test_settings_differences_are_named():
                               {"learning_rate": 0.01, "seed": 1, "save_steps": 50}) == ["learning_rate: 0.003 -> 0.01"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_with_other_hyperparameters_warns_and_config_is_saved(tmp_path, crashed_in_iter1):
     out = copy_experiment(crashed_in_iter1, tmp_path / "exp")
     saved = json.loads((out / "itertrain_config.json").read_text())
@@ -95,7 +95,7 @@ def test_resume_with_other_hyperparameters_warns_and_config_is_saved(tmp_path, c
     assert not any("other settings" in w for w in plan["warnings"])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_status_json_schema_hint_and_plot(tmp_path, crashed_in_iter1):
     proc = subprocess.run([sys.executable, "-m", "itertrain", "status", str(crashed_in_iter1), "--json"],
                           capture_output=True, text=True)
@@ -121,7 +121,7 @@ def test_status_json_schema_hint_and_plot(tmp_path, crashed_in_iter1):
     assert proc.returncode == 2 and "nothing to plot yet" in proc.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_output_without_a_terminal_has_no_progress_bars(tmp_path):
     quiet = [a for a in SMALL if a not in ("--disable_tqdm", "true")]  # left to the default here
     proc = subprocess.run([sys.executable, "train_iterative.py", "--output_dir", str(tmp_path / "q"), *quiet],
@@ -132,7 +132,7 @@ def test_output_without_a_terminal_has_no_progress_bars(tmp_path):
 
 
 def test_config_reference_is_generated_from_the_code():
-    from itertrain import reference
+    from itertrain.app import configdoc
 
-    assert (REPO / "docs" / "config.md").read_text() == reference.render(), \
-        "docs/config.md is stale: python -m itertrain.reference > docs/config.md"
+    assert (REPO / "docs" / "config.md").read_text() == configdoc.render(), \
+        "docs/config.md is stale: python -m itertrain.app.configdoc > docs/config.md"

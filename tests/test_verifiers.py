@@ -4,8 +4,7 @@ import pickle
 
 import pytest
 
-from itertrain import verifiers
-from itertrain.tasks import Example, TaskError
+from itertrain.tasks import Example, TaskError, verifiers
 
 GSM8K_ANSWER = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
 
@@ -69,7 +68,7 @@ def test_exact_and_numeric_are_as_before():
     assert not verifiers.named("numeric")(Example("q", "2"), "2 apples")
 
 
-@pytest.mark.parametrize("spec", ["exact", "numeric", "gsm8k", "math", r"regex:(\d+)", "itertrain.verifiers:gsm8k"])
+@pytest.mark.parametrize("spec", ["exact", "numeric", "gsm8k", "math", r"regex:(\d+)", "itertrain.tasks.verifiers:gsm8k"])
 def test_every_verifier_pickles_for_the_pool(spec):
     fn = verifiers.named(spec)
     again = pickle.loads(pickle.dumps(fn))
@@ -79,7 +78,7 @@ def test_every_verifier_pickles_for_the_pool(spec):
 @pytest.mark.parametrize("spec,message", [
     ("nomodule", "use package.module:name"),
     ("no.such.module:fn", "cannot import"),
-    ("itertrain.verifiers:SAFE", "is not callable"),
+    ("itertrain.tasks.verifiers:SAFE", "is not callable"),
 ])
 def test_bad_plugins_are_one_line(spec, message):
     with pytest.raises(TaskError, match=message):

@@ -5,8 +5,8 @@ import pytest
 from plugins import crash, hang, raises, slow_when_first
 
 from itertrain.tasks import Example, TaskError
-from itertrain.verifiers import exact
-from itertrain.verifying import ERRORS, TIMEOUTS, Abandoned, Checker
+from itertrain.tasks.pool import ERRORS, TIMEOUTS, Abandoned, Checker
+from itertrain.tasks.verifiers import exact
 
 PROMPTS = [Example(f"q{i}", "ok") for i in range(3)]
 
@@ -33,7 +33,7 @@ def test_a_stop_request_abandons_before_the_next_prompt():
         Checker(exact, "v").check(PROMPTS, [["ok"], ["ok"], ["ok"]], should_stop=lambda: next(asked))
 
 
-@pytest.mark.slow  # starts worker processes
+@pytest.mark.e2e  # starts worker processes
 @pytest.mark.parametrize("fn,kind", [(hang, TIMEOUTS), (crash, ERRORS)])
 def test_pool_survives_a_hang_or_a_dead_worker_in_order(fn, kind):
     with Checker(fn, "v", workers=2, timeout=2.0) as checker:
@@ -43,7 +43,7 @@ def test_pool_survives_a_hang_or_a_dead_worker_in_order(fn, kind):
     assert counts == {TIMEOUTS: 0, ERRORS: 0, kind: 2}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_pool_verdicts_come_back_in_prompt_order():
     outs = [[f"ok{i}{j}" for j in range(3)] + ["bad0"] for i in range(4)]
     prompts = [Example(f"q{i}", "ok") for i in range(4)]
@@ -52,7 +52,7 @@ def test_pool_verdicts_come_back_in_prompt_order():
     assert verdicts == [[True, True, True, False]] * 4 and counts == {TIMEOUTS: 0, ERRORS: 0}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_worker_lost_to_a_stop_request_abandons_instead_of_rejecting():
     """A stop signal sent to the whole process group reaches the pool's workers too: a call that
     fails while a stop is requested is the stop's, not the verifier's (no verdict is made up)."""
@@ -62,11 +62,11 @@ def test_a_worker_lost_to_a_stop_request_abandons_instead_of_rejecting():
             checker.check(PROMPTS[:1], [["crash", "ok"]], should_stop=lambda: next(asked))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_math_verify_runs_in_the_pool():
     """math-verify's own timeouts use signals, which work only in a process's main thread: the pool's
     workers run calls there."""
-    from itertrain.verifiers import math
+    from itertrain.tasks.verifiers import math
 
     with Checker(math, "v", workers=1, timeout=60) as checker:
         verdicts, counts = checker.check([Example("q", "\\frac{1}{2}")], [["so \\boxed{0.5}", "\\boxed{2}"]])

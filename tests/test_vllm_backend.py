@@ -13,11 +13,12 @@ import psutil
 import pytest
 from conftest import REPO, SMALL, max_diff, run_cli, run_once, shared
 
-from itertrain import cli, tinymodel, vllm_backend
+from itertrain.app import cli
+from itertrain.phases import vllm_backend
+from itertrain.tasks import tinymodel
 
 VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
 needs_vllm = pytest.mark.skipif(not VLLM_PY.exists(), reason="no .venv-vllm: make vllm (make test builds it)")
-pytestmark = pytest.mark.xdist_group("vllm")  # one worker: its engines start one at a time, its cache is warm
 VLLM = ["--generation_backend", "vllm", "--vllm_python", str(VLLM_PY)]
 
 
@@ -45,7 +46,7 @@ RuntimeError: Engine core initialization failed. See root cause above. Failed co
                                                "Supported head sizes are: [32, 64].")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_python_without_vllm_is_one_line_before_anything_is_written(tmp_path):
     proc = run_cli(tmp_path / "exp", "--generation_backend", "vllm")  # the training interpreter has no vLLM
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -67,7 +68,7 @@ def test_an_unknown_backend_is_a_usage_error(tmp_path, capsys):
 
 
 @needs_vllm
-@pytest.mark.slow
+@pytest.mark.vllm
 def test_a_model_vllm_cannot_run_is_refused_with_the_reason_before_anything_is_written(tmp_path):
     from transformers import LlamaForCausalLM
 
@@ -119,7 +120,7 @@ def _same(out, ref) -> None:
 
 
 @needs_vllm
-@pytest.mark.slow
+@pytest.mark.vllm
 def test_stopped_then_killed_during_vllm_generation_resumes_byte_identical(tmp_path, vllm_reference, monkeypatch):
     settings = json.loads((vllm_reference / "samples_0" / "itertrain.json").read_text())["extra"]["settings"]
     assert settings["backend"] == "vllm"
@@ -154,7 +155,7 @@ def test_stopped_then_killed_during_vllm_generation_resumes_byte_identical(tmp_p
 
 
 @needs_vllm
-@pytest.mark.slow
+@pytest.mark.vllm
 def test_the_gsm8k_example_samples_with_vllm(tmp_path):
     """Prompts of a few hundred characters through a chat template: vLLM on a CPU split their prefill
     and failed to rewind its seeded generators until the worker turned chunked prefill off."""
@@ -170,11 +171,11 @@ def test_the_gsm8k_example_samples_with_vllm(tmp_path):
 
 
 @needs_vllm
-@pytest.mark.slow
+@pytest.mark.vllm
 def test_a_peft_run_samples_with_vllm_from_the_merged_iteration_model(tmp_path):
     """--use_peft: vLLM loads iter_0 (the adapter merged into an ordinary model directory) to sample
     iteration 1, as it loads any model; the samples record those merged weights as their source."""
-    from itertrain import manifest
+    from itertrain.core import manifest
 
     out = tmp_path / "exp"
     proc = run_cli(out, *VLLM, "--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear",

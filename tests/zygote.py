@@ -20,12 +20,13 @@ import traceback
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "src"))
 
+import peft  # noqa: E402,F401  (--use_peft runs)
 import transformers  # noqa: E402,F401
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments  # noqa: E402,F401
 
-import peft  # noqa: E402,F401  (--use_peft runs)
-
-from itertrain import cli, config, loop, run, samples, status, trainer  # noqa: E402,F401
+from itertrain.app import cli, config, loop, startup, status  # noqa: E402,F401
+from itertrain.phases import samples  # noqa: E402,F401
+from itertrain.training import trainer  # noqa: E402,F401
 
 
 def child(req: dict) -> None:

@@ -4,7 +4,7 @@ real instruct model (Qwen2.5-1.5B-Instruct, say) would: the commands are the sam
 
 import sys
 
-from itertrain.tinymodel import write_chat_model
+from itertrain.tasks.tinymodel import write_chat_model
 
 if __name__ == "__main__":
     write_chat_model(sys.argv[1] if len(sys.argv) > 1 else "tiny-instruct", seed=0)

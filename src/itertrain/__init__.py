@@ -1,19 +1,24 @@
 """itertrain: iterative training of Hugging Face causal LMs that never loses work.
 
-The package, in the order data flows through a run:
-  cli, config, defaults     flags (ours and HF's TrainingArguments) -> Config; bad input exits 2
-  run                       start-up: check inputs, claim --output_dir (lock), plan, banner, prepare
-  artifacts, inventory      what is on disk and its state (pure names; the one "complete" check)
-  selectors, plan, banner   --resume_from* values -> where to start and why (pure, no torch, no I/O)
-  restore                   verify what the plan loads, fall back, rename aside; the starting state
-  loop                      each iteration: generate, verify, select, train, evaluate, save iter_K
-  samples, shards, generate, vllm_backend, vllm_worker, tasks, data, evaluate
-                            the generate phase (HF or vLLM), in committed shards; tasks and verifiers
-  trainer, async_save, engines   the Trainer subclass, background checkpoints, DeepSpeed and FSDP
-  adapters                  --use_peft: the frozen model and its adapter, the fp32 merge, what a resume must match
-  commit, manifest, retention    the commit protocol (stage, fsync, manifest, rename); pruning after it
-  stop, lock, dist, failpoints   stop requests, one writer, rank-0 decisions, crash points for tests
-  status, plot, trackers, curve  what a user reads: status, progress.png, TensorBoard/W&B/MLflow, curves
+The package is cut in wings, innermost first; a module imports its own wing and those inside it,
+never one further out, and no import closes a cycle (tests/test_layers.py checks both, counting
+imports inside functions). docs/architecture.md draws the cut and says why it falls where it does.
+
+  core       what is on disk and what to do about it, without torch: artifact names, manifests, the
+             commit protocol, inventory -> plan, retention, the lock, failpoints, the banner, the
+             progress record, loss curves, the error family
+  runtime    processes and the machine: ranks (dist), stop requests, DeepSpeed/FSDP, background
+             checkpoint writes, verifying what a plan loads (restore), a model kept between iterations
+  tasks      what is trained on and how it is judged: the task types, the built-in task and tiny
+             model, data files, chat templates, verifiers and the pool that runs them
+  phases     the work of an iteration besides training: generate (HF or vLLM) in committed shards,
+             samples, preference pairs, evaluation
+  training   the Trainer subclass (the Recovering mixin), PEFT adapters, the objectives (sft, dpo),
+             the training data's encoding, flag parsing
+  trackers   TensorBoard, W&B and MLflow: one run per experiment on the global-step axis
+  app        what a user runs: cli (the entry point: parse, run, exit status), config (the flags),
+             startup (check, claim, plan, banner, prepare), starts and loop (each iteration as
+             phases), status, plot, configdoc (docs/config.md)
 """
 
 __version__ = "0.1.0"

@@ -1,3 +1,3 @@
-from itertrain.cli import console
+from itertrain.app.cli import console
 
 raise SystemExit(console())

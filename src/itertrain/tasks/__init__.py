@@ -2,59 +2,21 @@
 
 Sources: the built-in `addition`; `--task package.module:make_task` (a callable returning a Task);
 or `--train_prompts` / `--eval_prompts` files (JSONL, JSON, CSV, parquet or a datasets save_to_disk
-directory: files.py) with a verifier (verifiers.py). Prompts then go through the chat template
-(chat.py) when the tokenizer has one.
+directory: files.py) with a verifier (verifiers.py, run in a pool with timeouts: pool.py). Prompts
+then go through the chat template (chat.py) when the tokenizer has one. types.py holds the types;
+tinymodel.py makes the built-in task's tiny Llama and its character tokenizer.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
-from typing import Callable
+from itertrain.core.errors import TaskError
+from itertrain.tasks import addition, chat, verifiers
+from itertrain.tasks.types import Example, Task, Verifier, builtin_task, import_object
+from itertrain.tasks.verifiers import exact, numeric
 
-
-class TaskError(ValueError):
-    """Bad task input: one line naming the file and line or the function (exit 2)."""
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str  # the text the model sees (rendered by the chat template, where one applies)
-    answer: str  # the reference answer (verifier input); for gold examples, the training target
-    messages: tuple[tuple[str, str], ...] | None = None  # (role, content) pairs, for a chat prompt
-
-
-Verifier = Callable[[Example, str], bool]
-
-
-@dataclass
-class Task:
-    train_prompts: list[Example]  # generated for; answers are seen only by the verifier
-    eval_prompts: list[Example]  # held out: greedy accuracy after each iteration
-    verify: Verifier
-    gold: list[Example] = field(default_factory=list)  # supervised examples (warm-up)
-    name: str = "task"
-
-
-def exact(example: Example, completion: str) -> bool:
-    return completion.strip() == example.answer.strip()
-
-
-def numeric(example: Example, completion: str) -> bool:
-    try:
-        return abs(float(completion.strip()) - float(example.answer.strip())) <= 1e-6
-    except ValueError:
-        return False
-
-
-def import_object(spec: str, flag: str):
-    module, _, attr = spec.partition(":")
-    if not module or not attr:
-        raise TaskError(f"{flag} {spec!r}: use package.module:name")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise TaskError(f"{flag} {spec!r}: cannot import ({type(e).__name__}: {e})") from None
+# what a --task or --verifier plug-in imports: `from itertrain.tasks import Example, Task, exact`
+__all__ = ["Example", "Task", "TaskError", "Verifier", "builtin_task", "exact", "import_object", "load_task", "numeric",
+           "read_data"]
 
 
 def read_data(path: str, it=None) -> list[Example]:
@@ -67,17 +29,12 @@ def read_data(path: str, it=None) -> list[Example]:
 def load_task(it, seed: int, tokenizer=None) -> Task:
     """The task the flags describe (`it` is config.IterArguments), its prompts rendered for
     `tokenizer` (chat.py; None: as written)."""
-    from itertrain import verifiers
-    from itertrain.tasks import chat
-
     if it.train_prompts or it.eval_prompts:
         if not (it.train_prompts and it.eval_prompts):
             raise TaskError("--train_prompts and --eval_prompts go together")
         task = Task(read_data(it.train_prompts, it), read_data(it.eval_prompts, it), verifiers.named(it.verifier),
                     name="files")
     elif it.task == "addition":
-        from itertrain.tasks import addition
-
         task = addition.make_task(seed, num_gold=it.num_gold, num_prompts=it.num_prompts, num_eval=it.num_eval)
     else:
         make = import_object(it.task, "--task")

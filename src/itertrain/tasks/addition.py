@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import random
 
-from itertrain.tasks import Example, Task, exact
+from itertrain.tasks.types import Example, Task
+from itertrain.tasks.verifiers import exact
 
 
 def answer(a: int, b: int) -> str:

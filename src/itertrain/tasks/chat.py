@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from itertrain.tasks import Example, TaskError
+from itertrain.core.errors import TaskError
+from itertrain.tasks.types import Example
 
 MODES = ("auto", "none")
 

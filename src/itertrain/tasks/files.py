@@ -12,7 +12,8 @@ import json
 import os
 import tempfile
 
-from itertrain.tasks import Example, TaskError
+from itertrain.core.errors import TaskError
+from itertrain.tasks.types import Example
 
 BUILDERS = {".json": "json", ".csv": "csv", ".parquet": "parquet"}
 

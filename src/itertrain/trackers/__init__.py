@@ -16,18 +16,14 @@ import importlib.util
 import json
 import os
 
-from itertrain import commit, dist
+from itertrain.core import commit
+from itertrain.core.errors import TrackerError
+from itertrain.runtime import dist
 
 RECORD = "trackers.json"
 # --report_to name (also the extra that installs it): (module here, the package it needs)
 KINDS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb_run", "wandb"),
          "mlflow": ("mlflow_run", "mlflow")}
-ITERATION_SCALARS = ("eval_accuracy", "acceptance_rate", "pass_at_k", "train_loss", "num_train_samples",
-                     "num_pairs", "dpo_reward_margin", "dpo_reward_accuracy")  # (the last three: --objective dpo)
-
-
-class TrackerError(RuntimeError):
-    """The experiment's tracker record cannot be read, or a tracker cannot reach its run."""
 
 
 def problems(report_to: list[str]) -> list[str]:
@@ -41,14 +37,6 @@ def problems(report_to: list[str]) -> list[str]:
 
         out += mlflow_run.problems()
     return out
-
-
-def iteration_values(metrics: dict) -> dict[str, float]:
-    return {f"iteration/{k}": metrics[k] for k in ITERATION_SCALARS if metrics.get(k) is not None}
-
-
-def step_values(loss: float, lr: float) -> dict[str, float]:
-    return {"train/loss": loss, "train/learning_rate": lr}
 
 
 class Trackers:
@@ -86,16 +74,6 @@ class Trackers:
 
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
-
-
-def replay(tracker, history: list[tuple[int, dict | None, dict | None]]) -> None:
-    """Hand `history` ((step offset, curve, iteration metrics or None), oldest first) to a tracker
-    that skips what it already holds."""
-    for offset, curve, metrics in history:
-        if curve:
-            tracker.steps(offset + 1, curve["loss"], curve["lr"])
-        if metrics:
-            tracker.iteration(metrics)
 
 
 def read_record(output_dir: str) -> dict:

@@ -14,7 +14,8 @@ import os
 import secrets
 import time
 
-from itertrain.trackers import TrackerError, iteration_values, replay, step_values
+from itertrain.core.errors import TrackerError
+from itertrain.trackers.values import iteration_values, replay, step_values
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call (100 for parameters)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from itertrain import commit
-from itertrain.trackers import iteration_values, replay, step_values
+from itertrain.core import commit
+from itertrain.trackers.values import iteration_values, replay, step_values
 
 DIR = "tensorboard"
 

@@ -20,7 +20,7 @@ import secrets
 import struct
 import zlib
 
-from itertrain.trackers import iteration_values, replay, step_values
+from itertrain.trackers.values import iteration_values, replay, step_values
 
 BLOCK, HEADER = 32768, 7  # W&B's transaction log: LevelDB's log format after a 7-byte ":W&B" header
 

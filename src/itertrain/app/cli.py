@@ -1,0 +1,107 @@
+"""Entry points: `itertrain train|status|plot`, `python -m itertrain`, and train_iterative.py.
+
+Thin: parse, build, run. Bad input is one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+
+USAGE = "usage: itertrain {train,status,plot} ...   (itertrain COMMAND --help)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "status":
+        from itertrain.app.status import main as status_main
+
+        return status_main(argv[1:])
+    if argv and argv[0] == "plot":
+        from itertrain.app.plot import main as plot_main
+
+        return plot_main(argv[1:])
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    elif argv and not argv[0].startswith("-") and not argv[0].endswith((".yaml", ".yml", ".json")):
+        print(f"itertrain: error: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    return train_command(argv)
+
+
+def console() -> int:
+    """The `itertrain` console script: main, then leave (below)."""
+    return leave(main())
+
+
+def leave(code: int) -> int:
+    """End the process now, once everything is committed, every tracker closed and the output flushed,
+    without the interpreter's teardown (freeing the imports' objects one by one: BENCHMARKS.md). Only
+    where the output cannot be flushed (a closed pipe) is `code` returned for the usual exit."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        return code
+    os._exit(code)
+
+
+def train_command(argv: list[str]) -> int:
+    """`itertrain train`: parse the flags, run the experiment, turn each kind of failure into its exit code."""
+    gc.disable()  # until startup.freeze_imports, which freezes what the imports below leave
+    try:
+        return _train(argv)
+    finally:
+        gc.unfreeze()  # (in-process callers: what this run made is collectable again)
+        gc.enable()
+
+
+def _train(argv: list[str]) -> int:
+    from itertrain.app.config import parse
+    from itertrain.core.errors import ItertrainError
+    from itertrain.runtime import stop
+
+    try:
+        cfg = parse(argv)
+        handlers = stop.install(cfg.it.stop_signals, cfg.it.stop_after)
+        from itertrain.app import startup
+        from itertrain.runtime import dist
+
+        try:
+            code = startup.run_experiment(cfg)
+        except stop.Stopped as e:
+            if dist.is_main():
+                stop.record(cfg.output_dir, e)
+                print(f"itertrain: {e}. Resume with: {stop.resume_command(argv, dist.world_size())}", flush=True)
+            code = stop.EXIT_STOPPED
+        finally:
+            stop.uninstall(handlers)
+        several = dist.world_size() > 1
+        dist.finish()
+        if several:  # (in-process callers, tests and tools, are single processes)
+            # Every artifact is committed (fsynced) and every rank has left the process group
+            # together. What remains is interpreter teardown, where a rank can still abort in C++
+            # destructors ("terminate called without an active exception", seen under DeepSpeed
+            # ZeRO-3 on CPU after a finished run), and torchrun then fails the whole run. Leave now,
+            # before the collector is given back (train_command's finally).
+            return leave(code)
+        return code
+    except ItertrainError as e:
+        _error(e)
+        return e.exit_code
+    except OSError as e:
+        if e.errno is None:
+            raise
+        # The machine said no (full disk, permissions, read-only file system): nothing half-written
+        # is ever visible, so the honest message is what failed and that a resume picks up from here.
+        _error(f"{e.strerror} ({e.filename}): the run stopped; every artifact committed before this is "
+               "intact. Fix the cause, then resume with --resume_from auto --resume_from_iteration auto")
+        return 1
+
+
+def _error(e: Exception) -> None:
+    from itertrain.runtime import dist
+
+    if dist.is_main():
+        print(f"itertrain: error: {e}", file=sys.stderr, flush=True)

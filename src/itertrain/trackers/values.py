@@ -1,0 +1,31 @@
+"""What every tracker logs, and how a tracker is caught up: shared by the tracker modules."""
+
+from __future__ import annotations
+
+from itertrain.training import objectives
+
+# the loop's own per-iteration scalars; each objective adds those it declares (objectives.Metric)
+ITERATION_SCALARS = ("eval_accuracy", "acceptance_rate", "pass_at_k", "train_loss", "num_train_samples")
+
+
+def iteration_scalars() -> tuple[str, ...]:
+    return ITERATION_SCALARS + tuple(m.key for m in objectives.metrics("iteration")
+                                   if m.tracker and m.key not in ITERATION_SCALARS)
+
+
+def iteration_values(metrics: dict) -> dict[str, float]:
+    return {f"iteration/{k}": metrics[k] for k in iteration_scalars() if metrics.get(k) is not None}
+
+
+def step_values(loss: float, lr: float) -> dict[str, float]:
+    return {"train/loss": loss, "train/learning_rate": lr}
+
+
+def replay(tracker, history: list[tuple[int, dict | None, dict | None]]) -> None:
+    """Hand `history` ((step offset, curve, iteration metrics or None), oldest first) to a tracker
+    that skips what it already holds."""
+    for offset, curve, metrics in history:
+        if curve:
+            tracker.steps(offset + 1, curve["loss"], curve["lr"])
+        if metrics:
+            tracker.iteration(metrics)
