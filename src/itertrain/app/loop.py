@@ -204,7 +204,7 @@ def evaluate(run: Run, it: Iteration) -> None:
         run.at.check("evaluate", stopped)
     accuracy, eval_problems = result
     stats = it.found.stats
-    it.metrics = {"iteration": k, "eval_accuracy": accuracy, "acceptance_rate": stats["acceptance_rate"],
+    it.metrics = {"iteration": k, "objective": it.objective.name, "eval_accuracy": accuracy, "acceptance_rate": stats["acceptance_rate"],
                   "pass_at_k": stats["pass_at_k"], "num_generated": stats["num_generated"],
                   "num_train_samples": it.train_set.size, "train_loss": train_loss, "global_step": it.global_step,
                   **{key: stats.get(key, 0) + n for key, n in eval_problems.items()},

@@ -171,7 +171,7 @@ def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: i
                        global_step=a.global_step, seconds=extra.get("seconds"),
                        finished=m.get("created"), verifier_timeouts=metrics.get("verifier_timeouts"),
                        verifier_errors=metrics.get("verifier_errors"),
-                       objective=extra.get("objective", {}).get("objective", "sft"),
+                       objective=metrics.get("objective") or extra.get("objective", {}).get("objective", objectives.SFT),
                        **{m.key: metrics.get(m.key) for m in objectives.metrics() if m.status and m.key in metrics})
         elif of_k:
             c = of_k[-1]
