@@ -114,10 +114,10 @@ class Generator:
                    "seeds": [sample_seeds(seed, iteration, i, num_samples) for i in range(a, b)]}
                   for a, b in self.mine]
         self.tmp = tempfile.mkdtemp(prefix="itertrain-vllm-")
-        with open(os.path.join(self.tmp, "job.json"), "w", encoding="utf-8") as f:
-            json.dump({"model": model_dir, "engine": engine, "shards": shards, "temperature": temperature,
-                       "max_tokens": max_new_tokens, "parent": os.getpid(), "cpu_kv_cache_gib": CPU_KV_CACHE_GIB}, f)
         os.makedirs(log_dir, exist_ok=True)
+        with open(os.path.join(self.tmp, "job.json"), "w", encoding="utf-8") as f:
+            json.dump({"model": stable_path(model_dir, log_dir, rank), "engine": engine, "shards": shards, "temperature": temperature,
+                       "max_tokens": max_new_tokens, "parent": os.getpid(), "cpu_kv_cache_gib": CPU_KV_CACHE_GIB}, f)
         self.log_path = os.path.join(log_dir, f"vllm-worker-rank{rank}.log")
         self.log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - open for the worker's life
         self.proc = subprocess.Popen([python, "-I", WORKER, os.path.join(self.tmp, "job.json"), self.tmp],
@@ -192,6 +192,26 @@ class Generator:
                 pass
         self.log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# config.json keys that do not change the network vLLM compiles (the Trainer saves use_cache false)
+NOT_ARCHITECTURE = ("use_cache", "transformers_version")
+
+
+def stable_path(model_dir: str, where: str, rank: int) -> str:
+    """A path in `where` (the experiment's staging) that leads to `model_dir`, the same for every
+    iteration's model of one architecture: vLLM keys its compiled graphs by the model's path among
+    the rest, and a path per iteration would compile them again at every generate phase."""
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        config = {k: v for k, v in json.load(f).items() if k not in NOT_ARCHITECTURE}
+    arch = xxhash.xxh3_64_hexdigest(json.dumps(config, sort_keys=True).encode())
+    link = os.path.join(where, f"vllm-model-rank{rank}-{arch}")
+    tmp = f"{link}.tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(os.path.abspath(model_dir), tmp)
+    os.replace(tmp, link)
+    return link
 
 
 def _die_with_parent() -> None:
