@@ -97,9 +97,44 @@ def _mlflow_uri(out: Path) -> str:
     return f"sqlite:///{out}.mlflow.db"
 
 
+# How a one-rank run starts: a fresh interpreter (make chaos), or, where the test suite sets this to
+# its zygote (tests/zygote.py), a fork of a process that imported itertrain once: the same run without
+# seconds of imports. Runs under torchrun always start fresh.
+ZYGOTE = None
+
+
 def _run(out: Path, *extra: str, env_extra: dict | None = None, ranks: int = 1) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(out, ranks, *extra), cwd=out.parent, env=_env(out, env_extra), capture_output=True,
-                          text=True, timeout=600)
+    cmd = _cmd(out, ranks, *extra)
+    if ZYGOTE is not None and ranks == 1:
+        return ZYGOTE().run(cmd, cmd[2:], _env(out, env_extra), 600, cwd=out.parent)
+    return subprocess.run(cmd, cwd=out.parent, env=_env(out, env_extra), capture_output=True, text=True, timeout=600)
+
+
+def _start(out: Path, ranks: int, err_path: Path, log: Path):
+    """A resume with auto auto, started in its own process group, stderr to `err_path`, its file
+    events (rank 0's) to `log`."""
+    cmd, env = _cmd(out, ranks, *AUTO), _env(out, {"ITERTRAIN_CHAOS_LOG": str(log)})
+    if ZYGOTE is not None and ranks == 1:
+        return ZYGOTE().spawn(cmd[2:], env, out.parent, os.devnull, str(err_path))
+    with open(err_path, "w") as err:  # a file, not a pipe: a full pipe would stall the run
+        return subprocess.Popen(cmd, cwd=out.parent, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+
+
+def _reaches(p, log: Path, event: int) -> bool:
+    """Wait until the run has logged `event` file events (True) or has ended (False)."""
+    while True:
+        try:
+            with open(log, "rb") as f:
+                if f.read().count(b"\n") >= event:
+                    return True
+        except FileNotFoundError:
+            pass
+        try:
+            p.wait(timeout=0.01)
+            return False
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def reference(work: Path, ranks: int = 1) -> tuple[Path, list[str], tuple[float, float]]:
@@ -123,23 +158,24 @@ def reference_ranks(work: Path, ranks: int) -> tuple[Path, list[list[str]], tupl
     return out, events, _window(total, events[0])
 
 
-def generate_windows(events: list[str]) -> list[tuple[float, float]]:
-    """Each iteration's generate phase, in seconds after launch: from the file event before its first
-    shard's to its last samples_K event (the shards removed once samples_K is committed)."""
+def generate_windows(events: list[str]) -> list[tuple[int, int]]:
+    """Each iteration's generate phase, as file-event numbers: from the event before its first shard's
+    to its last samples_K event (the shards removed once samples_K is committed)."""
     out = []
     for k in range(100):
-        mine = [n for n, e in enumerate(events) if f"samples_{k}" in e.split("\t")[2]]
+        mine = [n for n, e in enumerate(events, 1) if f"samples_{k}" in e.split("\t")[2]]
         if not mine:
             break
-        at = [float(e.split("\t")[3]) for e in events]
-        out.append((at[max(mine[0] - 1, 0)], at[mine[-1]]))
+        out.append((max(mine[0] - 1, 1), mine[-1]))
     return out
 
 
-def _window(total: float, events: list[str]) -> tuple[float, float]:
-    offsets = [float(e.split("\t")[3]) for e in events]
-    active = offsets[-1] - offsets[0]  # the process's file-writing span; it ends about when the run does
-    return max(0.5, total - active - 0.3), total - 0.3
+def _window(total: float, events: list[str]) -> tuple[int, int]:
+    """Where a random kill lands, as the run itself reports its progress: after one of its file events,
+    from the first to the last few (a kill after the very last would find the run finished). Counting
+    events, not seconds, makes a trial independent of how fast the machine is and of how the run
+    was started (a fresh interpreter, or a fork of the zygote)."""
+    return 1, max(1, len(events) - 3)
 
 
 ADOPTED_STRIP_KEEP = ("model.safetensors", "tokenizer.json", "tokenizer_config.json")
@@ -257,11 +293,14 @@ def tracker_problem(out: Path, want: dict, mlflow_uri: str | None = None) -> str
 
 
 def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: int = 3,
-                 window: tuple[float, float] = (0.5, 14.0), layout: Path | None = None,
+                 window: tuple[int, int] | list[tuple[int, int]] = (1, 100), layout: Path | None = None,
                  sig: str | None = None) -> dict:
-    """SIGKILL every process of the run at 1..max_kills random moments in `window` (seconds after
-    launch: the reference run's file-writing span), resuming after each. `layout`: start from a
-    copy of that experiment (--adopt)."""
+    """SIGKILL every process of the run (or send it `sig`) 1..max_kills times, each once the run has
+    logged a random number of file events in `window` (event numbers of the reference run: where the
+    run is, as it reports it), resuming after each. A resume writes fewer events than a whole run,
+    so a later kill may find it finished first: then the trial has fewer kills; one whose first run
+    finished before its kill tested nothing and is not a PASS. `layout`: start from a copy of that
+    experiment (--adopt)."""
     rng = random.Random(seed)
     kills = rng.randint(1, max_kills)
     out = work / f"r{seed}"
@@ -269,42 +308,41 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
         shutil.copytree(layout, out)
     result = {"seed": seed, "ranks": ranks, "kills": kills, "killed_at": [], "signal": sig or "SIGKILL"}
     err_path = work / f"r{seed}.stderr"
-    for _ in range(kills + 5):
-        with open(err_path, "w") as err:  # a file, not a pipe: a full pipe would stall the run
-            p = subprocess.Popen(_cmd(out, ranks, *AUTO), cwd=out.parent, env=_env(out), stdout=subprocess.DEVNULL,
-                                 stderr=err, start_new_session=True)
-            if len(result["killed_at"]) < kills:
-                lo, hi = window if not isinstance(window, list) else \
-                    rng.choices(window, weights=[b - a + 1e-3 for a, b in window])[0]
-                t = round(rng.uniform(lo, hi), 2)
-                try:
-                    p.wait(timeout=t)
-                except subprocess.TimeoutExpired:
-                    if sig:  # a stop request: the run (torchrun: its launcher) must stop by itself
-                        p.send_signal(getattr(signal, sig))
-                        p.wait(timeout=600)
-                        # 75: stopped; 0: it had finished; -SIG: it came before the handler was installed
-                        if not _stopped(p.returncode, ranks, out, err_path.read_text(), -getattr(signal, sig)):
-                            return {**result, "verdict": "HARD_FAIL",
-                                    "why": f"exit {p.returncode} after {sig}: {err_path.read_text()[-500:]}"}
-                        result.setdefault("exits", []).append(p.returncode)
-                    else:
-                        os.killpg(p.pid, signal.SIGKILL)  # every rank, the launcher too: as a node dying
-                        p.wait()
-                    result["killed_at"].append(t)
-                    # where it landed: committed artifacts so far (0: still starting up)
-                    result.setdefault("committed_at_kill", []).append(
-                        sum(1 for n in os.listdir(out) if not n.startswith(".") and (out / n).is_dir())
-                        if out.exists() else 0)
-                    continue
-            else:
-                p.wait(timeout=600)
+    for launch in range(kills + 5):
+        log = work / f"r{seed}.events{launch}"
+        p = _start(out, ranks, err_path, log)
+        if len(result["killed_at"]) < kills:
+            lo, hi = window if not isinstance(window, list) else \
+                rng.choices(window, weights=[b - a + 1 for a, b in window])[0]
+            t = rng.randint(lo, hi)
+            if _reaches(p, log, t):
+                if sig:  # a stop request: the run (torchrun: its launcher) must stop by itself
+                    p.send_signal(getattr(signal, sig))
+                    p.wait(timeout=600)
+                    # 75: stopped; 0: it had finished; -SIG: it came before the handler was installed
+                    if not _stopped(p.returncode, ranks, out, err_path.read_text(), -getattr(signal, sig)):
+                        return {**result, "verdict": "HARD_FAIL",
+                                "why": f"exit {p.returncode} after {sig}: {err_path.read_text()[-500:]}"}
+                    result.setdefault("exits", []).append(p.returncode)
+                else:
+                    os.killpg(p.pid, signal.SIGKILL)  # every rank, the launcher too: as a node dying
+                    p.wait()
+                result["killed_at"].append(t)
+                # where it landed: committed artifacts so far
+                result.setdefault("committed_at_kill", []).append(
+                    sum(1 for n in os.listdir(out) if not n.startswith(".") and (out / n).is_dir())
+                    if out.exists() else 0)
+                continue
+        else:
+            p.wait(timeout=600)
         if p.returncode == 0:  # finished (possibly before a planned kill: fewer kills, still a trial)
             break
         if p.returncode not in (0, 137) and not sig:
             return {**result, "verdict": "HARD_FAIL", "why": err_path.read_text()[-500:]}
     else:
         return {**result, "verdict": "HARD_FAIL", "why": "did not finish"}
+    if not result["killed_at"]:  # it finished before the first planned moment: it tested nothing
+        return {**result, "verdict": "NO_KILL", "why": "the run finished before the first kill"}
     if why := _compare(out, ref, adopted=layout is not None):
         return {**result, "verdict": "SILENT_DIVERGENCE", "why": why}
     _remove(out)
@@ -312,7 +350,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
 
 
 def _spans(window) -> str:
-    return ", ".join(f"{a:.1f}-{b:.1f}" for a, b in (window if isinstance(window, list) else [window]))
+    return ", ".join(f"{a}-{b}" for a, b in (window if isinstance(window, list) else [window]))
 
 
 def _stopped(rc: int, ranks: int, out: Path, stderr: str, by_signal: int) -> bool:
@@ -488,7 +526,7 @@ def _random_main(args, work: Path) -> int:
     print(f"committed artifacts when killed: {sorted(landed)[len(landed) // 2] if landed else 0} (median), "
           f"{sum(c == 0 for c in landed)} kills before the first commit")
     print(f"{len(results)} runs with {kills} random {args.signal or 'SIGKILL'}s ({args.ranks} rank(s), "
-          f"sent {_spans(window)} s "
+          f"sent after file events {_spans(window)} "
           "after launch): "
           + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
     if args.json:

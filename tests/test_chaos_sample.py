@@ -5,14 +5,16 @@ from contextlib import contextmanager
 import chaos_harness
 import pytest
 from chaos_harness import adopted_reference, random_trial, reference, trial
-from conftest import shared
+from conftest import PEFT, events, reference_run, shared, zygote
 
 pytestmark = pytest.mark.chaos
+chaos_harness.ZYGOTE = zygote  # one-rank runs fork from the test worker's zygote, not a fresh interpreter
 
 
 @pytest.fixture(scope="session")
-def ref(tmp_path_factory):
-    return shared(tmp_path_factory, "chaos_ref", reference)
+def ref(reference):
+    """The suite's reference run (conftest.REFERENCES), its file events, where random kills land."""
+    return reference, events(reference), chaos_harness._window(0, events(reference))
 
 
 @pytest.mark.parametrize("fraction,torn", [(0.1, False), (0.6, False), (0.5, True), (0.95, True)])
@@ -84,7 +86,6 @@ def test_full_disk_during_a_save_keeps_everything_and_resumes(tmp_path, ref):
     assert _compare(out, out_ref) is None
 
 
-PEFT = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"]
 FLAVOURS = {"peft": ("PEFT", PEFT), "dpo": ("OBJECTIVE", chaos_harness.DPO),
             "trackers": ("TRACKERS", chaos_harness.TRACKER_FLAGS)}
 
@@ -102,6 +103,10 @@ def harness_flags(flavour: str):
 
 @pytest.fixture(scope="session", params=["peft", "dpo"])
 def flavoured_ref(request, tmp_path_factory):
+    if request.param == "peft":  # the registry's LoRA run (tests/test_adapters.py's too)
+        out = reference_run(tmp_path_factory, "peft_ref")[0]
+        return "peft", (out, events(out), chaos_harness._window(0, events(out)))
+
     def build(work):
         with harness_flags(request.param):
             return reference(work)

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import traceback
+import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "src"))
@@ -43,6 +44,11 @@ def child(req: dict) -> None:
         for fd, path in ((1, req["out"]), (2, req["err"])):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
         sys.argv = [os.path.join(REPO, "train_iterative.py"), *req["argv"]]
+        # The child is train_iterative.py's process, to the processes it spawns too: multiprocessing's
+        # spawn runs the main module again in each (the verifier pool), and this one imports everything.
+        main = types.ModuleType("__main__")
+        main.__file__, main.__spec__ = sys.argv[0], None
+        sys.modules["__main__"] = main
         code = cli.train_command(req["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
