@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -17,14 +18,19 @@ SMALL = ["--num_iterations", "2", "--max_steps", "6", "--save_steps", "3", "--nu
          "--per_device_train_batch_size", "8", "--generation_shard_size", "8", "--disable_tqdm", "true"]
 
 
-def run_cli(out, *extra, failpoints=None, entry=("train_iterative.py",), launcher=(sys.executable,), timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "ITERTRAIN_FAILPOINTS"}
+def run_cli(out, *extra, failpoints=None, entry=("train_iterative.py",), launcher=(sys.executable,), timeout=300,
+            events=None, small=SMALL):
+    """The real command line on `out`, `small` then `extra` after --output_dir; `events`: a file that gets
+    the run's file events (failpoints.py)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ITERTRAIN_FAILPOINTS", "ITERTRAIN_CHAOS_LOG")}
     if failpoints:
         env["ITERTRAIN_FAILPOINTS"] = failpoints
+    if events:
+        env["ITERTRAIN_CHAOS_LOG"] = str(events)
     cmd = [*launcher, *[str(REPO / e) if e.endswith(".py") else e for e in entry], "--output_dir", str(out),
-           *SMALL, *extra]
+           *small, *extra]
     if tuple(launcher) == (sys.executable,) and tuple(entry) == ("train_iterative.py",) and not os.environ.get("ITERTRAIN_NO_ZYGOTE"):
-        return _zygote().run(cmd, cmd[2:], env, timeout)
+        return zygote().run(cmd, cmd[2:], env, timeout)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -40,29 +46,54 @@ class Zygote:
                 assert json.loads(line) == {"ready": True}
                 break
 
-    def run(self, cmd, argv, env, timeout) -> subprocess.CompletedProcess:
-        import select
+    def run(self, cmd, argv, env, timeout, cwd=REPO) -> subprocess.CompletedProcess:
         import signal
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="itertrain-run-") as tmp:
             out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
-            self.proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(REPO), "out": out, "err": err}) + "\n")
-            self.proc.stdin.flush()
-            pid = json.loads(self.proc.stdout.readline())["pid"]
-            if not select.select([self.proc.stdout], [], [], timeout)[0]:
-                os.killpg(pid, signal.SIGKILL)
-                self.proc.stdout.readline()
-                raise subprocess.TimeoutExpired(cmd, timeout)
-            rc = json.loads(self.proc.stdout.readline())["rc"]
+            child = self.spawn(argv, env, cwd, out, err)
+            try:
+                rc = child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+                raise subprocess.TimeoutExpired(cmd, timeout) from None
             with open(out, encoding="utf-8", errors="replace") as f, open(err, encoding="utf-8", errors="replace") as g:
                 return subprocess.CompletedProcess(cmd, rc, f.read(), g.read())
+
+    def spawn(self, argv, env, cwd, out: str, err: str) -> "Forked":
+        """A run forked now, its stdout and stderr written to the files `out` and `err` (one at a time)."""
+        self.proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(cwd), "out": out, "err": err}) + "\n")
+        self.proc.stdin.flush()
+        return Forked(self.proc.stdout, json.loads(self.proc.stdout.readline())["pid"])
+
+
+class Forked:
+    """A run forked by the zygote, as much of subprocess.Popen as the tests use: pid (its own process
+    group), wait(timeout), send_signal, returncode."""
+
+    def __init__(self, channel, pid: int):
+        self.channel, self.pid, self.returncode = channel, pid, None
+
+    def wait(self, timeout=None) -> int:
+        import select
+
+        if self.returncode is None:
+            if not select.select([self.channel], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            self.returncode = json.loads(self.channel.readline())["rc"]
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
 
 
 _ZYGOTE = None
 
 
-def _zygote() -> Zygote:
+def zygote() -> Zygote:
     global _ZYGOTE
     if _ZYGOTE is None or _ZYGOTE.proc.poll() is not None:
         _ZYGOTE = Zygote()
@@ -107,6 +138,23 @@ def assert_damaged_checkpoint_falls_back(crashed, work, victim, damage, *flags):
     assert (plan.strategy, plan.weights_from, plan.next_iteration) == ("iteration", "iter_0", 1), text
     assert len(list(out.glob("checkpoint-9.corrupt*"))) == 1 and not (out / "checkpoint-9").exists()
     assert any("checkpoint-9" in line and victim in line for line in text.splitlines()), text
+
+
+def killed_by(proc, failpoint: str, leaves=None):
+    """`proc` ended where the failpoint armed as `failpoint` (NAME=VALUE[@RANK]) killed it, as it says on
+    stderr (on every rank under torchrun, whose own status is 1; a counter's failpoint fires at the
+    first value at or past VALUE), and `leaves` (a directory: the newest checkpoint committed before
+    the kill) is there: not a run that died earlier for another reason, after which a bit-identical
+    resume would prove nothing. Returns proc."""
+    name, _, value = failpoint.partition("=")
+    value = value.partition("@")[0]
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    hits = re.findall(rf"^itertrain: failpoint {re.escape(name)}=(\S+) hit: exiting with 137$", proc.stderr, re.M)
+    assert hits, f"failpoint {failpoint} did not fire: {proc.stderr[-3000:]}"
+    assert all(h == value or (h.isdigit() and value.isdigit() and int(h) >= int(value)) for h in hits), hits
+    if leaves is not None:
+        assert (Path(leaves) / "itertrain.json").is_file(), f"{leaves} is not committed: {proc.stderr[-2000:]}"
+    return proc
 
 
 def resume_until_done(out, *extra, tries=4, **kw):
@@ -170,19 +218,41 @@ def shared(tmp_path_factory, name: str, build):
 
 
 def run_once(*flags, launcher=(sys.executable,), rc=0, **kw):
-    """A build for `shared`: one run of the CLI that must exit with `rc`; gives (output_dir, stdout)."""
+    """A build for `shared`: one run of the CLI that must exit with `rc`; gives (output_dir, stdout).
+    Its file events (rank 0's) are kept beside it, in events(output_dir), for the chaos sample."""
     def build(work):
         out = work / "exp"
-        proc = run_cli(out, *flags, launcher=launcher, **kw)
+        proc = run_cli(out, *flags, launcher=launcher, events=work / "events.log", **kw)
         assert proc.returncode == rc, proc.stderr[-3000:]
         return out, proc.stdout
     return build
 
 
+def events(out) -> list[str]:
+    """The file events of a run that run_once built."""
+    return (Path(out).parent / "events.log").read_text().splitlines()
+
+
+# One registry of the runs that tests compare against or start from, each built once per test session
+# by the first worker that needs it (the others wait for it and reuse it): the name is its key in
+# `shared`, the flags are added to SMALL. A test module that needs one takes it from here.
+PEFT = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"]
+REFERENCES = {
+    "reference": (),  # the uninterrupted 2-iteration run, a fresh optimizer each iteration
+    "reference_carry": ("--carry_optimizer_state",),
+    "peft_ref": tuple(PEFT),  # a LoRA adapter, its optimizer state carried inside each iteration
+}
+
+
+def reference_run(tmp_path_factory, name: str) -> tuple[Path, str]:
+    """(output_dir, stdout) of the registered run `name`."""
+    return shared(tmp_path_factory, name, run_once(*REFERENCES[name]))
+
+
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """An uninterrupted 2-iteration run (fresh optimizer each iteration)."""
-    return shared(tmp_path_factory, "reference", run_once())[0]
+    return reference_run(tmp_path_factory, "reference")[0]
 
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
@@ -199,7 +269,7 @@ def reference_two_ranks(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reference_carry(tmp_path_factory):
-    return shared(tmp_path_factory, "reference_carry", run_once("--carry_optimizer_state"))[0]
+    return reference_run(tmp_path_factory, "reference_carry")[0]
 
 
 @pytest.fixture(scope="session")
@@ -227,6 +297,7 @@ def kind(item) -> str:
     return "fast"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group markers added here
 def pytest_collection_modifyitems(items):
     for item in items:
         for fixture, made_by in RUN_FIXTURES.items():
@@ -238,6 +309,15 @@ def pytest_collection_modifyitems(items):
         if k in GROUPS:
             item.add_marker(pytest.mark.xdist_group(k))  # (xdist reads it after this hook: trylast)
     items.sort(key=lambda item: GROUPS.index(kind(item)) if kind(item) in GROUPS else len(GROUPS))
+
+
+def pytest_configure(config):
+    # pytest 9 keeps node ids where pytest-xdist 3.8 cannot append a test's group to it: --dist loadgroup
+    # then runs the groups' multi-process tests side by side on 2 cores, silently (pyproject.toml pins
+    # pytest below 9 for this).
+    if getattr(config.option, "dist", "no") == "loadgroup" and pytest.version_tuple >= (9,):
+        raise pytest.UsageError(f"--dist loadgroup ignores every xdist group under pytest {pytest.__version__} "
+                                "(with pytest-xdist 3.8): install the test extra's pytest (<9)")
 
 
 @pytest.fixture(autouse=True)

@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    PEFT,
     TORCHRUN,
     assert_damaged_checkpoint_falls_back,
     copy_experiment,
     flip,
+    killed_by,
     max_diff,
+    reference_run,
     resume_until_done,
     run_cli,
     shared,
@@ -27,7 +30,6 @@ from itertrain.core.errors import AdapterError, AdapterMismatch
 from itertrain.tasks import tinymodel
 from itertrain.training import adapters
 
-PEFT = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"]
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
 
@@ -274,7 +276,7 @@ def _run(flags=(), **kw):
 
 @pytest.fixture(scope="session")
 def peft_ref(tmp_path_factory):
-    return shared(tmp_path_factory, "peft_ref", _run())
+    return reference_run(tmp_path_factory, "peft_ref")
 
 
 def same_run(out, ref):
@@ -322,7 +324,7 @@ def test_a_peft_run_writes_adapter_checkpoints_and_merged_iteration_models(peft_
                                    "checkpoint.write=12"])
 def test_peft_crash_anywhere_resumes_bit_identically(peft_ref, tmp_path, point):
     out = tmp_path / "exp"
-    assert run_cli(out, *PEFT, failpoints=point).returncode == 137
+    killed_by(run_cli(out, *PEFT, failpoints=point), point)
     resume_until_done(out, *PEFT)
     same_run(out, peft_ref[0])
 
@@ -337,7 +339,7 @@ def test_peft_crash_anywhere_resumes_bit_identically(peft_ref, tmp_path, point):
 def test_peft_modes_crash_and_resume_bit_identically(tmp_path, flags, point):
     ref, out = tmp_path / "ref", tmp_path / "exp"
     assert run_cli(ref, *PEFT, *flags).returncode == 0
-    assert run_cli(out, *PEFT, *flags, failpoints=point).returncode == 137
+    killed_by(run_cli(out, *PEFT, *flags, failpoints=point), point)
     proc = resume_until_done(out, *PEFT, *flags)
     if "--carry_optimizer_state" in flags:
         assert "weights from iter_0 with the optimizer state of checkpoint-6" in proc.stdout
@@ -366,7 +368,7 @@ def peft_crashed(tmp_path_factory):
     """A --use_peft run on model0 killed at step 9 (iteration 1), after checkpoint-9 committed."""
     def build(work):
         out = work / "exp"
-        assert run_cli(out, *PEFT, "--model_name", str(_model(work, 0)), failpoints="train.step=9").returncode == 137
+        killed_by(run_cli(out, *PEFT, "--model_name", str(_model(work, 0)), failpoints="train.step=9"), "train.step=9")
         return out
     return shared(tmp_path_factory, "peft_crashed", build)
 
@@ -477,7 +479,8 @@ def test_a_full_fine_tunes_checkpoint_is_not_resumed_as_an_adapter(crashed_in_it
 def test_peft_under_two_ranks_resumes_bit_identically(tmp_path_factory, tmp_path):
     ref = shared(tmp_path_factory, "peft_two_ranks", _run(launcher=TORCHRUN, timeout=600))[0]
     out = tmp_path / "exp"
-    assert run_cli(out, *PEFT, launcher=TORCHRUN, failpoints="train.step=9", timeout=600).returncode != 0
+    killed_by(run_cli(out, *PEFT, launcher=TORCHRUN, failpoints="train.step=9", timeout=600), "train.step=9",
+              leaves=out / "checkpoint-9")
     proc = run_cli(out, *PEFT, *AUTO, launcher=TORCHRUN, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     same_run(out, ref)

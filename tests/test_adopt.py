@@ -105,12 +105,14 @@ def test_adopted_layout_ends_exactly_as_the_uninterrupted_run(tmp_path, start, r
             assert f"Create {name}/config.json from --model_name" in proc.stdout
 
 
-def test_status_names_adopted_artifacts(tmp_path, ref):
+def test_status_names_adopted_artifacts(tmp_path, ref, capsys):
+    from itertrain.app import status
+
     out = tmp_path / "exp"
     cut(ref, out, LAYOUTS["base_model+checkpoint"][0])
-    proc = subprocess.run([sys.executable, "-m", "itertrain", "status", str(out), "--json", "--max_steps", "6",
-                           "--num_iterations", "3"], capture_output=True, text=True, cwd=REPO)
-    d = json.loads(proc.stdout)
+    capsys.readouterr()
+    assert status.main([str(out), "--json", "--max_steps", "6", "--num_iterations", "3"]) == 0  # (in this process)
+    d = json.loads(capsys.readouterr().out)
     assert [(r["iteration"], r["state"], r["artifact"]) for r in d["iterations"]] == [
         (0, "complete (unverified)", "base_model"), (1, "pending", None), (2, "pending", None)]
     assert d["plan"]["weights_from"] == "base_model" and d["plan"]["iteration_models"] == {"0": "base_model"}

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import copy_experiment, max_diff, run_cli, shared
+from conftest import copy_experiment, killed_by, max_diff, run_cli, shared
 
 pytest.importorskip("deepspeed", reason="make test installs DeepSpeed (Makefile); run it from there")
 pytestmark = pytest.mark.dist
@@ -27,7 +27,7 @@ def _zero3_runs(root):
     ref, crashed = root / "ref", root / "crashed"
     proc = ds_run(ref, 3)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ds_run(crashed, 3, failpoints="train.step=11").returncode != 0
+    killed_by(ds_run(crashed, 3, failpoints="train.step=11"), "train.step=11", leaves=crashed / "checkpoint-9")
     return ref, crashed
 
 
@@ -75,7 +75,8 @@ def test_zero3_shards_on_another_world_size_are_refused_before_loading(zero3, tm
 def test_zero2_carry_optimizer_state_both_resumes_bit_identically(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "exp"
     assert ds_run(ref, 2, "--carry_optimizer_state").returncode == 0
-    assert ds_run(out, 2, "--carry_optimizer_state", failpoints="train.step=8").returncode != 0
+    killed_by(ds_run(out, 2, "--carry_optimizer_state", failpoints="train.step=8"), "train.step=8",
+              leaves=out / "checkpoint-6")
     proc = ds_run(out, 2, "--carry_optimizer_state", *AUTO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "BOTH checkpoints found" in proc.stdout
@@ -105,11 +106,12 @@ def as_fsdp_sharded(ckpt: Path) -> None:
         "kind", "name", "iteration", "global_step", "local_step", "iteration_steps", "started_from", "extra")})
 
 
+@pytest.mark.e2e  # one process: not in the multi-process group
 def test_fsdp_sharded_checkpoint_at_an_iterations_last_step_gives_the_same_iteration_model(tmp_path, reference):
     # killed after checkpoint-12 (iteration 1's last step) committed, before iter_1 did: the resume
     # trains nothing, so the weights must come from FSDP's files without FSDP's loader
     out = tmp_path / "exp"
-    assert run_cli(out, failpoints="iteration.write=1").returncode == 137
+    killed_by(run_cli(out, failpoints="iteration.write=1"), "iteration.write=1")
     as_fsdp_sharded(out / "checkpoint-12")
     proc = run_cli(out, *AUTO)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -124,7 +126,7 @@ def test_zero2_peft_adapter_with_carried_optimizer_state_resumes_bit_identically
     ref, out = tmp_path / "ref", tmp_path / "exp"
     assert ds_run(ref, 2, *peft).returncode == 0
     assert not any(f.name.startswith("model") for f in (ref / "checkpoint-12").iterdir())
-    assert ds_run(out, 2, *peft, failpoints="train.step=8").returncode != 0
+    killed_by(ds_run(out, 2, *peft, failpoints="train.step=8"), "train.step=8", leaves=out / "checkpoint-6")
     proc = ds_run(out, 2, *peft, *AUTO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "weights from iter_0 with the optimizer state of checkpoint-6" in proc.stdout
@@ -141,7 +143,7 @@ def test_zero2_dpo_crash_resumes_bit_identically(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "exp"
     proc = ds_run(ref, 2, *dpo)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ds_run(out, 2, *dpo, failpoints="train.step=9").returncode != 0
+    killed_by(ds_run(out, 2, *dpo, failpoints="train.step=9"), "train.step=9", leaves=out / "checkpoint-9")
     proc = ds_run(out, 2, *dpo, *AUTO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert max_diff(out / "iter_1", ref / "iter_1") == 0.0

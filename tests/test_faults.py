@@ -5,10 +5,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
-from conftest import REPO, SMALL, copy_experiment, max_diff, resume_until_done, run_cli
+from conftest import REPO, SMALL, copy_experiment, killed_by, max_diff, resume_until_done, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -18,8 +17,8 @@ OLD = ["checkpoint-3", "checkpoint-6", "checkpoint-9", "checkpoint-12", "iter_0"
 
 def test_scratch_branch_sets_everything_aside_and_its_crash_resumes_itself(tmp_path, reference):
     out = copy_experiment(reference, tmp_path / "exp")
-    proc = run_cli(out, "--resume_from", "none", "--resume_from_iteration", "none", failpoints="train.step=4")
-    assert proc.returncode == 137, proc.stderr[-2000:]
+    killed_by(run_cli(out, "--resume_from", "none", "--resume_from_iteration", "none", failpoints="train.step=4"),
+              "train.step=4", leaves=out / "checkpoint-3")
     # Before the new branch's first write, every later artifact was renamed aside, none deleted.
     for name in OLD:
         assert len(list(out.glob(f"{name}.superseded-*"))) == 1, name
@@ -32,8 +31,8 @@ def test_scratch_branch_sets_everything_aside_and_its_crash_resumes_itself(tmp_p
 
 def test_explicit_checkpoint_branch_crash_resumes_the_new_branch(tmp_path, reference):
     out = copy_experiment(reference, tmp_path / "exp")
-    proc = run_cli(out, "--resume_from", "3", "--resume_from_iteration", "none", failpoints="train.step=8")
-    assert proc.returncode == 137, proc.stderr[-2000:]
+    killed_by(run_cli(out, "--resume_from", "3", "--resume_from_iteration", "none", failpoints="train.step=8"),
+              "train.step=8")
     assert sorted(p.name for p in out.glob("checkpoint-*") if "." not in p.name) == [
         "checkpoint-3", "checkpoint-6"]
     assert (out / "iter_0").is_dir() and len(list(out.glob("iter_0.superseded-*"))) == 1
@@ -41,37 +40,34 @@ def test_explicit_checkpoint_branch_crash_resumes_the_new_branch(tmp_path, refer
     assert max_diff(out / "iter_1", reference / "iter_1") == 0.0
 
 
-def _as_nobody(argv, env_extra, cwd):
-    env = {**os.environ, "HOME": env_extra["HOME"], "HF_HOME": env_extra["HOME"], **env_extra}
-    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+# What root must lose to be refused a directory like anyone else: the capabilities that override file
+# permissions. It keeps uid 0, so it still reads this checkout and its environment wherever they lie
+# (a private directory of root's too), while a directory owned by another user with mode 0755 is not
+# writable to it. An ordinary user needs nothing dropped.
+NO_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"] if os.geteuid() == 0 else []
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is needed to drop root")
-def test_unwritable_output_dir_is_one_line_error():
-    """As an ordinary user (root writes anywhere): a directory it cannot create or write into. The
-    dropped user runs this environment's interpreter and packages from where they lie; a checkout in a
-    private directory (mktemp -d) hides them from it, and then the test says so and skips."""
-    top = tempfile.mkdtemp(prefix="itertrain-perm-")
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None,
+                    reason="as root, setpriv (util-linux) is needed to drop the capabilities that override permissions")
+def test_unwritable_output_dir_is_one_line_error(tmp_path):
+    """A directory the run cannot create, and one it cannot write into: one line, exit 2, nothing written."""
+    top = tmp_path / "top"  # owned by someone else, mode 0755: this user may read it, not write in it
+    (top / "existing").mkdir(parents=True)
+    if os.geteuid() == 0:
+        for d in (top, top / "existing"):
+            os.chown(d, 65534, 65534)
+    for d in (top / "existing", top):
+        d.chmod(0o555 if os.geteuid() else 0o755)
     try:
-        os.chmod(top, 0o755)
-        home = os.path.join(top, "home")
-        os.makedirs(home)
-        os.chown(home, 65534, 65534)
-        probe = _as_nobody([sys.executable, "-c", "import transformers, itertrain.app.cli"], {"HOME": home}, top)
-        if probe.returncode != 0:
-            why = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-            pytest.skip(f"uid 65534 cannot run this checkout's environment ({REPO}: a private directory?): {why}")
-        existing = os.path.join(top, "existing")
-        os.makedirs(existing, mode=0o755)
-        for target, needle in [(os.path.join(top, "new"), "cannot create it"), (existing, "not writable")]:
-            proc = _as_nobody([sys.executable, str(REPO / "train_iterative.py"), "--output_dir", target, *SMALL],
-                              {"HOME": home}, top)
+        for target, needle in [(top / "new", "cannot create it"), (top / "existing", "not writable")]:
+            proc = subprocess.run([*NO_OVERRIDE, sys.executable, str(REPO / "train_iterative.py"), "--output_dir",
+                                   str(target), *SMALL], cwd=tmp_path, capture_output=True, text=True, timeout=300)
             assert proc.returncode == 2, proc.stderr[-2000:]
             assert "Traceback" not in proc.stderr and needle in proc.stderr.strip().splitlines()[-1], proc.stderr
-        assert os.listdir(existing) == []
+        assert os.listdir(top / "existing") == [] and not (top / "new").exists()
     finally:
-        shutil.rmtree(top, ignore_errors=True)
+        for d in (top, top / "existing"):
+            d.chmod(0o755)
 
 
 def test_model_dir_without_weights_is_one_line_error(tmp_path):

@@ -174,12 +174,13 @@ def test_plain_checkpoints_have_no_engine(tmp_path):
 
 @pytest.mark.e2e  # a fresh interpreter, to see what the imports bring in
 def test_the_pure_core_imports_no_torch():
-    """Inventory, planner, retention and status read manifests only: no torch, no accelerate."""
+    """Inventory, planner, retention, status and the plot read manifests and the objectives' declarations
+    only: no torch, no accelerate."""
     import subprocess
     import sys
 
     code = ("import sys; import itertrain.core.inventory, itertrain.core.plan, itertrain.core.retention, itertrain.app.status, "
-            "itertrain.phases.shards; heavy = sorted(m for m in ('torch', 'accelerate', 'transformers') if m in sys.modules); "
+            "itertrain.phases.shards, itertrain.app.plot; from itertrain.training import objectives; objectives.metrics(); heavy = sorted(m for m in ('torch', 'accelerate', 'transformers') if m in sys.modules); "
             "print(heavy); raise SystemExit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

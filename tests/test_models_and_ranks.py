@@ -4,7 +4,7 @@ import json
 import sys
 
 import pytest
-from conftest import copy_experiment, max_diff, resume_until_done, run_cli, shared
+from conftest import copy_experiment, killed_by, max_diff, resume_until_done, run_cli, shared
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ def _write_gpt2(d):
 def test_gpt2_model_dir_crash_and_resume(tmp_path, gpt2_dir):
     ref, out = tmp_path / "ref", tmp_path / "exp"
     assert run_cli(ref, "--model_name", str(gpt2_dir)).returncode == 0
-    assert run_cli(out, "--model_name", str(gpt2_dir), failpoints="train.step=10").returncode == 137
+    killed_by(run_cli(out, "--model_name", str(gpt2_dir), failpoints="train.step=10"), "train.step=10")
     resume_until_done(out, "--model_name", str(gpt2_dir))
     assert max_diff(out / "iter_1", ref / "iter_1") == 0.0
     assert json.loads((out / "iter_1" / "config.json").read_text())["model_type"] == "gpt2"
@@ -39,7 +39,7 @@ def test_gpt2_model_dir_crash_and_resume(tmp_path, gpt2_dir):
 
 def test_save_total_limit_rotates_after_commit_and_resumes(tmp_path, reference):
     out = tmp_path / "exp"
-    assert run_cli(out, "--save_total_limit", "1", failpoints="train.step=10").returncode == 137
+    killed_by(run_cli(out, "--save_total_limit", "1", failpoints="train.step=10"), "train.step=10")
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-9"]
     resume_until_done(out, "--save_total_limit", "1")
     # checkpoint-9 was resumed from, so this run never deletes it; the newest is kept too.
@@ -59,7 +59,8 @@ AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 def two_rank_runs(tmp_path_factory, reference_two_ranks):
     """An uninterrupted 2-rank run, and one killed at global step 10 (after checkpoint-9)."""
     def crash(work):
-        assert torchrun(work / "crashed", failpoints="train.step=10").returncode != 0
+        killed_by(torchrun(work / "crashed", failpoints="train.step=10"), "train.step=10",
+                  leaves=work / "crashed" / "checkpoint-9")
         return work / "crashed"
     return reference_two_ranks, shared(tmp_path_factory, "two_ranks_crashed", crash)
 

@@ -11,6 +11,7 @@ from conftest import (
     assert_damaged_checkpoint_falls_back,
     copy_experiment,
     flip,
+    killed_by,
     max_diff,
     resume_until_done,
     run_cli,
@@ -244,7 +245,7 @@ def test_dpo_crash_or_stop_anywhere_resumes_bit_identically(dpo_ref, tmp_path, p
 def test_dpo_variants_crash_and_resume_bit_identically(tmp_path, flags, reference):
     ref, out = tmp_path / "ref", tmp_path / "exp"
     assert run_cli(ref, *DPO, *flags).returncode == 0
-    assert run_cli(out, *DPO, *flags, failpoints="train.step=13").returncode == 137
+    killed_by(run_cli(out, *DPO, *flags, failpoints="train.step=13"), "train.step=13")
     resume_until_done(out, *DPO, *flags)
     same_run(out, ref)
     assert manifest.read(str(ref / "iter_2"))["extra"]["objective"]["reference"] == reference
@@ -255,7 +256,7 @@ def dpo_crashed(tmp_path_factory):
     """A dpo run killed at step 9 (iteration 1, its first dpo iteration), after checkpoint-9 committed."""
     def build(work):
         out = work / "exp"
-        assert run_cli(out, *DPO, failpoints="train.step=9").returncode == 137
+        killed_by(run_cli(out, *DPO, failpoints="train.step=9"), "train.step=9")
         return out
     return shared(tmp_path_factory, "dpo_crashed", build)
 
@@ -310,7 +311,8 @@ def test_dpo_on_two_ranks_crashed_and_resumed_ends_bit_identically(tmp_path):
     flags = [*DPO, "--num_iterations", "2"]
     proc = run_cli(ref, *flags, launcher=TORCHRUN, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert run_cli(out, *flags, launcher=TORCHRUN, failpoints="train.step=9", timeout=600).returncode != 0
+    killed_by(run_cli(out, *flags, launcher=TORCHRUN, failpoints="train.step=9", timeout=600), "train.step=9",
+              leaves=out / "checkpoint-9")
     resume_until_done(out, *flags, launcher=TORCHRUN, timeout=600)
     same_run(out, ref, last="iter_1")
     assert manifest.read(str(out / "checkpoint-12"))["extra"]["world_size"] == 2

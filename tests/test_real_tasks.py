@@ -5,7 +5,7 @@ import json
 
 import pytest
 from chaos_harness import EXAMPLE, example_flags
-from conftest import max_diff, run_cli, run_once, shared
+from conftest import killed_by, max_diff, run_cli, run_once, shared
 
 from itertrain.app import cli
 from itertrain.app.config import IterArguments
@@ -156,7 +156,7 @@ def test_a_hanging_and_raising_plugin_is_counted_and_the_resume_is_identical(tmp
     (shown,) = status.build(status._parser().parse_args([str(whole)]))["iterations"]
     assert (shown["verifier_timeouts"], shown["verifier_errors"]) == (row["verifier_timeouts"], row["verifier_errors"])
     cut = tmp_path / "cut"  # killed while a shard verified by the pool commits, then resumed
-    assert run_cli(cut, *flaky, failpoints="shard.write=16").returncode == 137
+    killed_by(run_cli(cut, *flaky, failpoints="shard.write=16"), "shard.write=16")
     proc = run_cli(cut, *flaky, "--resume_from", "auto", "--resume_from_iteration", "auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (cut / "metrics.jsonl").read_text() == (whole / "metrics.jsonl").read_text()
@@ -170,7 +170,7 @@ def test_samples_of_other_prompts_are_not_reused(tmp_path, example_ref):
     flags, _ = example_ref
     plain_eval = [*flags, "--eval_prompts", str(TRAIN)]  # string prompts: the template may be turned off
     out = tmp_path / "exp"
-    assert run_cli(out, *plain_eval, failpoints="train.step=2").returncode == 137  # samples_0 committed
+    killed_by(run_cli(out, *plain_eval, failpoints="train.step=2"), "train.step=2")  # samples_0 committed
     proc = run_cli(out, *plain_eval, "--chat_template", "none", "--resume_from", "auto",
                    "--resume_from_iteration", "auto")
     assert proc.returncode == 0, proc.stderr[-3000:]

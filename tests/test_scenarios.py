@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from conftest import copy_experiment, dry_run, max_diff, run_cli, weights
+from conftest import copy_experiment, dry_run, killed_by, max_diff, run_cli, weights
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +59,7 @@ def test_4_both_auto(tmp_path, crashed_in_iter1, reference):
         "trainer", "checkpoint-9", 1, 9)
     # With carried optimizer state after iter_0 completes, "both": iter_0 + checkpoint-6.
     out2 = tmp_path / "carry"
-    assert run_cli(out2, "--carry_optimizer_state", failpoints="train.step=7").returncode == 137
+    killed_by(run_cli(out2, "--carry_optimizer_state", failpoints="train.step=7"), "train.step=7")
     plan = dry(out2, "auto", "auto", "--carry_optimizer_state")
     assert (plan["strategy"], plan["weights_from"], plan["state_from"], plan["next_iteration"],
             plan["next_step"]) == ("both", "iter_0", "checkpoint-6", 1, 6)

@@ -4,7 +4,7 @@ phase resume to the uninterrupted run's weights and metrics, and generation is n
 import json
 
 import pytest
-from conftest import REPO, copy_experiment, max_diff, resume_until_done, run_cli
+from conftest import copy_experiment, killed_by, max_diff, resume_until_done, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -27,8 +27,9 @@ def test_metrics_rows_have_every_field(reference):
 def test_crash_inside_generation_of_iteration_1(tmp_path, reference):
     out = tmp_path / "exp"
     assert run_cli(out, "--num_iterations", "1").returncode == 0
-    crashed = run_cli(out, "--resume_from", "auto", "--resume_from_iteration", "auto", failpoints="generate=8")
-    assert crashed.returncode == 137 and "generating" in crashed.stdout
+    crashed = killed_by(run_cli(out, "--resume_from", "auto", "--resume_from_iteration", "auto", failpoints="generate=8"),
+                        "generate=8")
+    assert "generating" in crashed.stdout
     assert not (out / "samples_1").exists()
     resume_until_done(out)
     assert max_diff(out / "iter_1", reference / "iter_1") == 0.0
@@ -37,7 +38,7 @@ def test_crash_inside_generation_of_iteration_1(tmp_path, reference):
 
 def test_crash_in_training_does_not_generate_again(tmp_path, reference):
     out = tmp_path / "exp"
-    assert run_cli(out, failpoints="train.step=10").returncode == 137
+    killed_by(run_cli(out, failpoints="train.step=10"), "train.step=10")
     made = json.loads((out / "samples_1" / "itertrain.json").read_text())["created"]
     proc = resume_until_done(out)
     assert "iteration 1: generating" not in proc.stdout
@@ -49,7 +50,7 @@ def test_crash_in_training_does_not_generate_again(tmp_path, reference):
 
 def test_crash_between_training_and_save_does_not_train_again(tmp_path, reference):
     out = tmp_path / "exp"
-    assert run_cli(out, failpoints="train.step=12").returncode == 137  # checkpoint-12 committed, iter_1 not
+    killed_by(run_cli(out, failpoints="train.step=12"), "train.step=12")  # checkpoint-12 committed, iter_1 not
     proc = resume_until_done(out)
     assert "evaluate and save only" in proc.stdout and "generating" not in proc.stdout
     assert max_diff(out / "iter_1", reference / "iter_1") == 0.0
@@ -82,21 +83,16 @@ def test_jsonl_task_end_to_end_and_bad_input(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "exp2").exists()  # nothing written
 
 
-def test_verifier_that_raises_stops_cleanly_with_strict_verifier(tmp_path):
+def test_verifier_that_raises_stops_cleanly_with_strict_verifier(tmp_path, monkeypatch):
     (tmp_path / "badverifier.py").write_text("def check(example, completion):\n    raise ValueError('nope')\n")
     rows = [{"prompt": "1+1=", "answer": "2"}]
     tr = tmp_path / "tr.jsonl"
     tr.write_text(json.dumps(rows[0]) + "\n")
     out = tmp_path / "exp"
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.run([sys.executable, str(REPO / "train_iterative.py"), "--output_dir", str(out),
-                           "--train_prompts", str(tr), "--eval_prompts", str(tr), "--verifier", "badverifier:check",
-                           "--strict_verifier", "true", "--max_new_tokens", "8", "--max_steps", "2", "--num_iterations", "1", "--disable_tqdm", "true"],
-                          capture_output=True, text=True, env=env)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    proc = run_cli(out, "--train_prompts", str(tr), "--eval_prompts", str(tr), "--verifier", "badverifier:check",
+                   "--strict_verifier", "true", "--max_new_tokens", "8", "--max_steps", "2", "--num_iterations", "1",
+                   "--disable_tqdm", "true", small=())
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--verifier badverifier:check raised ValueError: nope" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "samples_0").exists() and not list((out / ".staging").glob("*/itertrain.json"))

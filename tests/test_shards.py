@@ -2,14 +2,14 @@
 the shard being made, for any number of ranks, and the samples end byte-identical to an
 uninterrupted run's. The runs generate 24 prompts in shards of 8 (conftest.SMALL)."""
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import TORCHRUN, max_diff, run_cli
+from conftest import TORCHRUN, killed_by, max_diff, run_cli
 
-from itertrain.app import config
+from itertrain.app import config, status
 from itertrain.phases import samples, shards
 from itertrain.tasks import Example
 
@@ -49,9 +49,11 @@ def test_keep_deduplicates_and_caps_per_prompt_from_the_stored_verdicts():
 
 
 def _status(out) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "itertrain", "status", str(out), "--json"], capture_output=True,
-                          text=True)
-    return json.loads(proc.stdout)
+    """`itertrain status OUT --json`, in this process (the console script is tests/test_cli.py's)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert status.main([str(out), "--json"]) == 0
+    return json.loads(buf.getvalue())
 
 
 def _same_samples(out, ref, ks=(0, 1)) -> None:
@@ -67,14 +69,17 @@ def _same(out, ref) -> None:
 
 
 @pytest.mark.e2e
-def test_a_stopped_phase_shows_its_progress_and_keeps_its_shards(tmp_path, reference):
+def test_a_stopped_phase_shows_its_progress_and_keeps_its_shards(tmp_path, reference, monkeypatch):
     out = tmp_path / "exp"
     assert run_cli(out, failpoints="signal.generate=3").returncode == 75  # 2 of 3 shards committed
     st = _status(out)
     assert st["generation"] == {"iteration": 0, "prompts_done": 16, "prompts_total": 24}
     assert st["iterations"][0]["state"] == "stopped (SIGTERM, generate): generating: 16/24 prompts"
-    table = subprocess.run([sys.executable, "-m", "itertrain", "status", str(out)], capture_output=True, text=True,
-                           env={"COLUMNS": "200", "PATH": ""}).stdout
+    monkeypatch.setenv("COLUMNS", "200")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert status.main([str(out)]) == 0
+    table = buf.getvalue()
     assert "generating: 16/24 prompts" in table
     proc = run_cli(out, *AUTO)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -129,8 +134,8 @@ def test_killed_on_one_rank_during_generation_resumed_with_one_rank(tmp_path, re
     out = tmp_path / "exp"
     # each rank makes a shard per round: rank 0 dies (as kill -9) in its second, once the first round's
     # two shards are committed; torchrun then ends rank 1
-    proc = run_cli(out, launcher=TORCHRUN, failpoints="generate=32@0", timeout=600)
-    assert proc.returncode != 0 and _status(out)["generation"]["prompts_done"] == 16
+    killed_by(run_cli(out, launcher=TORCHRUN, failpoints="generate=32@0", timeout=600), "generate=32")
+    assert _status(out)["generation"]["prompts_done"] == 16
     proc = run_cli(out, *AUTO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(16 already committed in 2 shards)" in proc.stdout

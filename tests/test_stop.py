@@ -14,6 +14,7 @@ import sys
 import pytest
 from conftest import REPO, SMALL, TORCHRUN, copy_experiment, max_diff, resume_until_done, run_cli
 
+from itertrain.app import status
 from itertrain.runtime import stop
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +51,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_stop_in_every_phase_resumes_exactly(tmp_path, reference, case):
+def test_stop_in_every_phase_resumes_exactly(tmp_path, reference, case, capsys):
     failpoint, flags, phase, iteration, step, committed = CASES[case]
     out = tmp_path / "exp"
     proc = run_cli(out, *flags, failpoints=failpoint)
@@ -65,15 +66,16 @@ def test_stop_in_every_phase_resumes_exactly(tmp_path, reference, case):
     if committed.startswith("checkpoint"):  # work lost in training: 0 steps
         assert (out / committed / "itertrain.json").exists()
         assert not any(p.name.startswith("checkpoint-") and int(p.name.split("-")[1]) > step for p in out.iterdir())
-    st = json.loads(subprocess.run([sys.executable, "-m", "itertrain", "status", str(out), "--json"],
-                                   capture_output=True, text=True).stdout)
+    capsys.readouterr()
+    assert status.main([str(out), "--json"]) == 0  # (in this process: the console script is tests/test_cli.py's)
+    st = json.loads(capsys.readouterr().out)
     assert st["last_stop"]["reason"] == reason
     assert st["iterations"][iteration]["state"].startswith(f"stopped ({reason}, {phase})") or phase == "save"
-    assert subprocess.run([sys.executable, "-m", "itertrain", "status", str(out), "--stopped"]).returncode == 75
+    assert status.main([str(out), "--stopped"]) == 75
     proc = resume_until_done(out, *[f for f in flags if f not in ("--stop_after", "0.001")])
     same_as(out, reference)
     assert not (out / stop.RECORD).exists()  # a clean finish: not a stopped experiment any more
-    assert subprocess.run([sys.executable, "-m", "itertrain", "status", str(out), "--stopped"]).returncode == 0
+    assert status.main([str(out), "--stopped"]) == 0
 
 
 def test_two_stops_in_a_row_then_resume(tmp_path, reference):
@@ -85,7 +87,7 @@ def test_two_stops_in_a_row_then_resume(tmp_path, reference):
 
 
 def test_second_ctrl_c_exits_at_once():
-    code = ("import os, signal, time\nfrom itertrain import stop\nstop.install(['SIGINT'], None)\n"
+    code = ("import os, signal, time\nfrom itertrain.runtime import stop\nstop.install(['SIGINT'], None)\n"
             "os.kill(os.getpid(), signal.SIGINT)\nassert stop.requested_here() == 'SIGINT'\n"
             "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 130

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 from chaos_harness import committed_rows, tracker_problem
-from conftest import run_cli
+from conftest import killed_by, run_cli
 
 from itertrain import trackers
 from itertrain.app import cli
@@ -25,7 +25,7 @@ NONE = ["--resume_from", "none", "--resume_from_iteration", "none"]
 
 def crash_stop_resume(out, *flags) -> None:
     """Killed in training, stopped (SIGTERM) in evaluation, then resumed with auto auto to the end."""
-    assert run_cli(out, *flags, failpoints="train.step=4").returncode == 137
+    killed_by(run_cli(out, *flags, failpoints="train.step=4"), "train.step=4")
     stopped = run_cli(out, *AUTO, *flags, failpoints="signal.evaluate=1")
     assert stopped.returncode == 75, stopped.stderr[-2000:]
     done = run_cli(out, *AUTO, *flags)
@@ -109,7 +109,7 @@ def test_mlflow_server_one_run_across_kill(tmp_path, monkeypatch):
                 time.sleep(0.1)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         out = tmp_path / "exp"
-        assert run_cli(out, "--report_to", "mlflow", failpoints="train.step=8").returncode == 137
+        killed_by(run_cli(out, "--report_to", "mlflow", failpoints="train.step=8"), "train.step=8")
         done = run_cli(out, *AUTO, "--report_to", "mlflow")
         assert done.returncode == 0, done.stderr[-2000:]
         mlflow_check(out, uri)
@@ -169,7 +169,7 @@ def test_two_ranks_log_from_rank_0_only(tmp_path, wandb_env, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     out = tmp_path / "exp"
     flags = ("--report_to", "wandb", "mlflow")
-    assert torchrun(out, *flags, failpoints="train.step=8").returncode != 0
+    killed_by(torchrun(out, *flags, failpoints="train.step=8"), "train.step=8", leaves=out / "checkpoint-6")
     done = torchrun(out, *AUTO, *flags)
     assert done.returncode == 0, done.stderr[-2000:]
     run_id = json.loads((out / trackers.RECORD).read_text())["wandb"]["id"]

@@ -2,11 +2,9 @@
 
 import json
 import struct
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, SMALL, copy_experiment, dry_run, resume_until_done, run_cli
+from conftest import REPO, SMALL, copy_experiment, dry_run, killed_by, resume_until_done, run_cli
 
 from itertrain.app import cli, config
 
@@ -34,7 +32,7 @@ def test_tensorboard_one_run_global_steps_resume_continues_without_duplicates(tm
     tb = ["--report_to", "tensorboard", "--logging_steps", "2"]
     ref, out = tmp_path / "ref", tmp_path / "exp"
     assert run_cli(ref, *tb).returncode == 0
-    assert run_cli(out, *tb, failpoints="train.step=10").returncode == 137  # live steps 7-10 written
+    killed_by(run_cli(out, *tb, failpoints="train.step=10"), "train.step=10")  # live steps 7-10 written
     resume_until_done(out, *tb)
     want, got = scalars(ref / "tensorboard"), scalars(out / "tensorboard")
     assert [s for s, _ in want["train/loss"]] == list(range(1, 13))  # one axis across both iterations
@@ -95,13 +93,22 @@ def test_resume_with_other_hyperparameters_warns_and_config_is_saved(tmp_path, c
     assert not any("other settings" in w for w in plan["warnings"])
 
 
+def _command(main, argv, capsys) -> tuple[int, str, str]:
+    """An itertrain subcommand in this process (the console script is tests/test_cli.py's)."""
+    capsys.readouterr()
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
 @pytest.mark.e2e
-def test_status_json_schema_hint_and_plot(tmp_path, crashed_in_iter1):
-    proc = subprocess.run([sys.executable, "-m", "itertrain", "status", str(crashed_in_iter1), "--json"],
-                          capture_output=True, text=True)
-    d = json.loads(proc.stdout)
-    assert set(d) == {"output_dir", "settings", "last_stop", "generation", "iterations", "checkpoints", "artifacts", "set_aside",
-                      "plan", "hints"}
+def test_status_json_schema_hint_and_plot(tmp_path, crashed_in_iter1, capsys):
+    from itertrain.app import plot, status
+
+    rc, stdout, _ = _command(status.main, [str(crashed_in_iter1), "--json"], capsys)
+    d = json.loads(stdout)
+    assert rc == 0 and set(d) == {"output_dir", "settings", "last_stop", "generation", "iterations", "checkpoints",
+                                  "artifacts", "set_aside", "plan", "hints"}
     assert d["last_stop"] is None
     assert [(r["iteration"], r["state"]) for r in d["iterations"]] == [(0, "complete"), (1, "interrupted at step 3/6")]
     it0 = d["iterations"][0]
@@ -111,21 +118,19 @@ def test_status_json_schema_hint_and_plot(tmp_path, crashed_in_iter1):
                              f"train_iterative.py --output_dir {crashed_in_iter1} --resume_from auto "
                              "--resume_from_iteration auto")
     png = tmp_path / "p.png"
-    proc = subprocess.run([sys.executable, "-m", "itertrain", "plot", str(crashed_in_iter1), "-o", str(png)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0 and proc.stdout.strip() == str(png), proc.stderr
+    rc, stdout, stderr = _command(plot.main, [str(crashed_in_iter1), "-o", str(png)], capsys)
+    assert rc == 0 and stdout.strip() == str(png), stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "itertrain", "plot", str(empty)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "nothing to plot yet" in proc.stderr
+    rc, _, stderr = _command(plot.main, [str(empty)], capsys)
+    assert rc == 2 and "nothing to plot yet" in stderr
 
 
 @pytest.mark.e2e
 def test_output_without_a_terminal_has_no_progress_bars(tmp_path):
     quiet = [a for a in SMALL if a not in ("--disable_tqdm", "true")]  # left to the default here
-    proc = subprocess.run([sys.executable, "train_iterative.py", "--output_dir", str(tmp_path / "q"), *quiet],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = run_cli(tmp_path / "q", small=quiet)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stdout + proc.stderr and "it/s]" not in proc.stderr
     assert proc.stdout.count("CHECKPOINT RECOVERY SYSTEM") == 1

@@ -11,7 +11,7 @@ import time
 
 import psutil
 import pytest
-from conftest import REPO, SMALL, max_diff, run_cli, run_once, shared
+from conftest import REPO, SMALL, killed_by, max_diff, run_cli, run_once, shared
 
 from itertrain.app import cli
 from itertrain.phases import vllm_backend
@@ -142,7 +142,7 @@ def test_stopped_then_killed_during_vllm_generation_resumes_byte_identical(tmp_p
     # 2. killed (as kill -9) once the second shard's completions are back: the first shard is committed
     proc = run_cli(out, *VLLM, "--resume_from", "auto", "--resume_from_iteration", "auto", failpoints="generate=32",
                    timeout=900)
-    assert proc.returncode == 137, proc.stderr[-3000:]
+    killed_by(proc, "generate=32")
     assert _gone(mark)  # the worker died with the run, and its engine with it
     status = json.loads(subprocess.run([sys.executable, "-m", "itertrain", "status", str(out), "--json"], cwd=REPO,
                                        capture_output=True, text=True).stdout)
