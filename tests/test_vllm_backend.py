@@ -11,7 +11,7 @@ import time
 
 import psutil
 import pytest
-from conftest import REPO, SMALL, killed_by, max_diff, run_cli, run_once, shared
+from conftest import PEFT, REPO, SMALL, killed_by, max_diff, run_cli, run_once, shared
 
 from itertrain.app import cli
 from itertrain.phases import vllm_backend
@@ -86,12 +86,18 @@ def test_a_model_vllm_cannot_run_is_refused_with_the_reason_before_anything_is_w
     assert not (tmp_path / "exp").exists()
 
 
+# The vLLM runs train a LoRA adapter: iteration 1 then samples from iter_0, the adapter merged into an
+# ordinary model directory, which vLLM loads as it loads any model (one run covers both; a vLLM start
+# takes tens of seconds here). The generate phase is the same code with or without an adapter.
+VLLM_RUN = [*VLLM, *PEFT]
+
+
 @pytest.fixture(scope="session")
 def vllm_reference(tmp_path_factory):
-    """An uninterrupted 2-iteration run sampled by real vLLM (3 shards of 8 prompts per iteration)."""
+    """An uninterrupted 2-iteration LoRA run sampled by real vLLM (3 shards of 8 prompts per iteration)."""
     if not VLLM_PY.exists():
         pytest.skip("no .venv-vllm: make vllm")
-    return shared(tmp_path_factory, "vllm_reference", run_once(*VLLM, timeout=900))[0]
+    return shared(tmp_path_factory, "vllm_reference", run_once(*VLLM_RUN, timeout=900))[0]
 
 
 def _processes(mark: str) -> list[psutil.Process]:
@@ -129,7 +135,7 @@ def test_stopped_then_killed_during_vllm_generation_resumes_byte_identical(tmp_p
     out, mark = tmp_path / "exp", str(tmp_path)
     monkeypatch.setenv("ITERTRAIN_TEST_MARK", mark)  # inherited by every process of the runs below
     # 1. SIGTERM while the vLLM worker runs: the run stops (75), the worker and its engine go with it
-    cmd = [sys.executable, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM]
+    cmd = [sys.executable, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM_RUN]
     run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = out / ".staging" / "logs" / "vllm-worker-rank0.log"
     while not log.exists() and run.poll() is None:  # the worker has started
@@ -140,7 +146,7 @@ def test_stopped_then_killed_during_vllm_generation_resumes_byte_identical(tmp_p
     assert "stopped (SIGTERM) in the generate phase of iteration 0" in stdout
     assert _gone(mark)
     # 2. killed (as kill -9) once the second shard's completions are back: the first shard is committed
-    proc = run_cli(out, *VLLM, "--resume_from", "auto", "--resume_from_iteration", "auto", failpoints="generate=32",
+    proc = run_cli(out, *VLLM_RUN, "--resume_from", "auto", "--resume_from_iteration", "auto", failpoints="generate=32",
                    timeout=900)
     killed_by(proc, "generate=32")
     assert _gone(mark)  # the worker died with the run, and its engine with it
@@ -148,7 +154,7 @@ def test_stopped_then_killed_during_vllm_generation_resumes_byte_identical(tmp_p
                                        capture_output=True, text=True).stdout)
     assert status["generation"] == {"iteration": 0, "prompts_done": 8, "prompts_total": 24}
     # 3. resumed: keeps the committed shard, makes the rest, ends as the uninterrupted run
-    proc = run_cli(out, *VLLM, "--resume_from", "auto", "--resume_from_iteration", "auto", timeout=900)
+    proc = run_cli(out, *VLLM_RUN, "--resume_from", "auto", "--resume_from_iteration", "auto", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(8 already committed in 1 shard)" in proc.stdout
     _same(out, vllm_reference)
@@ -172,16 +178,13 @@ def test_the_gsm8k_example_samples_with_vllm(tmp_path):
 
 @needs_vllm
 @pytest.mark.vllm
-def test_a_peft_run_samples_with_vllm_from_the_merged_iteration_model(tmp_path):
+def test_a_peft_run_samples_with_vllm_from_the_merged_iteration_model(vllm_reference):
     """--use_peft: vLLM loads iter_0 (the adapter merged into an ordinary model directory) to sample
     iteration 1, as it loads any model; the samples record those merged weights as their source."""
     from itertrain.core import manifest
 
-    out = tmp_path / "exp"
-    proc = run_cli(out, *VLLM, "--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear",
-                   timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "iteration 1: generating 2 samples for each of 24 prompts with iter_0" in proc.stdout
+    out = vllm_reference
+    assert (out / "iter_0" / "adapter").is_dir()
     samples = manifest.read(str(out / "samples_1"))
     assert samples["started_from"] == "iter_0" and samples["extra"]["settings"]["backend"] == "vllm"
     assert samples["extra"]["source_digest"] == manifest.weights_digest(str(out / "iter_0"))
