@@ -285,9 +285,12 @@ def crashed_in_iter1(tmp_path_factory):
 # it starts a process.
 KINDS = ("e2e", "dist", "vllm", "chaos")
 RUN_FIXTURES = {"reference": "e2e", "reference_carry": "e2e", "crashed_in_iter1": "e2e", "reference_two_ranks": "dist"}
-# The multi-process tests run one after another on one worker, never beside each other on 2 cores;
-# each group starts first, as it is the longest that one worker runs in turn.
+# The multi-process tests (several ranks, or a vLLM engine beside the run) run one after another on
+# one worker, never beside each other on 2 cores: side by side, ZeRO-3's gloo collectives and vLLM's
+# engine slowed each other several times over. The group starts first, as it is the longest that one
+# worker runs in turn.
 GROUPS = ("dist", "vllm")
+MULTI_PROCESS = "multi-process"
 
 
 def kind(item) -> str:
@@ -306,7 +309,7 @@ def pytest_collection_modifyitems(items):
         if k == "fast":
             item.add_marker(pytest.mark.fast)
         if k in GROUPS:
-            item.add_marker(pytest.mark.xdist_group(k))  # (xdist reads it after this hook: trylast)
+            item.add_marker(pytest.mark.xdist_group(MULTI_PROCESS))  # (xdist reads it after this hook)
     items.sort(key=lambda item: GROUPS.index(kind(item)) if kind(item) in GROUPS else len(GROUPS))
 
 
