@@ -44,7 +44,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -137,25 +136,22 @@ def _reaches(p, log: Path, event: int) -> bool:
             continue
 
 
-def reference(work: Path, ranks: int = 1) -> tuple[Path, list[str], tuple[float, float]]:
+def reference(work: Path, ranks: int = 1) -> tuple[Path, list[str], tuple[int, int]]:
     """An uninterrupted run, rank 0's file events, and the window for random kills."""
     out, events, window = reference_ranks(work, ranks)
     return out, events[0], window
 
 
-def reference_ranks(work: Path, ranks: int) -> tuple[Path, list[list[str]], tuple[float, float]]:
+def reference_ranks(work: Path, ranks: int) -> tuple[Path, list[list[str]], tuple[int, int]]:
     """An uninterrupted run, each rank's list of file events (rank 1 logs to <log>.rank1), and the
-    window of time after launch in which it wrote files: where a random kill tests something (the
-    seconds before that are the interpreter importing torch and transformers)."""
+    window of rank 0's events in which a random kill tests something (_window)."""
     out, log = work / f"reference{ranks}", work / f"events{ranks}.log"
-    t0 = time.monotonic()
     proc = _run(out, env_extra={"ITERTRAIN_CHAOS_LOG": str(log)}, ranks=ranks)
-    total = time.monotonic() - t0
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     logs = [log] + [Path(f"{log}.rank{r}") for r in range(1, ranks)]
     events = [p.read_text().splitlines() if p.exists() else [] for p in logs]
-    return out, events, _window(total, events[0])
+    return out, events, _window(events[0])
 
 
 def generate_windows(events: list[str]) -> list[tuple[int, int]]:
@@ -170,7 +166,7 @@ def generate_windows(events: list[str]) -> list[tuple[int, int]]:
     return out
 
 
-def _window(total: float, events: list[str]) -> tuple[int, int]:
+def _window(events: list[str]) -> tuple[int, int]:
     """Where a random kill lands, as the run itself reports its progress: after one of its file events,
     from the first to the last few (a kill after the very last would find the run finished). Counting
     events, not seconds, makes a trial independent of how fast the machine is and of how the run
@@ -198,18 +194,16 @@ def adopted_layout(ref: Path, work: Path) -> Path:
     return out
 
 
-def adopted_reference(ref: Path, work: Path) -> tuple[Path, list[str], tuple[float, float]]:
+def adopted_reference(ref: Path, work: Path) -> tuple[Path, list[str], tuple[int, int]]:
     """The adopted layout, the file events of its uninterrupted resume (which must end as `ref`)
     and the window for random kills."""
     layout, out, log = adopted_layout(ref, work), work / "adopted-reference", work / "adopted-events.log"
     shutil.copytree(layout, out)
-    t0 = time.monotonic()
     proc = _run(out, *AUTO, env_extra={"ITERTRAIN_CHAOS_LOG": str(log)})
-    total = time.monotonic() - t0
     if proc.returncode != 0 or (why := _compare(out, ref, adopted=True)):
         raise RuntimeError(f"the adopted layout's own resume is wrong: {proc.stderr[-2000:] or why}")
     events = log.read_text().splitlines()
-    return layout, events, _window(total, events)
+    return layout, events, _window(events)
 
 
 def _compare(out: Path, ref: Path, adopted: bool = False) -> str | None:

@@ -14,7 +14,7 @@ chaos_harness.ZYGOTE = zygote  # one-rank runs fork from the test worker's zygot
 @pytest.fixture(scope="session")
 def ref(reference):
     """The suite's reference run (conftest.REFERENCES), its file events, where random kills land."""
-    return reference, events(reference), chaos_harness._window(0, events(reference))
+    return reference, events(reference), chaos_harness._window(events(reference))
 
 
 @pytest.mark.parametrize("fraction,torn", [(0.1, False), (0.6, False), (0.5, True), (0.95, True)])
@@ -105,7 +105,7 @@ def harness_flags(flavour: str):
 def flavoured_ref(request, tmp_path_factory):
     if request.param == "peft":  # the registry's LoRA run (tests/test_adapters.py's too)
         out = reference_run(tmp_path_factory, "peft_ref")[0]
-        return "peft", (out, events(out), chaos_harness._window(0, events(out)))
+        return "peft", (out, events(out), chaos_harness._window(events(out)))
 
     def build(work):
         with harness_flags(request.param):
