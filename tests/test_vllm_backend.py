@@ -67,6 +67,13 @@ def test_an_unknown_backend_is_a_usage_error(tmp_path, capsys):
     assert "invalid choice: 'sglang'" in line and not (tmp_path / "exp").exists()
 
 
+def test_enforce_eager_without_vllm_is_refused(tmp_path, capsys):
+    assert cli.main(["--output_dir", str(tmp_path / "exp"), "--vllm_enforce_eager", "true"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "itertrain: error: --vllm_enforce_eager needs --generation_backend vllm"
+    assert not (tmp_path / "exp").exists()
+
+
 @needs_vllm
 @pytest.mark.vllm
 def test_a_model_vllm_cannot_run_is_refused_with_the_reason_before_anything_is_written(tmp_path):
@@ -87,9 +94,10 @@ def test_a_model_vllm_cannot_run_is_refused_with_the_reason_before_anything_is_w
 
 
 # The vLLM runs train a LoRA adapter: iteration 1 then samples from iter_0, the adapter merged into an
-# ordinary model directory, which vLLM loads as it loads any model (one run covers both; a vLLM start
-# takes tens of seconds here). The generate phase is the same code with or without an adapter.
-VLLM_RUN = [*VLLM, *PEFT]
+# ordinary model directory, which vLLM loads as it loads any model (one run covers both). Their engines
+# run eagerly: one starts in about 5 s here, where compiling takes 30-50 s (the gsm8k example's engine
+# compiles, as by default). The generate phase is the same code with or without either.
+VLLM_RUN = [*VLLM, *PEFT, "--vllm_enforce_eager", "true"]
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +137,7 @@ def _same(out, ref) -> None:
 @pytest.mark.vllm
 def test_stopped_then_killed_during_vllm_generation_resumes_byte_identical(tmp_path, vllm_reference, monkeypatch):
     settings = json.loads((vllm_reference / "samples_0" / "itertrain.json").read_text())["extra"]["settings"]
-    assert settings["backend"] == "vllm"
+    assert settings["backend"] == "vllm" and settings["vllm_enforce_eager"] is True
     rows = [json.loads(line) for line in (vllm_reference / "samples_0" / "generated.jsonl").read_text().splitlines()]
     assert len(rows) == 48 and len({r["completion"] for r in rows}) > 1  # really sampled
     out, mark = tmp_path / "exp", str(tmp_path)

@@ -114,6 +114,10 @@ class IterArguments:
                 ".venv-vllm/bin/python). Default: the one running itertrain."})
     vllm_gpu_memory_utilization: float = field(default=0.85, metadata={
         "help": "Share of the GPU's memory vLLM may take during the generate phase (freed before training)."})
+    vllm_enforce_eager: bool = field(default=False, metadata={
+        "help": "vLLM runs the model eagerly, without torch.compile or CUDA graphs: its engine starts in "
+                "seconds, not tens of seconds, and generates more slowly. Recorded with the samples (a "
+                "compiled engine's may differ in the last bits)."})
     num_gold: int = field(default=700, metadata={"help": "Built-in task: gold (supervised) examples."})
     num_prompts: int = field(default=2000, metadata={"help": "Built-in task: unlabelled training prompts."})
     num_eval: int = field(default=500, metadata={"help": "Built-in task: held-out prompts."})
@@ -263,6 +267,8 @@ def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArgument
         raise UsageError(f"--generation_shard_size {it.generation_shard_size} must be a multiple of "
                          f"--generation_batch_size {it.generation_batch_size} (each batch is seeded by its place "
                          "among the prompts, so a shard holds whole batches)")
+    if it.vllm_enforce_eager and it.generation_backend != "vllm":
+        raise UsageError("--vllm_enforce_eager needs --generation_backend vllm")
     if it.vllm_python is None:
         it.vllm_python = sys.executable
     if not 0 < it.vllm_gpu_memory_utilization <= 1:

@@ -134,6 +134,8 @@ def settings_of(cfg, task: Task) -> dict:
                 "max_per_prompt": it.max_per_prompt, "num_prompts": len(task.train_prompts)}
     if it.generation_backend != "hf":  # (absent for hf: samples committed before the flag still match)
         settings["backend"] = it.generation_backend
+    if it.vllm_enforce_eager:  # (absent when off: samples committed before the flag still match)
+        settings["vllm_enforce_eager"] = True
     if not builtin_task(it):  # the built-in prompts follow from --seed and the sizes above; others may
         # change with the data or the chat template, and samples of other prompts must not be reused
         prompts = "\x00".join(e.prompt for e in task.train_prompts)
@@ -184,7 +186,8 @@ def _generate(cfg, k, model_dir, source, task, tokenizer, load_model, at, todo, 
         from itertrain.phases import vllm_backend
 
         gen = vllm_backend.Generator(it.vllm_python, model_dir, tokenizer, todo, prompts,
-                                     engine={"gpu_memory_utilization": it.vllm_gpu_memory_utilization},
+                                     engine={"gpu_memory_utilization": it.vllm_gpu_memory_utilization,
+                                             "enforce_eager": it.vllm_enforce_eager},
                                      log_dir=commit.staging_path(cfg.output_dir, "logs"), **opts)
     else:
         from itertrain.phases.generate import Generator
