@@ -29,8 +29,12 @@ def run_cli(out, *extra, failpoints=None, entry=("train_iterative.py",), launche
         env["ITERTRAIN_CHAOS_LOG"] = str(events)
     cmd = [*launcher, *[str(REPO / e) if e.endswith(".py") else e for e in entry], "--output_dir", str(out),
            *small, *extra]
-    if tuple(launcher) == (sys.executable,) and tuple(entry) == ("train_iterative.py",) and not os.environ.get("ITERTRAIN_NO_ZYGOTE"):
-        return zygote().run(cmd, cmd[2:], env, timeout)
+    if tuple(entry) == ("train_iterative.py",) and not os.environ.get("ITERTRAIN_NO_ZYGOTE"):
+        if tuple(launcher) == (sys.executable,):
+            return zygote().run(cmd, cmd[2:], env, timeout)
+        if tuple(launcher[:3]) == TORCHRUN[:3]:  # torchrun itself, its ranks forked by the zygote
+            cmd[len(launcher)] = str(REPO / "tests" / "zygote_rank.py")
+            env["ITERTRAIN_ZYGOTE_SOCKET"] = zygote().socket
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -39,8 +43,12 @@ class Zygote:
     the same runs, without 4 s of imports each."""
 
     def __init__(self):
+        import tempfile
+
+        self.socket = os.path.join(tempfile.mkdtemp(prefix="itertrain-zygote-"), "ranks")  # torchrun's ranks ask here
         self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "zygote.py")], cwd=REPO, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env={**os.environ, "ITERTRAIN_ZYGOTE_SOCKET": self.socket})
         for line in self.proc.stdout:  # a library may print while it is imported (HF: WANDB_MODE=offline)
             if line.startswith("{"):
                 assert json.loads(line) == {"ready": True}
