@@ -68,17 +68,22 @@ def _train(argv: list[str]) -> int:
         from itertrain.app import startup
         from itertrain.runtime import dist
 
+        several = False
         try:
-            code = startup.run_experiment(cfg)
-        except stop.Stopped as e:
-            if dist.is_main():
-                stop.record(cfg.output_dir, e)
-                print(f"itertrain: {e}. Resume with: {stop.resume_command(argv, dist.world_size())}", flush=True)
-            code = stop.EXIT_STOPPED
+            try:
+                code = startup.run_experiment(cfg)
+            except stop.Stopped as e:
+                if dist.is_main():
+                    stop.record(cfg.output_dir, e)
+                    print(f"itertrain: {e}. Resume with: {stop.resume_command(argv, dist.world_size())}", flush=True)
+                code = stop.EXIT_STOPPED
+            several = dist.world_size() > 1
+            dist.finish()
         finally:
-            stop.uninstall(handlers)
-        several = dist.world_size() > 1
-        dist.finish()
+            # Several ranks keep the handlers until they exit: once one rank has exited, torchrun sends
+            # SIGTERM to the others, and a rank still leaving the process group must not die of it.
+            if not several:
+                stop.uninstall(handlers)
         if several:  # (in-process callers, tests and tools, are single processes)
             # Every artifact is committed (fsynced) and every rank has left the process group
             # together. What remains is interpreter teardown, where a rank can still abort in C++
