@@ -1,6 +1,8 @@
 """The verifier run safely: in-process or in a pool of processes, timeouts and errors counted as
 rejected (or a one-line stop with --strict_verifier), verdicts in prompt order."""
 
+from concurrent.futures.process import BrokenProcessPool
+
 import pytest
 from plugins import crash, hang, raises, slow_when_first
 
@@ -71,3 +73,42 @@ def test_math_verify_runs_in_the_pool():
     with Checker(math, "v", workers=1, timeout=60) as checker:
         verdicts, counts = checker.check([Example("q", "\\frac{1}{2}")], [["so \\boxed{0.5}", "\\boxed{2}"]])
     assert verdicts == [[True, False]] and counts == {TIMEOUTS: 0, ERRORS: 0}
+
+
+class _Broken:
+    def result(self):
+        raise BrokenProcessPool("All workers expired")
+
+    def cancel(self):
+        pass
+
+
+class _Done(_Broken):
+    def __init__(self, verdict):
+        self.verdict = verdict
+
+    def result(self):
+        return self.verdict
+
+
+def test_a_broken_pool_is_replaced_and_the_calls_from_there_made_again(monkeypatch):
+    """pebble breaks the whole pool when a worker dies before its task's start reached the pool (seen on
+    a loaded machine): the call and every later one are made once more, on a new pool."""
+    checker, made = Checker(exact, "v", workers=2), []
+
+    def schedule(ex, text):
+        made.append(text)
+        return _Broken() if len(made) == 2 else _Done(text == ex.answer)
+
+    monkeypatch.setattr(checker, "_schedule", schedule)
+    verdicts, counts = checker.check(PROMPTS, [["ok", "no"], ["ok"], ["no", "ok"]])
+    assert verdicts == [[True, False], [True], [False, True]] and counts == {TIMEOUTS: 0, ERRORS: 0}
+    assert made == ["ok", "no", "ok", "no", "ok"] + ["no", "ok", "no", "ok"]
+
+
+def test_a_pool_broken_twice_by_one_call_counts_it_as_an_error(monkeypatch):
+    checker, said = Checker(exact, "v", workers=2, log=lambda line: said.append(line)), []
+    monkeypatch.setattr(checker, "_schedule", lambda ex, text: _Broken() if text == "bad" else _Done(True))
+    verdicts, counts = checker.check(PROMPTS, [["ok", "bad"], ["ok"], ["ok"]])
+    assert verdicts == [[True, False], [True], [True]] and counts == {TIMEOUTS: 0, ERRORS: 1}
+    assert said[0].startswith("⚠️  v broke the verifier pool twice on prompt 0 (sample 1: 'q0')")

@@ -16,6 +16,7 @@ import os
 import pickle
 import signal
 from concurrent.futures import TimeoutError as CallTimeout
+from concurrent.futures.process import BrokenProcessPool
 
 from itertrain.core import failpoints
 from itertrain.core.errors import TaskError
@@ -48,8 +49,17 @@ class Checker:
                 failpoints.send_signal("verify", first + i + 1)
                 if should_stop is not None and (reason := should_stop()):
                     raise Abandoned(reason)
-                verdicts.append([self._verdict(calls[i][j] if calls else None, ex, text, j, first + i, counts,
-                                               should_stop) for j, text in enumerate(outs)])
+                row = []
+                for j, text in enumerate(outs):
+                    try:
+                        row.append(self._verdict(calls[i][j] if calls else None, ex, text, j, first + i, counts,
+                                                 should_stop, again=True))
+                    except BrokenProcessPool:
+                        # pebble breaks the whole pool when a worker dies before its task's start reached
+                        # it (a loaded machine): a new pool for this call and every later one, once
+                        calls = self._reschedule(pairs, calls, i, j)
+                        row.append(self._verdict(calls[i][j], ex, text, j, first + i, counts, should_stop))
+                verdicts.append(row)
         except BaseException:
             for call in (c for row in calls or [] for c in row):
                 call.cancel()
@@ -65,10 +75,21 @@ class Checker:
                                     initializer=_worker_start, initargs=(os.getpid(),))
         return self.pool.schedule(self.fn, args=(ex, text), timeout=self.timeout)
 
-    def _verdict(self, call, ex, text: str, j: int, i: int, counts: dict, should_stop=None) -> bool:
-        """The verdict on one completion: from the pool's `call`, or (None) computed here."""
+    def _reschedule(self, pairs: list, calls: list, i: int, j: int) -> list:
+        """`calls` with completion (i, j) and every later one scheduled again, on a new pool."""
+        self.close()
+        return [row if k < i else row[:j] + [self._schedule(ex, text) for text in outs[j:]] if k == i else
+                [self._schedule(ex, text) for text in outs] for k, (row, (ex, outs)) in enumerate(zip(calls, pairs))]
+
+    def _verdict(self, call, ex, text: str, j: int, i: int, counts: dict, should_stop=None, again=False) -> bool:
+        """The verdict on one completion: from the pool's `call`, or (None) computed here. `again`: a
+        broken pool is raised, for the call to be made again (else it counts as the verifier's error)."""
         try:
             return bool(self.fn(ex, text) if call is None else call.result())
+        except BrokenProcessPool:
+            if again:
+                raise
+            kind, what = ERRORS, "broke the verifier pool twice"
         except CallTimeout:
             kind, what = TIMEOUTS, f"took more than {self.timeout:g} s"
         except Exception as e:  # noqa: BLE001 - the verifier's own failure: counted, or the stop below
