@@ -321,6 +321,21 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: GROUPS.index(kind(item)) if kind(item) in GROUPS else len(GROUPS))
 
 
+_RAN_THE_GROUP = _YIELDED = False
+
+
+def pytest_runtest_setup(item):
+    """On 2 cores the multi-process group is the suite's longest path, and its worker starts with it: a
+    worker whose first test is another one yields the CPU to it (nice 10, which the processes it starts
+    inherit), and takes what the group leaves."""
+    global _RAN_THE_GROUP, _YIELDED
+    if kind(item) in GROUPS:
+        _RAN_THE_GROUP = True
+    elif not (_RAN_THE_GROUP or _YIELDED) and os.environ.get("PYTEST_XDIST_WORKER"):
+        os.nice(10)
+        _YIELDED = True
+
+
 def pytest_configure(config):
     # pytest 9 keeps node ids where pytest-xdist 3.8 cannot append a test's group to it: --dist loadgroup
     # then runs the groups' multi-process tests side by side on 2 cores, silently (pyproject.toml pins
