@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 # DeepSpeed (tests/test_engines.py runs ZeRO-2 and ZeRO-3 on CPU): built from source against the
 # torch above, without build isolation so that pip cannot fetch another torch to build it with.
 DS_STAMP := $(VENV)/.deepspeed
+# Its CPU ops (the Adam kernel, the shared-memory collectives) compile on first use, 1.5 minutes
+# on 2 cores, into ~/.cache/torch_extensions: built here, with the install, not in the first ZeRO test.
 $(DS_STAMP): $(STAMP)
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-build-isolation -c constraints.txt deepspeed
+	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as a; \
+		[a().create_op_builder(n).load() for n in ('FusedAdamBuilder', 'ShareMemCommBuilder')]"
 	touch $(DS_STAMP)
 
 # vLLM in an environment of its own (--vllm_python .venv-vllm/bin/python): it pins its own torch and
