@@ -49,10 +49,10 @@ class Zygote:
         self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "zygote.py")], cwd=REPO, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env={**os.environ, "ITERTRAIN_ZYGOTE_SOCKET": self.socket})
-        for line in self.proc.stdout:  # a library may print while it is imported (HF: WANDB_MODE=offline)
-            if line.startswith("{"):
-                assert json.loads(line) == {"ready": True}
-                break
+        self.lines = Lines(self.proc.stdout.fileno())
+        while not (line := self.lines.read()).startswith("{"):  # a library may print while it is imported
+            pass
+        assert json.loads(line) == {"ready": True}
 
     def run(self, cmd, argv, env, timeout, cwd=REPO) -> subprocess.CompletedProcess:
         import signal
@@ -74,7 +74,28 @@ class Zygote:
         """A run forked now, its stdout and stderr written to the files `out` and `err` (one at a time)."""
         self.proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(cwd), "out": out, "err": err}) + "\n")
         self.proc.stdin.flush()
-        return Forked(self.proc.stdout, json.loads(self.proc.stdout.readline())["pid"])
+        return Forked(self.lines, json.loads(self.lines.read())["pid"])
+
+
+class Lines:
+    """The zygote's answers, a line at a time, with a timeout. Its own buffer: a buffered reader that
+    took in the run's {"rc"} line with its {"pid"} line would leave select() waiting on an empty pipe."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buf = fd, b""
+
+    def read(self, timeout=None) -> str | None:
+        import select
+
+        while b"\n" not in self.buf:
+            if not select.select([self.fd], [], [], timeout)[0]:
+                return None
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                raise EOFError("the test zygote exited")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
 
 
 class Forked:
@@ -85,12 +106,11 @@ class Forked:
         self.channel, self.pid, self.returncode = channel, pid, None
 
     def wait(self, timeout=None) -> int:
-        import select
-
         if self.returncode is None:
-            if not select.select([self.channel], [], [], timeout)[0]:
+            line = self.channel.read(timeout)
+            if line is None:
                 raise subprocess.TimeoutExpired(str(self.pid), timeout)
-            self.returncode = json.loads(self.channel.readline())["rc"]
+            self.returncode = json.loads(line)["rc"]
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
