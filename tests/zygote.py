@@ -46,7 +46,7 @@ except ImportError:
 
 
 def child(req: dict, fds: list[int], keep: list[int]) -> None:
-    """The run, in the forked process: `fds` its stdin, stdout and stderr (or None: /dev/null and the
+    """The run, in the forked process: `fds` its stdin, stdout and stderr (or none: /dev/null and the
     request's files); `keep` the fds of this process that the child must not hold (the socket's)."""
     code = 1
     try:
@@ -127,7 +127,9 @@ class Server:
             pid, status_ = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 return
-            conn, rc = self.owner.pop(pid, None), os.waitstatus_to_exitcode(status_)
+            if pid not in self.owner:  # (every child is forked here; a stranger's status is no answer)
+                continue
+            conn, rc = self.owner.pop(pid), os.waitstatus_to_exitcode(status_)
             if conn is None:
                 print(json.dumps({"rc": rc}), flush=True)
             else:
