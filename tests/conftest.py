@@ -1,5 +1,6 @@
 """Shared helpers: run the real CLI on a real tiny model, and uninterrupted reference runs."""
 
+import atexit
 import json
 import os
 import pickle
@@ -46,6 +47,7 @@ class Zygote:
         import tempfile
 
         self.socket = os.path.join(tempfile.mkdtemp(prefix="itertrain-zygote-"), "ranks")  # torchrun's ranks ask here
+        atexit.register(shutil.rmtree, os.path.dirname(self.socket), True)
         self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "zygote.py")], cwd=REPO, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env={**os.environ, "ITERTRAIN_ZYGOTE_SOCKET": self.socket})
