@@ -78,8 +78,11 @@ class Checker:
     def _reschedule(self, pairs: list, calls: list, i: int, j: int) -> list:
         """`calls` with completion (i, j) and every later one scheduled again, on a new pool."""
         self.close()
-        return [row if k < i else row[:j] + [self._schedule(ex, text) for text in outs[j:]] if k == i else
-                [self._schedule(ex, text) for text in outs] for k, (row, (ex, outs)) in enumerate(zip(calls, pairs))]
+        for k in range(i, len(pairs)):
+            ex, outs = pairs[k]
+            for m in range(j if k == i else 0, len(outs)):
+                calls[k][m] = self._schedule(ex, outs[m])
+        return calls
 
     def _verdict(self, call, ex, text: str, j: int, i: int, counts: dict, should_stop=None, again=False) -> bool:
         """The verdict on one completion: from the pool's `call`, or (None) computed here. `again`: a
