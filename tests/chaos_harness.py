@@ -4,7 +4,10 @@ For a short 2-iteration run it counts the file events under the output directory
 open for write, rename, mkdir, remove, rmtree, symlink), then for each chosen event runs a copy
 that dies at that exact event with os._exit(137), as kill -9 does (optionally cutting the file last
 opened for writing to half: a torn write), resumes it with `auto auto` until done, and compares the
-final iteration model and metrics with an uninterrupted run. Verdicts:
+final iteration model and metrics with an uninterrupted run. Every resume is the short command a user
+types after a crash, `--output_dir D --resume_from auto --resume_from_iteration auto` and nothing else
+(the rest comes from the experiment's record), except on an adopted experiment, which has no record.
+Verdicts:
   PASS               identical weights (max abs diff 0.0) and metrics
   HARD_FAIL          a resume exited with an error, or never finished
   SILENT_DIVERGENCE  finished, but weights or metrics differ
@@ -52,6 +55,14 @@ SMALL = ["--num_iterations", "2", "--max_steps", "6", "--save_steps", "3", "--nu
          "--num_prompts", "24", "--num_samples", "2", "--generation_batch_size", "8", "--num_eval", "8",
          "--per_device_train_batch_size", "8", "--generation_shard_size", "8", "--disable_tqdm", "true"]
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
+BUILTIN_SIZES = ("--num_gold", "--num_prompts", "--num_eval")  # the built-in task's own
+
+
+def sized(small: list[str], flags) -> list[str]:
+    """`small` for a run given `flags`: without the built-in task's sizes on data files (refused there)."""
+    if "--train_prompts" not in flags:
+        return list(small)
+    return [w for i, w in enumerate(small) if w not in BUILTIN_SIZES and (i == 0 or small[i - 1] not in BUILTIN_SIZES)]
 
 
 VLLM: list[str] = []  # --vllm: the runs sample with real vLLM (.venv-vllm)
@@ -74,11 +85,15 @@ def example_flags(model: Path) -> list[str]:
             "--max_new_tokens", "32"]
 
 
-def _cmd(out: Path, ranks: int, *extra: str) -> list[str]:
+def _cmd(out: Path, ranks: int, *extra: str, short: bool = False) -> list[str]:
+    """The run's command line; `short`: a resume as a user types it after a crash, the output directory
+    and the resume flags only (every other setting comes from the experiment's record)."""
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
                                    if ranks > 1 else [])
-    return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *SMALL, *VLLM, *TASK, *PEFT, *OBJECTIVE,
-            *TRACKERS, *extra]
+    if short:
+        return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *extra]
+    flags = [*VLLM, *TASK, *PEFT, *OBJECTIVE, *TRACKERS, *extra]
+    return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *sized(SMALL, flags), *flags]
 
 
 def _env(out: Path, env_extra: dict | None = None) -> dict:
@@ -102,17 +117,18 @@ def _mlflow_uri(out: Path) -> str:
 ZYGOTE = None
 
 
-def _run(out: Path, *extra: str, env_extra: dict | None = None, ranks: int = 1) -> subprocess.CompletedProcess:
-    cmd = _cmd(out, ranks, *extra)
+def _run(out: Path, *extra: str, env_extra: dict | None = None, ranks: int = 1,
+         short: bool = False) -> subprocess.CompletedProcess:
+    cmd = _cmd(out, ranks, *extra, short=short)
     if ZYGOTE is not None and ranks == 1:
         return ZYGOTE().run(cmd, cmd[2:], _env(out, env_extra), 600, cwd=out.parent)
     return subprocess.run(cmd, cwd=out.parent, env=_env(out, env_extra), capture_output=True, text=True, timeout=600)
 
 
-def _start(out: Path, ranks: int, err_path: Path, log: Path):
-    """A resume with auto auto, started in its own process group, stderr to `err_path`, its file
-    events (rank 0's) to `log`."""
-    cmd, env = _cmd(out, ranks, *AUTO), _env(out, {"ITERTRAIN_CHAOS_LOG": str(log)})
+def _start(out: Path, ranks: int, err_path: Path, log: Path, short: bool = False):
+    """A resume with auto auto (`short`: as _cmd), started in its own process group, stderr to
+    `err_path`, its file events (rank 0's) to `log`."""
+    cmd, env = _cmd(out, ranks, *AUTO, short=short), _env(out, {"ITERTRAIN_CHAOS_LOG": str(log)})
     if ZYGOTE is not None and ranks == 1:
         return ZYGOTE().spawn(cmd[2:], env, out.parent, os.devnull, str(err_path))
     with open(err_path, "w") as err:  # a file, not a pipe: a full pipe would stall the run
@@ -304,7 +320,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
     err_path = work / f"r{seed}.stderr"
     for launch in range(kills + 5):
         log = work / f"r{seed}.events{launch}"
-        p = _start(out, ranks, err_path, log)
+        p = _start(out, ranks, err_path, log, short=launch > 0 and layout is None)
         if len(result["killed_at"]) < kills:
             lo, hi = window if not isinstance(window, list) else \
                 rng.choices(window, weights=[b - a + 1 for a, b in window])[0]
@@ -395,7 +411,7 @@ def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: i
                 if start != best["name"]:
                     lost = f"newest usable {best['name']}, plan starts from {start}"
             gen = st.get("generation")
-        proc = _run(out, *AUTO, ranks=ranks)
+        proc = _run(out, *AUTO, ranks=ranks, short=layout is None)  # (an adopted experiment has no record)
         if attempt == 0 and crashed.returncode != 0 and gen and not torn and not lost \
                 and f"({gen['prompts_done']} already committed" not in proc.stdout:
             lost = f"{gen['prompts_done']} prompts were committed in shards of iteration {gen['iteration']}, " \

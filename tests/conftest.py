@@ -11,12 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from chaos_harness import SMALL, sized  # (one definition of the small run, for the harness and the tests)
 
 REPO = Path(__file__).resolve().parents[1]
-# Small enough for seconds per run: 2 iterations of 6 steps, a checkpoint every 3 steps.
-SMALL = ["--num_iterations", "2", "--max_steps", "6", "--save_steps", "3", "--num_gold", "64",
-         "--num_prompts", "24", "--num_samples", "2", "--generation_batch_size", "8", "--num_eval", "8",
-         "--per_device_train_batch_size", "8", "--generation_shard_size", "8", "--disable_tqdm", "true"]
 
 
 def run_cli(out, *extra, failpoints=None, entry=("train_iterative.py",), launcher=(sys.executable,), timeout=300,
@@ -29,7 +26,7 @@ def run_cli(out, *extra, failpoints=None, entry=("train_iterative.py",), launche
     if events:
         env["ITERTRAIN_CHAOS_LOG"] = str(events)
     cmd = [*launcher, *[str(REPO / e) if e.endswith(".py") else e for e in entry], "--output_dir", str(out),
-           *small, *extra]
+           *sized(small, extra), *extra]
     if tuple(entry) == ("train_iterative.py",) and not os.environ.get("ITERTRAIN_NO_ZYGOTE"):
         if tuple(launcher) == (sys.executable,):
             return zygote().run(cmd, cmd[2:], env, timeout)
@@ -267,10 +264,13 @@ def events(out) -> list[str]:
 # by the first worker that needs it (the others wait for it and reuse it): the name is its key in
 # `shared`, the flags are added to SMALL. A test module that needs one takes it from here.
 PEFT = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"]
+DPO = ["--objective", "dpo", "--sft_iterations", "1", "--dpo_gold_chosen", "true", "--pairs_per_prompt", "2",
+       "--num_iterations", "3"]
 REFERENCES = {
     "reference": (),  # the uninterrupted 2-iteration run, a fresh optimizer each iteration
     "reference_carry": ("--carry_optimizer_state",),
     "peft_ref": tuple(PEFT),  # a LoRA adapter, its optimizer state carried inside each iteration
+    "dpo_ref": (*DPO, "--report_to", "tensorboard"),  # sft in iteration 0, DPO in iterations 1 and 2
 }
 
 

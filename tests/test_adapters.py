@@ -24,7 +24,7 @@ from conftest import (
     truncate,
 )
 
-from itertrain.app import config
+from itertrain.app import config, settings
 from itertrain.core import commit, manifest
 from itertrain.core.errors import AdapterError, AdapterMismatch
 from itertrain.tasks import tinymodel
@@ -101,7 +101,7 @@ def test_recorded_settings_leave_out_where_peft_loaded_from_and_its_version():
 def test_settings_of_the_adapter_are_results_a_resume_compares():
     now = config.resolved(parse(*PEFT))
     assert now["use_peft"] is True and now["lora_r"] == 4
-    assert config.differences(now, config.resolved(parse(*PEFT[:-2]))) == [
+    assert settings.differences(now, config.resolved(parse(*PEFT[:-2]))) == [
         "lora_target_modules: ['all-linear'] -> None"]
 
 
@@ -440,7 +440,7 @@ def _model(where: Path, seed: int) -> Path:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("flags, message", [
-    (["--model_name", "MODEL0"], "checkpoint-9 holds a PEFT adapter's training state, not the whole model's: resume "
+    (["--model_name", "MODEL0", "--use_peft", "false"], "checkpoint-9 holds a PEFT adapter's training state, not the whole model's: resume "
                                  "with --use_peft and the adapter settings it was trained with"),
     ([*PEFT, "--model_name", "MODEL0", "--lora_r", "8"],
      "checkpoint-9's adapter was made with other settings (r: 4, this run 8): resume with the settings it was "
@@ -456,7 +456,9 @@ def test_a_resume_the_adapter_cannot_go_on_from_is_refused_before_anything_chang
     for key, path in models.items():
         flags, message = [f.replace(key, path) for f in flags], message.replace(key, path)
     before = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    proc = run_cli(out, *flags, *AUTO)
+    proc = run_cli(out, *flags, *AUTO)  # a change that defines the experiment: refused by the record first
+    assert proc.returncode == 2 and "--change_experiment true" in proc.stderr, proc.stderr[-2000:]
+    proc = run_cli(out, *flags, *AUTO, "--change_experiment", "true")  # asked for: then the adapter's own check
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "itertrain: error: " + message.format(*digests)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == before
@@ -465,12 +467,13 @@ def test_a_resume_the_adapter_cannot_go_on_from_is_refused_before_anything_chang
 @pytest.mark.e2e
 def test_a_full_fine_tunes_checkpoint_is_not_resumed_as_an_adapter(crashed_in_iter1, tmp_path):
     out = copy_experiment(crashed_in_iter1, tmp_path / "exp")
-    proc = run_cli(out, *PEFT, *AUTO)
+    proc = run_cli(out, *PEFT, *AUTO, "--change_experiment", "true")
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
         "itertrain: error: checkpoint-9 holds a full model's training state: resume it without --use_peft, or start "
         "from another point")
     # a LoRA branch from its iteration model: merge mode trains a fresh adapter on it
-    proc = run_cli(out, *PEFT, "--peft_iteration", "merge", "--resume_from", "none", "--resume_from_iteration", "iter_0")
+    proc = run_cli(out, *PEFT, "--peft_iteration", "merge", "--resume_from", "none", "--resume_from_iteration", "iter_0",
+                   "--change_experiment", "true")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert manifest.read(str(out / "iter_1"))["extra"]["peft"]["mode"] == "merge"
 

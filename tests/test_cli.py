@@ -140,3 +140,23 @@ def test_the_collector_skips_start_up_objects_during_a_run_and_is_given_back_aft
     assert gc.isenabled() and gc.get_freeze_count() == 0  # an in-process caller gets it back as it was
     assert cli.main(["--output_dir", str(tmp_path / "x"), "--resume_from", "latest"]) == 2  # a refusal too
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("prog", ["itertrain", "python -m itertrain"])
+def test_help_lists_the_subcommands_then_the_train_flags_under_the_programs_name(capsys, prog):
+    from itertrain.app.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"], prog=prog)
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith(f"usage: {prog} {{train,status,plot}} ...")
+    for command in ("train", "status", "plot"):
+        assert f"\n  {command}  " in out
+    assert f"usage: {prog} train [-h]" in out and "--resume_from_iteration" in out and "__main__" not in out
+
+
+@pytest.mark.e2e
+def test_python_dash_m_itertrain_help_names_itself():
+    proc = subprocess.run([sys.executable, "-m", "itertrain", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m itertrain {train,status,plot}")
+    assert "__main__.py" not in proc.stdout

@@ -7,28 +7,26 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    DPO,
     TORCHRUN,
     assert_damaged_checkpoint_falls_back,
     copy_experiment,
     flip,
     killed_by,
     max_diff,
+    reference_run,
     resume_until_done,
     run_cli,
     shared,
     truncate,
 )
 
-from itertrain.app import config
+from itertrain.app import config, settings
 from itertrain.core import manifest
 from itertrain.core.errors import UsageError
 from itertrain.phases import pairs, samples
 from itertrain.training import objectives
 from itertrain.training.objectives import ObjectiveError, dpo
-
-DPO = ["--objective", "dpo", "--sft_iterations", "1", "--dpo_gold_chosen", "true", "--pairs_per_prompt", "2",
-       "--num_iterations", "3"]
-
 
 def parse(*flags):
     return config.parse(["--output_dir", "/tmp/unused", *flags])
@@ -145,7 +143,7 @@ def test_which_objective_each_iteration_trains_with_and_what_is_a_result():
     obj = parse(*DPO).obj
     assert [objectives.name_for(obj, k) for k in range(3)] == ["sft", "dpo", "dpo"]
     assert [objectives.name_for(parse().obj, k) for k in range(2)] == ["sft", "sft"]
-    assert config.differences(config.resolved(parse(*DPO)), config.resolved(parse(*DPO, "--dpo_beta", "0.5"))) == [
+    assert settings.differences(config.resolved(parse(*DPO)), config.resolved(parse(*DPO, "--dpo_beta", "0.5"))) == [
         "dpo_beta: 0.1 -> 0.5"]
 
 
@@ -176,12 +174,7 @@ def test_a_resume_whose_objective_or_reference_differs_is_refused(was, now, mess
 
 @pytest.fixture(scope="session")
 def dpo_ref(tmp_path_factory):
-    def build(work):
-        out = work / "exp"
-        proc = run_cli(out, *DPO, "--report_to", "tensorboard")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return out, proc.stdout
-    return shared(tmp_path_factory, "dpo_ref", build)
+    return reference_run(tmp_path_factory, "dpo_ref")
 
 
 def same_run(out, ref, last="iter_2"):
@@ -264,13 +257,15 @@ def dpo_crashed(tmp_path_factory):
 @pytest.mark.e2e
 @pytest.mark.parametrize("flags, message", [
     (["--dpo_reference", "previous"], "checkpoint-9 was trained against the reference iter_0 (initial, weights"),
-    (["--objective", "sft"], "checkpoint-9 was trained with --objective dpo, this run's iteration trains with sft"),
+    # (the objective defines the experiment: changed only on purpose; DPO's recorded flags are then not carried)
+    (["--objective", "sft", "--change_experiment", "true"],
+     "checkpoint-9 was trained with --objective dpo, this run's iteration trains with sft"),
     (["--sft_iterations", "2"], "checkpoint-9 was trained with --objective dpo, this run's iteration trains with sft"),
 ])
 def test_a_dpo_checkpoint_resumes_only_with_its_objective_and_reference(tmp_path, dpo_crashed, flags, message):
     out = copy_experiment(dpo_crashed, tmp_path / "exp")
     before = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    proc = run_cli(out, *DPO, *flags, "--resume_from", "auto", "--resume_from_iteration", "auto")
+    proc = run_cli(out, *flags, "--resume_from", "auto", "--resume_from_iteration", "auto", small=())
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     # refused before anything was renamed or written
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == before

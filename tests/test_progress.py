@@ -3,12 +3,12 @@
 import os
 from datetime import datetime, timedelta, timezone
 
-from itertrain.app import status
+from itertrain.app import settings, status
 from itertrain.core import progress
 
 
 def read(directory):
-    return status._json(os.path.join(directory, progress.NAME)) or None
+    return settings.read_json(os.path.join(directory, progress.NAME)) or None
 
 
 def test_a_run_records_its_phase_and_steps_and_each_phase_counts_its_own(tmp_path):
@@ -47,8 +47,14 @@ def test_watch_lines_say_what_the_run_does_and_estimate_the_time_left():
                                "(updated 2 s ago")
     # 110 s per iteration: 68 s left of this one (42 s in), then 2 more
     assert lines[1] == "time: 110 s per iteration (mean of 2), this one 42 s so far, about 4 min 48 s left"
-    assert progress.describe(_state(pid=2 ** 22 + 12345), [], now=now)[0].startswith("now: no run is active")
-    assert progress.describe(_state(phase="finished"), [], now=now)[0].startswith("now: no run is active")
+    gone = _state(pid=2 ** 22 + 12345)
+    assert progress.describe(gone, [], now=now) == [
+        "now: no run is active (the last one ended without finishing (killed or crashed) in the train phase; last "
+        f"heard from at {gone['updated']})"]
+    assert progress.describe(gone, [], now=now, stopped=True)[0].startswith(
+        "now: no run is active (the last one stopped in the train phase; ")
+    assert progress.describe(_state(phase="finished"), [], now=now) == [
+        f"now: no run is active (the last one finished at {gone['updated']})"]
     assert progress.describe(None, []) == ["now: no run has recorded progress here yet"]
 
 

@@ -172,7 +172,7 @@ def test_samples_of_other_prompts_are_not_reused(tmp_path, example_ref):
     out = tmp_path / "exp"
     killed_by(run_cli(out, *plain_eval, failpoints="train.step=2"), "train.step=2")  # samples_0 committed
     proc = run_cli(out, *plain_eval, "--chat_template", "none", "--resume_from", "auto",
-                   "--resume_from_iteration", "auto")
+                   "--resume_from_iteration", "auto", "--change_experiment", "true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (aside,) = out.glob("samples_0.superseded-*")
     first = json.loads((aside / "generated.jsonl").read_text().splitlines()[0])["prompt"]

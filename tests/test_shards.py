@@ -106,7 +106,8 @@ def test_a_shard_that_does_not_fit_is_set_aside_and_made_again(tmp_path, referen
         m = json.loads((shard / "itertrain.json").read_text())
         m["extra"]["source_digest"] = "model.safetensors:0123456789abcdef"
         (shard / "itertrain.json").write_text(json.dumps(m))
-    proc = run_cli(out, *AUTO)
+    back = ["--temperature", "1.0"] if damage == "other settings" else []  # (else the record's 0.7 is carried)
+    proc = run_cli(out, *AUTO, *back)
     assert proc.returncode == 0, proc.stderr[-3000:]
     why = {"truncated": "generated.jsonl has", "other shard size": "made with another --generation_shard_size"}.get(
         damage, "made by other weights or settings")

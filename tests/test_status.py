@@ -1,8 +1,12 @@
 """status.py's pure parts, in-process: the hints, the resume command, the iteration rows, the report."""
 
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 
-from itertrain.app import status
+from itertrain.app import settings, status
 from itertrain.core.names import CHECKPOINT, COMPLETE, CORRUPT, ITERATION, UNVERIFIED, Artifact
 from itertrain.phases import shards
 
@@ -23,19 +27,19 @@ def plan(strategy="scratch", done=False, **kw):
     return {"strategy": strategy, "done": done, **kw}
 
 
-def test_resume_command_names_the_launcher_and_the_model():
-    assert status.resume_command("exp", SETTINGS) == (
+def test_resume_command_names_the_launcher_the_model_and_what_changes():
+    assert settings.resume_command("exp", SETTINGS) == (
         "python train_iterative.py --output_dir exp --resume_from auto --resume_from_iteration auto")
-    assert status.resume_command("exp", {"world_size": 4, "model_name": "/m"}) == (
-        "torchrun --nproc_per_node=4 train_iterative.py --model_name /m --output_dir exp "
-        "--resume_from auto --resume_from_iteration auto")
+    assert settings.resume_command("e x", {"world_size": 4, "model_name": "/m"}, "--num_iterations", "5") == (
+        "torchrun --nproc_per_node=4 train_iterative.py --model_name /m --output_dir 'e x' "
+        "--resume_from auto --resume_from_iteration auto --num_iterations 5")
 
 
 def test_hints_for_each_kind_of_plan():
-    cmd = status.resume_command("exp", SETTINGS)
+    cmd = settings.resume_command("exp", SETTINGS)
     assert status.hints("exp", SETTINGS, [], plan(), []) == [f"nothing to resume here yet: start (or resume) with: {cmd}"]
     assert status.hints("exp", SETTINGS, [model(2)], plan("iteration", done=True), []) == [
-        f"all 3 iterations are complete; to run more, add --num_iterations 4 (or more) to: {cmd}"]
+        f"all 3 iterations are complete; to run more (change 4 as you like): {cmd} --num_iterations 4"]
     assert status.hints("exp", SETTINGS, [ckpt(9)], plan("trainer", state_from="checkpoint-9"), []) == [
         f"iteration 1 was interrupted at step 3 of 6 (global step 9): resume with: {cmd}"]
     assert status.hints("exp", SETTINGS, [ckpt(12)], plan("trainer", state_from="checkpoint-12"), []) == [
@@ -120,3 +124,16 @@ def test_status_reads_at_80_columns_and_piped_nothing_cut_notes_below_on_one_lin
         assert word in text, word  # whole, never cut
     assert sum(line.startswith("[1] checkpoint-33000: no itertrain manifest") for line in lines) == 1
     assert lines[[i for i, line in enumerate(lines) if line.startswith("[1] ")][0]].endswith("global step 33000")
+
+
+def schema_rows() -> dict[str, set[str]]:
+    """docs/status.md's `--json` schema table: {key: every `name` its row mentions}."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "status.md").read_text()
+    table = text.split("### `--json` schema", 1)[1].split("\n## ", 1)[0]
+    rows = [ln.split(" | ") for ln in table.splitlines() if ln.startswith("| `")]
+    return {r[0].strip("|` "): set(re.findall(r"`([a-z_]+)`", r[-1])) for r in rows}
+
+
+def test_the_json_schema_table_lists_every_artifact_field():
+    fields = {f.name for f in dataclasses.fields(Artifact)}
+    assert fields - schema_rows()["checkpoints"] == set()

@@ -169,13 +169,6 @@ def test_sigterm_to_the_torchrun_launcher_ends_committed_within_its_grace(tmp_pa
     same_as(out, reference_two_ranks)
 
 
-def test_resume_command_keeps_the_runs_flags():
-    cmd = stop.resume_command(["--output_dir", "d x", "--resume_from", "5", "--resume_from_iteration=iter_1",
-                               "--max_steps", "9"], 4)
-    assert cmd == ("torchrun --nproc_per_node=4 train_iterative.py --output_dir 'd x' --max_steps 9 "
-                   "--resume_from auto --resume_from_iteration auto")
-
-
 def test_a_copy_of_a_stopped_experiment_is_still_stopped(tmp_path, reference):
     """Nothing about a stop lives outside the experiment directory."""
     out = tmp_path / "exp"

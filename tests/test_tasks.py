@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from itertrain.phases.samples import select, training_set
-from itertrain.tasks import Example, TaskError, exact, load_task, numeric, read_data
+from itertrain.tasks import Example, TaskError, exact, files, load_task, numeric, read_data
 from itertrain.tasks.verifiers import named as verifier
 
 
@@ -117,3 +117,13 @@ def test_task_plugin(tmp_path, monkeypatch):
 def test_task_with_nothing_to_train_on():
     with pytest.raises(TaskError, match="no training prompts and no gold"):
         load_task(args(num_gold=0, num_prompts=0), 0)
+
+
+def test_a_hub_name_is_refused_with_how_to_save_it_locally(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TaskError) as e:
+        files.read("openai/gsm8k")
+    assert str(e.value).startswith("openai/gsm8k: no such file or directory, and hub names are not read")
+    assert "datasets.load_dataset('openai/gsm8k', split='train').to_json('train.jsonl')" in str(e.value)
+    with pytest.raises(TaskError, match=r"^missing.jsonl: cannot read \(No such file"):
+        files.read("missing.jsonl")

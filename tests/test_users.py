@@ -6,7 +6,7 @@ import struct
 import pytest
 from conftest import REPO, SMALL, copy_experiment, dry_run, killed_by, resume_until_done, run_cli
 
-from itertrain.app import cli, config
+from itertrain.app import cli, config, settings
 
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
@@ -77,7 +77,7 @@ def test_malformed_typed_flag_is_one_line(tmp_path, capsys):
 
 
 def test_settings_differences_are_named():
-    assert config.differences({"learning_rate": 0.003, "seed": 1, "save_steps": 100},
+    assert settings.differences({"learning_rate": 0.003, "seed": 1, "save_steps": 100},
                               {"learning_rate": 0.01, "seed": 1, "save_steps": 50}) == ["learning_rate: 0.003 -> 0.01"]
 
 
@@ -110,6 +110,14 @@ def test_status_json_schema_hint_and_plot(tmp_path, crashed_in_iter1, capsys):
     assert rc == 0 and set(d) == {"output_dir", "settings", "last_stop", "generation", "iterations", "checkpoints",
                                   "artifacts", "set_aside", "plan", "hints"}
     assert d["last_stop"] is None
+    from test_status import schema_rows
+
+    documented = schema_rows()
+    assert set(documented) == set(d)
+    for key in ("iterations", "checkpoints", "artifacts", "settings"):
+        items = d[key] if isinstance(d[key], list) else [d[key]]
+        listed = documented["checkpoints" if key == "artifacts" else key]  # ("in the same form")
+        assert {k for item in items for k in item} - listed == set(), key
     assert [(r["iteration"], r["state"]) for r in d["iterations"]] == [(0, "complete"), (1, "interrupted at step 3/6")]
     it0 = d["iterations"][0]
     assert it0["num_generated"] == 48 and it0["global_step"] == 6 and it0["seconds"] > 0 and it0["train_loss"] > 0

@@ -1,3 +1,3 @@
 from itertrain.app.cli import console
 
-raise SystemExit(console())
+raise SystemExit(console(prog="python -m itertrain"))

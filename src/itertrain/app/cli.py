@@ -10,10 +10,17 @@ import os
 import sys
 
 USAGE = "usage: itertrain {train,status,plot} ...   (itertrain COMMAND --help)"
+COMMANDS = """commands:
+  train   run or resume an experiment (the default: `itertrain --output_dir D` is `itertrain train --output_dir D`)
+  status  where an experiment stands, and the command that resumes it
+  plot    the loss curve and per-iteration accuracy as a PNG"""
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "itertrain") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"{USAGE.replace('itertrain', prog)}\n\n{COMMANDS}\n\nThe flags of {prog} train:\n", flush=True)
+        return train_command(argv, prog=f"{prog} train")
     if argv and argv[0] == "status":
         from itertrain.app.status import main as status_main
 
@@ -25,14 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "train":
         argv = argv[1:]
     elif argv and not argv[0].startswith("-") and not argv[0].endswith((".yaml", ".yml", ".json")):
-        print(f"itertrain: error: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
+        print(f"itertrain: error: unknown command {argv[0]!r}\n{USAGE.replace('itertrain', prog)}", file=sys.stderr)
         return 2
-    return train_command(argv)
+    return train_command(argv, prog=f"{prog} train")
 
 
-def console() -> int:
-    """The `itertrain` console script: main, then leave (below)."""
-    return leave(main())
+def console(prog: str = "itertrain") -> int:
+    """The `itertrain` console script (and `python -m itertrain`): main, then leave (below)."""
+    return leave(main(prog=prog))
 
 
 def leave(code: int) -> int:
@@ -47,23 +54,23 @@ def leave(code: int) -> int:
     os._exit(code)
 
 
-def train_command(argv: list[str]) -> int:
+def train_command(argv: list[str], prog: str | None = None) -> int:
     """`itertrain train`: parse the flags, run the experiment, turn each kind of failure into its exit code."""
     gc.disable()  # until startup.freeze_imports, which freezes what the imports below leave
     try:
-        return _train(argv)
+        return _train(argv, prog)
     finally:
         gc.unfreeze()  # (in-process callers: what this run made is collectable again)
         gc.enable()
 
 
-def _train(argv: list[str]) -> int:
+def _train(argv: list[str], prog: str | None) -> int:
     from itertrain.app.config import parse
     from itertrain.core.errors import ItertrainError
     from itertrain.runtime import stop
 
     try:
-        cfg = parse(argv)
+        cfg = parse(argv, prog)
         handlers = stop.install(cfg.it.stop_signals, cfg.it.stop_after)
         from itertrain.app import startup
         from itertrain.runtime import dist
@@ -75,7 +82,10 @@ def _train(argv: list[str]) -> int:
             except stop.Stopped as e:
                 if dist.is_main():
                     stop.record(cfg.output_dir, e)
-                    print(f"itertrain: {e}. Resume with: {stop.resume_command(argv, dist.world_size())}", flush=True)
+                    from itertrain.app import settings
+
+                    command = settings.resume_command(cfg.output_dir, settings.saved(cfg.output_dir))
+                    print(f"itertrain: {e}. Resume with: {command}", flush=True)
                 code = stop.EXIT_STOPPED
             several = dist.world_size() > 1
             dist.finish()

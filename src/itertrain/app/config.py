@@ -6,6 +6,7 @@ the built-in tiny model on the built-in task. Errors are UsageError: one line, e
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+from itertrain.app import needs, settings
 from itertrain.core import defaults
 from itertrain.core.errors import UsageError
 from itertrain.core.selectors import (
@@ -44,6 +46,10 @@ class IterArguments:
         "help": "Iteration model to resume (weights only): none, auto (newest complete) or iter_K."})
     strict_resume: bool = field(default=False, metadata={
         "help": "Turn every fallback (a skipped or unloadable artifact) into an error exit."})
+    change_experiment: bool = field(default=False, metadata={
+        "help": "Let a resume change a setting that defines the experiment (the model, objective, adapter, task "
+                "data, verifier or seed; see the end of this page): the rest of the run is a branch, warned and "
+                "recorded. Without it such a change is refused."})
     async_save: bool = field(default=True, metadata={
         "help": "Write trainer checkpoints in the background: training is blocked only while the state is "
                 "copied into memory (one extra host copy of model and optimizer state). false: write them "
@@ -148,6 +154,8 @@ class Config:
     peft: PeftArguments = field(default_factory=PeftArguments)
     obj: ObjectiveArguments = field(default_factory=ObjectiveArguments)
     objective_args: dict = field(default_factory=dict)  # each objective's own Arguments, by name
+    given: dict = field(default_factory=dict)  # {flag: value as given}: command line, config file, or the record
+    carried: dict = field(default_factory=dict)  # {flag: value} a resume took from the experiment's record
 
     @property
     def output_dir(self) -> str:
@@ -174,8 +182,8 @@ def arguments() -> tuple[type, ...]:
     return (IterArguments, IterTrainingArguments, PeftArguments, ObjectiveArguments, *objectives.argument_classes())
 
 
-def parser() -> HfArgumentParser:
-    return Parser(arguments())
+def parser(prog: str | None = None) -> HfArgumentParser:
+    return Parser(arguments(), prog=prog)
 
 
 def config_file_args(path: str) -> list[str]:
@@ -200,9 +208,29 @@ def config_file_args(path: str) -> list[str]:
     return flag_words(data)
 
 
-def parse(argv: list[str]) -> Config:
+def given_flags(argv: list[str]) -> dict:
+    """{flag: value} of the flags `argv` gives (abbreviations and --no_X included), parsed alone."""
+    p = parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return vars(p.parse_args(argv))
+
+
+DEFAULTS_ENV = "ITERTRAIN_DEFAULTS"  # a config file under every command line (the docs' test sets small sizes so)
+
+
+def parse(argv: list[str], prog: str | None = None) -> Config:
     if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
         argv = [*config_file_args(argv[0]), *argv[1:]]
+    helping = any(a in ("-h", "--help") for a in argv)
+    given = {} if helping else given_flags(argv)
+    defaults = config_file_args(os.environ[DEFAULTS_ENV]) if os.environ.get(DEFAULTS_ENV) else []
+    from_defaults = {} if helping or not defaults else given_flags(defaults)  # applied where they mean something
+    defaulted = set(from_defaults) - set(given)
+    argv, given = [*defaults, *argv], {**from_defaults, **given}
+    record = settings.saved(given["output_dir"]) if settings.resuming(given) and given.get("output_dir") else {}
+    carry = settings.carried(record, given)
+    argv = [*flag_words(carry), *argv]
     if not any(a.startswith("--disable_tqdm") for a in argv):
         # Progress bars only where someone watches them: a terminal (a log file gets no \r lines).
         argv = [*argv, "--disable_tqdm", str(not sys.stderr.isatty()).lower()]
@@ -221,10 +249,22 @@ def parse(argv: list[str]) -> Config:
         argv = [*argv, "--max_steps", "-1"]  # epochs asked for: the demo's step default must not override them
     try:
         try:
-            it, train, peft, obj, *own = parser().parse_args_into_dataclasses(args=argv)
+            it, train, peft, obj, *own = parser(prog).parse_args_into_dataclasses(args=argv)
         except (ValueError, TypeError, ImportError) as e:  # TrainingArguments.__post_init__ checks
             raise UsageError(str(e).strip().splitlines()[0]) from None
-        return validate(it, train, peft, obj, own_arguments(own))
+        cfg = validate(it, train, peft, obj, own_arguments(own))
+        if record and (why := settings.refusal(record, resolved(cfg), given, cfg.it.change_experiment)):
+            raise UsageError(why)
+        if cfg.it.change_experiment and not record:
+            raise UsageError("--change_experiment true: only a resume of an experiment with recorded settings "
+                             "can change what defines it; drop it")
+        needs.check(cfg, set(given) - defaulted)
+        # a recorded flag that a change on purpose left without meaning (--dpo_beta once the objective
+        # is sft) is not carried on, nor is a default of ITERTRAIN_DEFAULTS that means nothing here
+        idle = needs.unused(cfg, {**carry, **dict.fromkeys(defaulted)})
+        kept = {k: v for k, v in {**given, **carry}.items() if k not in settings.PER_RUN and k not in idle}
+        carry = {k: v for k, v in carry.items() if k not in idle}
+        return dataclasses.replace(cfg, given=kept, carried=carry)
     except Exception:
         # TrainingArguments made transformers' global DeepSpeed config live: a refused one must not
         # leave it, or this process's next from_pretrained would start a ZeRO-3 init.
@@ -325,27 +365,8 @@ def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArgument
     return Config(it, train, ckpt_sel, iter_sel, peft, obj, own)
 
 
-# Settings that do not change what an experiment computes: a resume may change them freely.
-NOT_RESULTS = {"output_dir", "resume_from", "resume_from_iteration", "dry_run", "strict_resume", "num_iterations",
-               "async_save", "stop_signals", "stop_after", "enable_jit_checkpoint", "generation_shard_size",
-               "vllm_python", "vllm_gpu_memory_utilization", "verifier_workers",
-               "disable_tqdm", "report_to", "run_name", "logging_steps", "logging_strategy", "logging_first_step",
-               "save_steps", "save_strategy", "save_total_limit", "use_cpu", "log_level", "log_level_replica",
-               "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",
-               "hub_token", "tracker_log_model"}
-
-
 def resolved(cfg: Config) -> dict:
     """Every setting of this run, as saved in the experiment directory."""
     own = {k: v for args in cfg.objective_args.values() for k, v in dataclasses.asdict(args).items()}
     return {**dataclasses.asdict(cfg.it), **dataclasses.asdict(cfg.peft), **dataclasses.asdict(cfg.obj), **own,
             **cfg.train.to_dict()}
-
-
-def differences(started_with: dict, now: dict) -> list[str]:
-    """One line per setting that changes results and differs from how the experiment was started."""
-    out = []
-    for key in sorted(set(started_with) & set(now)):  # (a setting newer than the experiment: not a change)
-        if key not in NOT_RESULTS and started_with.get(key) != now.get(key):
-            out.append(f"{key}: {started_with.get(key)!r} -> {now.get(key)!r}")
-    return out

@@ -11,7 +11,8 @@ import typing
 
 from transformers import TrainingArguments
 
-from itertrain.app.config import NOT_RESULTS, IterArguments, IterTrainingArguments
+from itertrain.app import needs, settings
+from itertrain.app.config import IterArguments, IterTrainingArguments
 from itertrain.training import objectives
 from itertrain.training.adapters import PeftArguments
 from itertrain.training.objectives import ObjectiveArguments
@@ -33,6 +34,10 @@ def _default(f: dataclasses.Field) -> str:
 def _row(dc, f: dataclasses.Field) -> str:
     help_ = " ".join(f.metadata.get("help", "").split()).replace("|", "\\|")
     return f"| `--{f.name}` | {_type(dc, f)} | {_default(f)} | {help_} |"
+
+
+def _names(keys) -> str:
+    return ", ".join(f"`{n}`" for n in sorted(keys))
 
 
 def render() -> str:
@@ -85,13 +90,36 @@ def render() -> str:
         "",
         ", ".join(f"`--{n}`" for n in others),
         "",
-        "## Settings a resume may change without a warning",
+        "## Flags that need another",
         "",
-        "Resuming with a setting that differs from the one the experiment was started with prints a",
-        "warning naming each difference (also in the `--dry_run` plan's `warnings`), except for these,",
-        "which do not change what is computed:",
+        "Given without what they need, these are refused in one line before anything is written (never",
+        "accepted and ignored):",
         "",
-        ", ".join(f"`{n}`" for n in sorted(NOT_RESULTS)),
+        "| flags | need |",
+        "|---|---|",
+        *(f"| {', '.join(f'`--{n}`' for n in flags)} | {what} |" for flags, _, what in needs.rules()),
+        "",
+        "## What a resume takes from the experiment, and what it may change",
+        "",
+        "Every run records its settings in `<output_dir>/itertrain_config.json`. A resume (`--resume_from` or",
+        "`--resume_from_iteration` other than `none`) takes every flag the experiment was given that the",
+        "command line does not give again, so the short command continues the same experiment:",
+        "",
+        "    python train_iterative.py --output_dir D --resume_from auto --resume_from_iteration auto",
+        "",
+        "(plus `--model_name M` for your own model; `itertrain status D` prints this command, with the",
+        "launcher). The banner lists what was taken from the record. A flag given that differs from the",
+        "record falls in one of three groups:",
+        "",
+        "| group | what happens | settings |",
+        "|---|---|---|",
+        f"| free | {settings.FREE_WHAT} | {_names(settings.FREE - settings.PER_RUN)}; given for one run only, never "
+        f"taken from the record: {_names(settings.PER_RUN)} |",
+        f"| branch | {settings.BRANCH_WHAT} | every other setting (learning rate, steps, sampling, ...) |",
+        f"| defining | {settings.DEFINING_WHAT} | {_names(settings.DEFINING)} |",
+        "",
+        "An experiment recorded before itertrain kept the flags given (no `given` in its record) takes",
+        "nothing from its record: repeat its flags on the command line.",
         "",
     ]
     return "\n".join(lines)

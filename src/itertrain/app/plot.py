@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from itertrain.app.status import saved_settings
+from itertrain.app import settings
 from itertrain.core import curve, defaults, inventory
 from itertrain.core.names import CHECKPOINT, COMPLETE, Artifact
 from itertrain.training import objectives
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def series(output_dir: str) -> tuple[list[dict], dict | None]:
     """Finished iterations (iteration, offset, loss curve, metrics) and the one in training, if any."""
-    max_steps = saved_settings(output_dir).get("iteration_steps") or defaults.MAX_STEPS
+    max_steps = settings.saved(output_dir).get("iteration_steps") or defaults.MAX_STEPS
     done = [{**it, "loss": (it["curve"] or {}).get("loss", [])} for it in curve.committed(output_dir, max_steps)]
     artifacts, _ = inventory.scan(output_dir, max_steps)
     ckpts = [a for a in artifacts if a.kind == CHECKPOINT and a.state == COMPLETE]

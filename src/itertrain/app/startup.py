@@ -13,9 +13,9 @@ import warnings
 from rich.console import Console
 from rich.table import Table
 
-from itertrain.app.config import Config, UsageError, differences, resolved
+from itertrain.app import settings
+from itertrain.app.config import Config, UsageError, resolved
 from itertrain.app.loop import metrics_rows, write_metrics
-from itertrain.app.status import SAVED_CONFIG, saved_settings
 from itertrain.core import banner, commit, failpoints, lock, manifest
 from itertrain.core.names import CORRUPT, SUPERSEDED
 from itertrain.core.plan import SCRATCH
@@ -24,6 +24,7 @@ from itertrain.runtime import dist, engines, stop
 from itertrain.runtime.restore import RecoveryError, apply, check_generator, resolve
 from itertrain.tasks import load_task, tinymodel
 from itertrain.training import adapters
+from itertrain.training.flags import flag_words
 
 BASE = "base"  # the built-in base model's directory under --output_dir
 
@@ -99,6 +100,8 @@ def run_experiment(cfg: Config) -> int:
     inv, plan = decide(cfg, steps)
     dist.log0(banner.render(cfg.output_dir, inv, plan,
                             cfg.it.model_name or f"built-in tiny model ({cfg.output_dir}/{BASE})"))
+    if cfg.carried:
+        dist.log0("⚙️  settings from the experiment's record: " + " ".join(flag_words(cfg.carried)))
     if cfg.peft.use_peft:
         dist.log0(adapters.describe(cfg.peft))
     if cfg.it.dry_run:
@@ -199,6 +202,11 @@ def prepare(cfg: Config, plan, steps: int) -> tuple[str, dict | None]:
     """Carry the plan out on disk (base model, renames) and record the settings; returns the base
     and, for a --use_peft run, its adapter record."""
     check_generator(cfg, plan)
+    if plan.strategy == SCRATCH and not plan.renames:
+        # A fresh directory: the record goes before the first artifact, so that a run killed from here on
+        # is resumed by the short command with these settings. (Over an older experiment it follows
+        # the renames below: until they are done, the record is the older experiment's.)
+        dist.on_main(save_settings, cfg, steps, scratch=True)
     base = ensure_base(cfg)
     peft = check_adapter(cfg, plan, base)
     check_objective(cfg, plan, base)
@@ -225,10 +233,10 @@ def check_objective(cfg: Config, plan, base: str) -> None:
 
 
 def settings_changes(cfg: Config) -> list[str]:
-    started = saved_settings(cfg.output_dir)
+    started = settings.saved(cfg.output_dir)
     if "started_with" not in started:
         return []
-    return differences(started["started_with"], _settings_now(cfg))
+    return settings.differences(started["started_with"], _settings_now(cfg))
 
 
 def _settings_now(cfg: Config) -> dict:
@@ -239,11 +247,12 @@ def save_settings(cfg: Config, steps: int, scratch: bool) -> None:
     """The resolved configuration (this run's, and the one the experiment was started with), for
     `itertrain status` and for comparing later resumes."""
     now = _settings_now(cfg)
-    old = {} if scratch else saved_settings(cfg.output_dir)
-    settings = {"num_iterations": cfg.it.num_iterations, "iteration_steps": steps,
-                "carry_optimizer_state": cfg.it.carry_optimizer_state, "model_name": cfg.it.model_name,
-                "world_size": dist.world_size(), "args": now, "started_with": old.get("started_with", now)}
-    commit.atomic_write_json(os.path.join(cfg.output_dir, SAVED_CONFIG), settings)
+    old = {} if scratch else settings.saved(cfg.output_dir)
+    record = {"num_iterations": cfg.it.num_iterations, "iteration_steps": steps,
+              "carry_optimizer_state": cfg.it.carry_optimizer_state, "model_name": cfg.it.model_name,
+              "world_size": dist.world_size(), "args": now, "given": cfg.given,
+              "started_with": old.get("started_with", now)}
+    commit.atomic_write_json(os.path.join(cfg.output_dir, settings.SAVED_CONFIG), record)
 
 
 def show_metrics(rows: list[dict]) -> None:

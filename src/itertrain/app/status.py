@@ -15,6 +15,7 @@ import re
 import sys
 from dataclasses import asdict
 
+from itertrain.app import settings as settings_
 from itertrain.core import defaults, inventory, manifest, progress
 from itertrain.core.names import CHECKPOINT, COMPLETE, ITERATION, Artifact, aside_why
 from itertrain.core.plan import BOTH, ITERATION_STRATEGY, TRAINER, PlanError, Request, make_plan
@@ -22,23 +23,6 @@ from itertrain.core.selectors import SelectorError, parse_checkpoint_selector, p
 from itertrain.phases import shards
 from itertrain.runtime import stop
 from itertrain.training import objectives
-
-SAVED_CONFIG = "itertrain_config.json"
-
-
-def _json(path: str) -> dict:
-    """A JSON object written by itertrain, or {} if it is missing or unreadable."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def saved_settings(output_dir: str) -> dict:
-    return _json(os.path.join(output_dir, SAVED_CONFIG))
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="itertrain status", description=__doc__.splitlines()[0])
@@ -86,7 +70,9 @@ def show_now(report: dict, output_dir: str, console=None) -> None:
 
     console = console or Console()
     seconds = [r["seconds"] for r in report["iterations"] if r.get("seconds")]
-    for line in progress.describe(_json(os.path.join(output_dir, progress.NAME)) or None, seconds):
+    state = settings_.read_json(os.path.join(output_dir, progress.NAME)) or None
+    stopped = os.path.exists(os.path.join(output_dir, stop.RECORD))
+    for line in progress.describe(state, seconds, stopped=stopped):
         console.print(line, highlight=False)
 
 
@@ -113,7 +99,7 @@ def watch(args, count: int | None = None, sleep=None) -> int:
 
 def build(args) -> dict:
     """The whole report as plain data (what --json prints)."""
-    saved = saved_settings(args.output_dir)
+    saved = settings_.saved(args.output_dir)
     carry = args.carry_optimizer_state if args.carry_optimizer_state is not None else saved.get("carry_optimizer_state")
     num_iterations = args.num_iterations or saved.get("num_iterations") or defaults.NUM_ITERATIONS
     req = Request(parse_checkpoint_selector(args.resume_from), parse_iteration_selector(args.resume_from_iteration),
@@ -129,7 +115,7 @@ def build(args) -> dict:
     checkpoints = [asdict(a) for a in sorted(artifacts, key=Artifact.sort_key) if a.kind == CHECKPOINT]
     aside = sorted(n for n in names if aside_why(n))
     aside += shards.aside(args.output_dir)
-    last_stop = _json(os.path.join(args.output_dir, stop.RECORD)) or None
+    last_stop = settings_.read_json(os.path.join(args.output_dir, stop.RECORD)) or None
     rows = iteration_rows(args.output_dir, artifacts, num_iterations)
     for row in rows:
         if last_stop and row["iteration"] == last_stop.get("iteration") and not row["state"].startswith("complete"):
@@ -186,22 +172,15 @@ def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: i
     return rows
 
 
-def resume_command(output_dir: str, settings: dict) -> str:
-    ws = settings.get("world_size") or 1
-    launcher = f"torchrun --nproc_per_node={ws} " if ws > 1 else "python "
-    model = f" --model_name {settings['model_name']}" if settings.get("model_name") else ""
-    return (f"{launcher}train_iterative.py{model} --output_dir {output_dir} "
-            "--resume_from auto --resume_from_iteration auto")
-
-
 def hints(output_dir: str, settings: dict, artifacts: list[Artifact], plan: dict, aside: list[str]) -> list[str]:
-    cmd = resume_command(output_dir, settings)
+    cmd = settings_.resume_command(output_dir, settings)
     out = []
     if "error" in plan:
         out.append(f"the flags given do not fit this experiment: {plan['error']}")
     elif plan["done"]:
         n = settings["num_iterations"]
-        out.append(f"all {n} iterations are complete; to run more, add --num_iterations {n + 1} (or more) to: {cmd}")
+        more = settings_.resume_command(output_dir, settings, "--num_iterations", str(n + 1))
+        out.append(f"all {n} iterations are complete; to run more (change {n + 1} as you like): {more}")
     elif plan["strategy"] == TRAINER:
         c = next(a for a in artifacts if a.name == plan["state_from"])
         where = (f"finished training at global step {c.global_step} but was not saved" if c.is_last_step

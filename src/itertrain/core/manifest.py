@@ -22,6 +22,11 @@ from itertrain.core.names import MANIFEST_NAME
 FORMAT = "itertrain.core.manifest/1"
 
 
+
+def utc_iso() -> str:
+    """Now in UTC, ISO 8601 (2026-12-03T21:05:43+00:00): every time a record or a report shows."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
 def file_digest(path: str) -> str:
     # Hashed through a read-only mmap: xxh3 reads the page cache directly, 6x faster here than
     # reading 8 MiB chunks into fresh buffers (2.5 ms instead of 16 ms for a 38 MB checkpoint).
@@ -56,7 +61,7 @@ def build(directory: str, *, kind: str, name: str, iteration: int, global_step: 
         "format": FORMAT, "kind": kind, "name": name, "iteration": iteration,
         "global_step": global_step, "local_step": local_step, "iteration_steps": iteration_steps,
         "started_from": started_from, "itertrain_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_iso(),
         "files": files, "extra": extra or {},
     }
 

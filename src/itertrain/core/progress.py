@@ -14,6 +14,7 @@ import warnings
 from datetime import datetime, timezone
 
 from itertrain.core.failpoints import PROGRESS as NAME  # (left out of the file events there)
+from itertrain.core.manifest import utc_iso
 
 EVERY = 2.0  # seconds between two writes, at most one
 
@@ -23,7 +24,7 @@ _current: Progress | None = None
 class Progress:
     def __init__(self, output_dir: str, num_iterations: int):
         self.path = os.path.join(output_dir, NAME)
-        self.state = {"pid": os.getpid(), "num_iterations": num_iterations, "started": _now()}
+        self.state = {"pid": os.getpid(), "num_iterations": num_iterations, "started": utc_iso()}
         self.written = 0.0
 
     def note(self, force: bool = False, **fields) -> None:
@@ -31,10 +32,10 @@ class Progress:
         `force` or the last write is older than EVERY seconds."""
         new_iteration = "iteration" in fields and fields["iteration"] != self.state.get("iteration")
         if new_iteration:
-            self.state["iteration_started"] = _now()
+            self.state["iteration_started"] = utc_iso()
         if new_iteration or fields.get("phase") not in (None, self.state.get("phase")):
             self.state.update(done=None, total=None, unit=None)  # a new phase counts its own progress
-        self.state.update(fields, updated=_now())
+        self.state.update(fields, updated=utc_iso())
         if self.written != float("inf") and (force or time.monotonic() - self.written >= EVERY):
             tmp = f"{self.path}.tmp"
             try:
@@ -77,24 +78,26 @@ def alive(pid) -> bool:
     return True
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def seconds_since(iso: str | None, now: datetime | None = None) -> float | None:
     if not iso:
         return None
     return ((now or datetime.now(timezone.utc)) - datetime.fromisoformat(iso)).total_seconds()
 
 
-def describe(state: dict | None, per_iteration: list[float], now: datetime | None = None) -> list[str]:
+def describe(state: dict | None, per_iteration: list[float], now: datetime | None = None,
+             stopped: bool = False) -> list[str]:
     """Lines for --watch: what the run is doing, its step and loss, the time per iteration and an
-    estimate of the time left (from the finished iterations' times)."""
+    estimate of the time left (from the finished iterations' times). `stopped`: the last run stopped
+    on request (its stop record is there)."""
     if not state:
         return ["now: no run has recorded progress here yet"]
     age = seconds_since(state.get("updated"), now)
-    if not alive(state.get("pid")) or state.get("phase") == "finished":
-        return [f"now: no run is active (the last one {state.get('phase', 'stopped')} at {state.get('updated')})"]
+    if state.get("phase") == "finished":
+        return [f"now: no run is active (the last one finished at {state.get('updated')})"]
+    if not alive(state.get("pid")):
+        how = "stopped" if stopped else "ended without finishing (killed or crashed)"
+        return [f"now: no run is active (the last one {how} in the {state.get('phase')} phase; last heard from "
+                f"at {state.get('updated')})"]
     k, n = state.get("iteration"), state.get("num_iterations")
     what = f"now: iteration {k} (of 0-{(n or 0) - 1}), {state.get('phase')}"
     if state.get("total"):

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 
-from itertrain.core import commit
+from itertrain.core import commit, manifest
 from itertrain.core.errors import UsageError
 
 EXIT_STOPPED = 75  # sysexits.h EX_TEMPFAIL: a scheduler requeues on it
@@ -34,7 +34,7 @@ class Stopped(Exception):
 
     def __init__(self, reason: str, phase: str, iteration: int, global_step: int, committed: str):
         self.record = {"reason": reason, "phase": phase, "iteration": iteration, "global_step": global_step,
-                       "committed": committed, "time": commit.utc_stamp()}
+                       "committed": committed, "time": manifest.utc_iso()}
         super().__init__(f"stopped ({reason}) in the {phase} phase of iteration {iteration} at global step "
                          f"{global_step}; committed: {committed}")
 
@@ -142,23 +142,6 @@ class Place:
         to stop (or with `reason`: a stop that rank 0 found alone and every rank now knows)."""
         if reason := reason or agreed():
             raise Stopped(reason, phase, self.iteration, self.global_step, self.committed)
-
-
-def resume_command(argv: list[str], world_size: int) -> str:
-    """The command line that resumes this run: its own flags, resuming with auto auto."""
-    import shlex
-
-    words, skip = [], False
-    for a in argv:
-        if skip or a.startswith(("--resume_from=", "--resume_from_iteration=")):
-            skip = False
-            continue
-        if a in ("--resume_from", "--resume_from_iteration"):
-            skip = True
-            continue
-        words.append(shlex.quote(a))
-    launcher = f"torchrun --nproc_per_node={world_size}" if world_size > 1 else "python"
-    return " ".join([launcher, "train_iterative.py", *words, "--resume_from auto --resume_from_iteration auto"])
 
 
 def record(output_dir: str, stopped: Stopped) -> None:

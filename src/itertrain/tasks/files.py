@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 from itertrain.core.errors import TaskError
@@ -27,6 +28,10 @@ def read(path: str, *, prompt_field: str = "prompt", answer_field: str = "answer
 
 def _rows(path: str):
     """(where, row) for each row: `file:line` for JSONL, `file: row N` otherwise."""
+    if not os.path.exists(path) and re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not path.startswith("."):
+        raise TaskError(f"{path}: no such file or directory, and hub names are not read (nothing is downloaded at "
+                        f"run time): save it locally first, e.g. python -c \"import datasets; datasets.load_dataset("
+                        f"'{path}', split='train').to_json('train.jsonl')\", then give train.jsonl")
     if path.endswith(".jsonl"):
         yield from _jsonl(path)
         return
