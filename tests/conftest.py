@@ -340,7 +340,9 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.fast)
         if k in GROUPS:
             item.add_marker(pytest.mark.xdist_group(MULTI_PROCESS))  # (xdist reads it after this hook)
-    items.sort(key=lambda item: GROUPS.index(kind(item)) if kind(item) in GROUPS else len(GROUPS))
+    # the docs' commands last: their launches of real interpreters then meet the group's tail, not its start
+    items.sort(key=lambda item: GROUPS.index(kind(item)) if kind(item) in GROUPS
+               else len(GROUPS) + (item.path.name == "test_docs.py"))
 
 
 _RAN_THE_GROUP = _YIELDED = False

@@ -137,3 +137,13 @@ def schema_rows() -> dict[str, set[str]]:
 def test_the_json_schema_table_lists_every_artifact_field():
     fields = {f.name for f in dataclasses.fields(Artifact)}
     assert fields - schema_rows()["checkpoints"] == set()
+
+
+def test_a_record_without_the_flags_given_says_to_repeat_them(tmp_path):
+    import json
+
+    (tmp_path / settings.SAVED_CONFIG).write_text(json.dumps({"num_iterations": 2, "world_size": 1}))
+    args = status._parser().parse_args([str(tmp_path)])
+    assert status.build(args)["hints"][-1] == status.OLD_RECORD
+    (tmp_path / settings.SAVED_CONFIG).write_text(json.dumps({"num_iterations": 2, "given": {}}))
+    assert status.OLD_RECORD not in status.build(args)["hints"]

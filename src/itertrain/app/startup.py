@@ -189,6 +189,10 @@ def decide(cfg: Config, steps: int):
     inv, plan = resolve(cfg, steps)
 
     def warn():
+        record = settings.saved(cfg.output_dir)
+        if plan.strategy != SCRATCH and record and "given" not in record:
+            plan.warnings.append("the experiment's record does not list the flags it was given (an itertrain before "
+                                 "it kept them): nothing is taken from it; this run has the flags given here")
         if plan.strategy != SCRATCH and (changed := settings_changes(cfg)):
             plan.warnings.append("resuming with other settings than the experiment was started with: "
                                  + "; ".join(changed))

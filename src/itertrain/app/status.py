@@ -125,7 +125,8 @@ def build(args) -> dict:
     return {"output_dir": args.output_dir, "settings": settings, "last_stop": last_stop, "generation": generation,
             "iterations": rows,
             "checkpoints": checkpoints, "artifacts": [asdict(a) for a in sorted(artifacts, key=lambda a: (a.kind, a.sort_key()))],
-            "set_aside": aside, "plan": plan, "hints": hints(args.output_dir, settings, artifacts, plan, aside)}
+            "set_aside": aside, "plan": plan, "hints": hints(args.output_dir, settings, artifacts, plan, aside)
+            + ([] if "given" in saved or not saved else [OLD_RECORD])}
 
 
 def _manifest(path: str) -> dict:
@@ -170,6 +171,10 @@ def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: i
                        prompts_total=progress[1])
         rows.append(row)
     return rows
+
+
+OLD_RECORD = ("this experiment's record does not list the flags it was given (written by an itertrain before "
+              "it kept them): add the run's own flags to the command above, or a resume takes the defaults")
 
 
 def hints(output_dir: str, settings: dict, artifacts: list[Artifact], plan: dict, aside: list[str]) -> list[str]:
