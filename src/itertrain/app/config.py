@@ -253,23 +253,29 @@ def parse(argv: list[str], prog: str | None = None) -> Config:
         except (ValueError, TypeError, ImportError) as e:  # TrainingArguments.__post_init__ checks
             raise UsageError(str(e).strip().splitlines()[0]) from None
         cfg = validate(it, train, peft, obj, own_arguments(own))
-        if record and (why := settings.refusal(record, resolved(cfg), given, cfg.it.change_experiment)):
-            raise UsageError(why)
-        if cfg.it.change_experiment and not record:
-            raise UsageError("--change_experiment true: only a resume of an experiment with recorded settings "
-                             "can change what defines it; drop it")
-        needs.check(cfg, set(given) - defaulted)
-        # a recorded flag that a change on purpose left without meaning (--dpo_beta once the objective
-        # is sft) is not carried on, nor is a default of ITERTRAIN_DEFAULTS that means nothing here
-        idle = needs.unused(cfg, {**carry, **dict.fromkeys(defaulted)})
-        kept = {k: v for k, v in {**given, **carry}.items() if k not in settings.PER_RUN and k not in idle}
-        carry = {k: v for k, v in carry.items() if k not in idle}
-        return dataclasses.replace(cfg, given=kept, carried=carry)
+        return settle(cfg, record, given, carry, defaulted)
     except Exception:
         # TrainingArguments made transformers' global DeepSpeed config live: a refused one must not
         # leave it, or this process's next from_pretrained would start a ZeRO-3 init.
         unset_hf_deepspeed_config()
         raise
+
+
+def settle(cfg: Config, record: dict, given: dict, carry: dict, defaulted: set) -> Config:
+    """`cfg` against the experiment's record (a resume's): a defining change refused unless asked for,
+    a flag without what it needs refused; records what was given and carried."""
+    # a recorded flag that a change on purpose left without meaning (--dpo_beta once the objective is
+    # sft) is not carried on, nor is a default of ITERTRAIN_DEFAULTS that means nothing in this run
+    idle = needs.unused(cfg, {**carry, **dict.fromkeys(defaulted)})
+    if record and (why := settings.refusal(record, resolved(cfg), {k: v for k, v in given.items() if k not in idle},
+                                           cfg.it.change_experiment)):
+        raise UsageError(why)
+    if cfg.it.change_experiment and not record:
+        raise UsageError("--change_experiment true: only a resume of an experiment with recorded settings can "
+                         "change what defines it; drop it")
+    needs.check(cfg, set(given) - defaulted)
+    kept = {k: v for k, v in {**given, **carry}.items() if k not in settings.PER_RUN and k not in idle}
+    return dataclasses.replace(cfg, given=kept, carried={k: v for k, v in carry.items() if k not in idle})
 
 
 def own_arguments(parsed: list | None = None) -> dict:
