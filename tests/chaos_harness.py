@@ -6,7 +6,9 @@ that dies at that exact event with os._exit(137), as kill -9 does (optionally cu
 opened for writing to half: a torn write), resumes it with `auto auto` until done, and compares the
 final iteration model and metrics with an uninterrupted run. Every resume is the short command a user
 types after a crash, `--output_dir D --resume_from auto --resume_from_iteration auto` and nothing else
-(the rest comes from the experiment's record), except on an adopted experiment, which has no record.
+(the rest comes from the experiment's record), once the experiment has begun: its record is written
+before its first artifact. Before that (a kill while the directory is claimed) nothing is begun and the
+resume is the full command again, as a user would run it; an adopted experiment has no record either.
 Verdicts:
   PASS               identical weights (max abs diff 0.0) and metrics
   HARD_FAIL          a resume exited with an error, or never finished
@@ -83,6 +85,11 @@ def example_flags(model: Path) -> list[str]:
             "--eval_prompts", str(EXAMPLE / "eval.jsonl"), "--sft_data", str(EXAMPLE / "train.jsonl"),
             "--prompt_field", "question", "--verifier", "gsm8k", "--verifier_workers", "2",
             "--max_new_tokens", "32"]
+
+
+def _recorded(out: Path) -> bool:
+    """The experiment has begun: its settings are recorded (before its first artifact)."""
+    return (out / "itertrain_config.json").exists()
 
 
 def _cmd(out: Path, ranks: int, *extra: str, short: bool = False) -> list[str]:
@@ -320,7 +327,7 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
     err_path = work / f"r{seed}.stderr"
     for launch in range(kills + 5):
         log = work / f"r{seed}.events{launch}"
-        p = _start(out, ranks, err_path, log, short=launch > 0 and layout is None)
+        p = _start(out, ranks, err_path, log, short=launch > 0 and layout is None and _recorded(out))
         if len(result["killed_at"]) < kills:
             lo, hi = window if not isinstance(window, list) else \
                 rng.choices(window, weights=[b - a + 1 for a, b in window])[0]
@@ -411,7 +418,7 @@ def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: i
                 if start != best["name"]:
                     lost = f"newest usable {best['name']}, plan starts from {start}"
             gen = st.get("generation")
-        proc = _run(out, *AUTO, ranks=ranks, short=layout is None)  # (an adopted experiment has no record)
+        proc = _run(out, *AUTO, ranks=ranks, short=layout is None and _recorded(out))
         if attempt == 0 and crashed.returncode != 0 and gen and not torn and not lost \
                 and f"({gen['prompts_done']} already committed" not in proc.stdout:
             lost = f"{gen['prompts_done']} prompts were committed in shards of iteration {gen['iteration']}, " \

@@ -146,12 +146,16 @@ CASES = {"non-default flags": ("reference", ()), "lora": ("peft_ref", tuple(PEFT
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("case", CASES)
-def test_the_short_resume_continues_the_experiment(tmp_path_factory, tmp_path, case):
+def test_the_short_resume_continues_the_experiment(tmp_path_factory, tmp_path, case, capsys):
+    """Resumed with the command `itertrain status` prints, run as printed: only --output_dir and the two
+    resume flags."""
     name, flags = CASES[case]
     ref = reference_run(tmp_path_factory, name)[0]
     out = tmp_path / "exp"
     killed_by(run_cli(out, *flags, failpoints="train.step=10"), "train.step=10", leaves=out / "checkpoint-9")
-    proc = run_cli(out, *AUTO, small=())  # only --output_dir and the two resume flags
+    command = status_command(out, capsys)
+    assert command == f"python train_iterative.py --output_dir {shlex.quote(str(out))} {' '.join(AUTO)}"
+    proc = run_printed(command)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "settings from the experiment's record: " in proc.stdout and "other settings" not in proc.stdout
     last = sorted(p.name for p in ref.glob("iter_*"))[-1]
