@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -210,10 +211,15 @@ def config_file_args(path: str) -> list[str]:
 
 def given_flags(argv: list[str]) -> dict:
     """{flag: value} of the flags `argv` gives (abbreviations and --no_X included), parsed alone."""
-    p = parser()
+    return vars(_given_parser(arguments()).parse_args(argv))
+
+
+@functools.lru_cache(maxsize=4)  # (an HfArgumentParser takes milliseconds to build; argparse keeps no state)
+def _given_parser(classes: tuple) -> HfArgumentParser:
+    p = Parser(classes)
     for action in p._actions:
         action.default = argparse.SUPPRESS
-    return vars(p.parse_args(argv))
+    return p
 
 
 DEFAULTS_ENV = "ITERTRAIN_DEFAULTS"  # a config file under every command line (the docs' test sets small sizes so)
