@@ -18,10 +18,9 @@ class _Model(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
 
 
-def hf_steps(n: int, batch: int, accumulation: int, world: int, epochs: float, drop_last: bool) -> int:
-    args = config.parse(["--output_dir", "/tmp/unused", "--num_train_epochs", str(epochs), "--per_device_train_batch_size",
-                         str(batch), "--gradient_accumulation_steps", str(accumulation), "--dataloader_drop_last",
-                         str(drop_last).lower(), "--report_to", "none"]).train
+def hf_steps(args, n: int, world: int) -> int:
+    """The optimizer steps HF's Trainer counts for `n` examples on `world` ranks under `args` (its TrainingArguments)."""
+    batch, drop_last = args.per_device_train_batch_size, args.dataloader_drop_last
     trainer = Trainer(model=_Model(), args=args)
     loader = prepare_data_loader(DataLoader(list(range(n)), batch_size=batch, drop_last=drop_last), num_processes=world,
                                  process_index=0, put_on_device=False)
@@ -38,7 +37,7 @@ def test_epoch_steps_match_hf(n, batch, accumulation, world, epochs, drop_last):
     cfg = config.parse(["--output_dir", "/tmp/unused", "--num_train_epochs", str(epochs), "--per_device_train_batch_size",
                         str(batch), "--gradient_accumulation_steps", str(accumulation), "--dataloader_drop_last",
                         str(drop_last).lower()])
-    assert cfg.iteration_steps(world, n) == hf_steps(n, batch, accumulation, world, epochs, drop_last)
+    assert cfg.iteration_steps(world, n) == hf_steps(cfg.train, n, world)
 
 
 def test_the_reported_case():  # 32 examples, batch 8, accumulation 3: HF trains 2 steps, not 1
