@@ -27,10 +27,10 @@ from itertrain.tasks import tinymodel
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
 
-def record(out, given: dict, **args) -> None:
-    """A record as a run writes it: the flags `given`, and the resolved `args` (defaults plus `given`)."""
+def record(out, given: dict) -> None:
+    """A record as a run writes it: the flags `given`, and the resolved settings (defaults plus `given`)."""
     cfg = config.parse(["--output_dir", str(out), *config.flag_words(given)])
-    now = {**config.resolved(cfg), **args}
+    now = config.resolved(cfg)
     out.mkdir(exist_ok=True)
     (out / settings.SAVED_CONFIG).write_text(json.dumps(
         {"args": now, "given": cfg.given, "started_with": now, "world_size": 1}))

@@ -240,8 +240,7 @@ def parse(argv: list[str], prog: str | None = None) -> Config:
     if not any(a.startswith("--disable_tqdm") for a in argv):
         # Progress bars only where someone watches them: a terminal (a log file gets no \r lines).
         argv = [*argv, "--disable_tqdm", str(not sys.stderr.isatty()).lower()]
-    if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv) and not any(
-            a in ("-h", "--help") for a in argv):
+    if not helping and not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
         # HF would quietly default to ./trainer_output: an experiment directory is never guessed.
         raise UsageError("--output_dir is required (the experiment directory)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not any(a.startswith("--use_cpu") for a in argv):
