@@ -17,7 +17,7 @@ pytestmark = pytest.mark.fast
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "itertrain"
-LAYERS = ["core", "runtime", "tasks", "phases", "training", "trackers", "app"]
+LAYERS = ["core", "runtime", "mirror", "tasks", "phases", "training", "trackers", "app"]
 HEAVY = {"torch", "transformers", "accelerate", "peft", "trl", "datasets", "deepspeed", "safetensors"}
 
 

@@ -38,6 +38,8 @@ CASES = [
     (["--dpo_loss_type", "ipo"], ["--objective", "dpo"]),
     (["--dpo_label_smoothing", "0.1"], ["--objective", "dpo"]),
     (["--dpo_args", "{}"], ["--objective", "dpo"]),
+    (["--mirror_keep", "3"], ["--mirror_to", "file:///tmp/unused-needs-mirror"]),
+    (["--mirror_grace", "5"], ["--mirror_to", "file:///tmp/unused-needs-mirror"]),
 ]
 # what the refusal is tried with, where the defaults would give the flag its meaning
 WITHOUT = {"--num_gold": FILES, "--num_prompts": FILES, "--num_eval": FILES, "--gold_iterations": FILES}
@@ -55,7 +57,7 @@ def test_a_flag_without_what_it_needs_is_refused_and_applied_with_it(flag, partn
     if partner is not None:
         cfg = parse(*flag, *partner)
         name = flag[0][2:]
-        value = next(getattr(part, name) for part in (cfg.it, cfg.peft, cfg.obj, *cfg.objective_args.values(),
+        value = next(getattr(part, name) for part in (cfg.it, cfg.peft, cfg.obj, cfg.mirror, *cfg.objective_args.values(),
                                                       cfg.train) if hasattr(part, name))
         assert str(value).lower() in (flag[1].lower(), f"['{flag[1]}']", str(float(flag[1])) if flag[1][0].isdigit() else "")
 

@@ -56,6 +56,9 @@ def leave(code: int) -> int:
 
 def train_command(argv: list[str], prog: str | None = None) -> int:
     """`itertrain train`: parse the flags, run the experiment, turn each kind of failure into its exit code."""
+    from itertrain.runtime import stop
+
+    stop.early()  # before the imports below (seconds): a stop request then is acted on at the first safe point
     gc.disable()  # until startup.freeze_imports, which freezes what the imports below leave
     try:
         return _train(argv, prog)
@@ -70,7 +73,11 @@ def _train(argv: list[str], prog: str | None) -> int:
     from itertrain.runtime import stop
 
     try:
-        cfg = parse(argv, prog)
+        try:
+            cfg = parse(argv, prog)
+        except BaseException:
+            stop.drop_early()
+            raise
         handlers = stop.install(cfg.it.stop_signals, cfg.it.stop_after)
         from itertrain.app import startup
         from itertrain.runtime import dist
@@ -79,14 +86,23 @@ def _train(argv: list[str], prog: str | None) -> int:
         try:
             try:
                 code = startup.run_experiment(cfg)
+                if dist.is_main() and startup.settle_mirror(None) is False:
+                    print("itertrain: stopped while the last uploads to the mirror waited: every artifact is "
+                          "committed here; a resume uploads the rest", flush=True)
+                    code = stop.EXIT_STOPPED
             except stop.Stopped as e:
                 if dist.is_main():
+                    if (mirrored := startup.settle_mirror(cfg.mirror.mirror_grace)) is not None:
+                        e.record.update(mirror=cfg.mirror.mirror_to, mirrored=mirrored)
                     stop.record(cfg.output_dir, e)
+                    startup.settle_mirror(min(cfg.mirror.mirror_grace, 10.0))  # the record itself
                     from itertrain.app import settings
 
                     command = settings.resume_command(cfg.output_dir, settings.saved(cfg.output_dir))
                     print(f"itertrain: {e}. Resume with: {command}", flush=True)
                 code = stop.EXIT_STOPPED
+            finally:
+                startup.close_mirror(cfg.mirror.mirror_grace)
             several = dist.world_size() > 1
             dist.finish()
         finally:

@@ -26,6 +26,8 @@ from itertrain.core.selectors import (
     parse_checkpoint_selector,
     parse_iteration_selector,
 )
+from itertrain.mirror import MirrorArguments
+from itertrain.mirror import validate as validate_mirror
 from itertrain.tasks import verifiers
 from itertrain.tasks.types import builtin_task
 from itertrain.training import adapters, objectives
@@ -155,6 +157,7 @@ class Config:
     peft: PeftArguments = field(default_factory=PeftArguments)
     obj: ObjectiveArguments = field(default_factory=ObjectiveArguments)
     objective_args: dict = field(default_factory=dict)  # each objective's own Arguments, by name
+    mirror: MirrorArguments = field(default_factory=MirrorArguments)
     given: dict = field(default_factory=dict)  # {flag: value as given}: command line, config file, or the record
     carried: dict = field(default_factory=dict)  # {flag: value} a resume took from the experiment's record
 
@@ -180,7 +183,8 @@ class Config:
 
 def arguments() -> tuple[type, ...]:
     """Every flag dataclass: ours, HF's TrainingArguments, PEFT's, and each objective's own."""
-    return (IterArguments, IterTrainingArguments, PeftArguments, ObjectiveArguments, *objectives.argument_classes())
+    return (IterArguments, IterTrainingArguments, PeftArguments, ObjectiveArguments, MirrorArguments,
+            *objectives.argument_classes())
 
 
 def parser(prog: str | None = None) -> HfArgumentParser:
@@ -234,7 +238,7 @@ def parse(argv: list[str], prog: str | None = None) -> Config:
     from_defaults = {} if helping or not defaults else given_flags(defaults)  # applied where they mean something
     defaulted = set(from_defaults) - set(given)
     argv, given = [*defaults, *argv], {**from_defaults, **given}
-    record = settings.saved(given["output_dir"]) if settings.resuming(given) and given.get("output_dir") else {}
+    record = settings.recorded(given)
     carry = settings.carried(record, given)
     argv = [*flag_words(carry), *argv]
     if not any(a.startswith("--disable_tqdm") for a in argv):
@@ -254,10 +258,10 @@ def parse(argv: list[str], prog: str | None = None) -> Config:
         argv = [*argv, "--max_steps", "-1"]  # epochs asked for: the demo's step default must not override them
     try:
         try:
-            it, train, peft, obj, *own = parser(prog).parse_args_into_dataclasses(args=argv)
+            it, train, peft, obj, mirror, *own = parser(prog).parse_args_into_dataclasses(args=argv)
         except (ValueError, TypeError, ImportError) as e:  # TrainingArguments.__post_init__ checks
             raise UsageError(str(e).strip().splitlines()[0]) from None
-        cfg = validate(it, train, peft, obj, own_arguments(own))
+        cfg = validate(it, train, peft, obj, own_arguments(own), mirror)
         return settle(cfg, record, given, carry, defaulted)
     except Exception:
         # TrainingArguments made transformers' global DeepSpeed config live: a refused one must not
@@ -292,7 +296,8 @@ def own_arguments(parsed: list | None = None) -> dict:
 
 
 def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArguments | None = None,
-             obj: ObjectiveArguments | None = None, own: dict | None = None) -> Config:
+             obj: ObjectiveArguments | None = None, own: dict | None = None,
+             mirror: MirrorArguments | None = None) -> Config:
     if not train.output_dir:
         raise UsageError("--output_dir is required (the experiment directory)")
     ckpt_sel = parse_checkpoint_selector(it.resume_from)
@@ -373,11 +378,12 @@ def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArgument
     obj = obj or ObjectiveArguments()
     own = own_arguments() if own is None else own
     objectives.validate(obj, train, own)
-    return Config(it, train, ckpt_sel, iter_sel, peft, obj, own)
+    validate_mirror(mirror := mirror or MirrorArguments())
+    return Config(it, train, ckpt_sel, iter_sel, peft, obj, own, mirror=mirror)
 
 
 def resolved(cfg: Config) -> dict:
     """Every setting of this run, as saved in the experiment directory."""
     own = {k: v for args in cfg.objective_args.values() for k, v in dataclasses.asdict(args).items()}
     return {**dataclasses.asdict(cfg.it), **dataclasses.asdict(cfg.peft), **dataclasses.asdict(cfg.obj), **own,
-            **cfg.train.to_dict()}
+            **dataclasses.asdict(cfg.mirror), **cfg.train.to_dict()}

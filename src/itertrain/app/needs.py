@@ -33,6 +33,7 @@ RULES = [
     ((*LORA_FLAGS, "peft_iteration"), lambda c: c.peft.use_peft, "--use_peft true (or --peft_config)"),
     (("bnb_4bit_quant_type", "use_bnb_nested_quant"), lambda c: c.peft.load_in_4bit, "--load_in_4bit true"),
     (("sft_iterations",), lambda c: c.obj.objective != objectives.SFT, "an --objective other than sft"),
+    (("mirror_keep", "mirror_grace"), lambda c: bool(c.mirror.mirror_to), "--mirror_to (the mirror they govern)"),
 ]
 
 

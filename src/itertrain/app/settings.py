@@ -31,7 +31,8 @@ FREE = PER_RUN | {
     "vllm_python", "vllm_gpu_memory_utilization", "verifier_workers", "report_to", "run_name", "logging_steps",
     "logging_strategy", "logging_first_step", "save_steps", "save_strategy", "save_total_limit", "log_level",
     "log_level_replica", "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
-    "dataloader_pin_memory", "hub_token", "tracker_log_model", "world_size"}
+    "dataloader_pin_memory", "hub_token", "tracker_log_model", "world_size", "mirror_to", "mirror_keep",
+    "mirror_grace"}
 
 # What the saved state means: changing one mixes two experiments (an adapter trained on another model,
 # samples of another task, DPO state under an SFT run). Refused unless --change_experiment.
@@ -65,6 +66,19 @@ def read_json(path: str) -> dict:
 def saved(output_dir: str) -> dict:
     """The experiment's record, or {}."""
     return read_json(os.path.join(output_dir, SAVED_CONFIG))
+
+
+def recorded(given: dict) -> dict:
+    """The record a resume continues: its --output_dir's, or on a fresh machine (no record there) the
+    one on its --mirror_to; {} for a run that does not resume."""
+    out = given.get("output_dir")
+    if not resuming(given) or not out:
+        return {}
+    if os.path.exists(os.path.join(out, SAVED_CONFIG)) or not given.get("mirror_to"):
+        return saved(out)
+    from itertrain.mirror.session import remote_record
+
+    return remote_record(given["mirror_to"], SAVED_CONFIG)
 
 
 def resuming(given: dict) -> bool:
@@ -117,5 +131,8 @@ def resume_command(output_dir: str, record: dict, *extra: str) -> str:
     words = [*(["torchrun", f"--nproc_per_node={ws}"] if ws > 1 else ["python"]), "train_iterative.py"]
     if record.get("model_name"):
         words += ["--model_name", record["model_name"]]
-    words += ["--output_dir", output_dir, "--resume_from", "auto", "--resume_from_iteration", "auto", *extra]
+    words += ["--output_dir", output_dir, "--resume_from", "auto", "--resume_from_iteration", "auto"]
+    if mirror := record.get("given", {}).get("mirror_to") or record.get("mirror_to"):
+        words += ["--mirror_to", mirror]  # a fresh machine has no record but the mirror's
+    words += extra
     return " ".join(shlex.quote(w) for w in words)

@@ -16,8 +16,9 @@ import sys
 from dataclasses import asdict
 
 from itertrain.app import settings as settings_
-from itertrain.core import defaults, inventory, manifest, progress
-from itertrain.core.names import CHECKPOINT, COMPLETE, ITERATION, Artifact, aside_why
+from itertrain.core import defaults, inventory, manifest, mirrored, progress
+from itertrain.core.errors import UsageError
+from itertrain.core.names import CHECKPOINT, COMPLETE, ITERATION, MANIFEST_NAME, Artifact, aside_why
 from itertrain.core.plan import BOTH, ITERATION_STRATEGY, TRAINER, PlanError, Request, make_plan
 from itertrain.core.selectors import SelectorError, parse_checkpoint_selector, parse_iteration_selector
 from itertrain.phases import shards
@@ -44,13 +45,53 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if "://" in args.output_dir:  # a mirror with no local directory: its records, read into a temporary one
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="itertrain-status-") as tmp:
+            try:
+                url, args.output_dir = args.output_dir, _mirror_view(args.output_dir, tmp)
+            except UsageError as e:
+                print(f"itertrain status: error: {e}", file=sys.stderr)
+                return 2
+            try:
+                return _report(args, url)
+            finally:
+                mirrored.VIEWS.pop(tmp, None)
     if not os.path.isdir(args.output_dir):
         print(f"itertrain status: error: {args.output_dir} is not a directory", file=sys.stderr)
         return 2
+    return _report(args)
+
+
+def _mirror_view(url: str, tmp: str) -> str:
+    """`tmp` made to look like the experiment the mirror at `url` holds: its records there, its
+    artifacts in the inventory's view (mirrored.VIEWS). Nothing is written to the mirror but its
+    check's probe."""
+    from itertrain.mirror.store import open_store
+
+    store = open_store(url, write=False)
+    listing = store.listing()
+    files = mirrored.units(listing)
+    mirrored.VIEWS[tmp] = {"url": store.url, "uploading": [], "units": {
+        u: mirrored.judge(fs, store.cat(f"{u}/{MANIFEST_NAME}") if MANIFEST_NAME in fs else None)
+        for u, fs in files.items()}}
+    for name in (settings_.SAVED_CONFIG, stop.RECORD, "metrics.jsonl"):
+        if name in listing:
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(store.cat(name))
+    return tmp
+
+
+def _report(args, url: str | None = None) -> int:
     if args.stopped:
         return stop.EXIT_STOPPED if os.path.exists(os.path.join(args.output_dir, stop.RECORD)) else 0
     try:
         report = build(args)
+        if url:  # the resume command and the title name the mirror and the directory the run had
+            here = settings_.saved(args.output_dir).get("args", {}).get("output_dir") or "OUTPUT_DIR"
+            report = json.loads(json.dumps(report).replace(json.dumps(args.output_dir)[1:-1], here))
+            report["output_dir"] = url
     except (SelectorError, ValueError) as e:
         print(f"itertrain status: error: {e}", file=sys.stderr)
         return 2
@@ -105,14 +146,21 @@ def build(args) -> dict:
     req = Request(parse_checkpoint_selector(args.resume_from), parse_iteration_selector(args.resume_from_iteration),
                   num_iterations, bool(carry), saved.get("world_size") or 1)
     max_steps = args.max_steps or saved.get("iteration_steps") or defaults.MAX_STEPS
-    artifacts, names = inventory.scan(args.output_dir, max_steps)
+    artifacts, names = inventory.scan(args.output_dir, max_steps, mirror=True)
+    index = mirrored.read_index(args.output_dir)
     try:
         plan = make_plan(artifacts, req, existing=names, stamp="<time>").to_json()
     except PlanError as e:
         plan = {"error": str(e)}
     settings = {"num_iterations": num_iterations, "iteration_steps": max_steps,
-                "model_name": saved.get("model_name"), "world_size": saved.get("world_size", 1)}
-    checkpoints = [asdict(a) for a in sorted(artifacts, key=Artifact.sort_key) if a.kind == CHECKPOINT]
+                "model_name": saved.get("model_name"), "world_size": saved.get("world_size", 1),
+                "mirror_to": saved.get("given", {}).get("mirror_to")}
+
+    def described(a: Artifact) -> dict:
+        local = None if a.where or a.state != COMPLETE else _manifest(os.path.join(args.output_dir, a.name))
+        return {**asdict(a), "location": mirrored.where_is(a.name, not a.where, index, local) if index else None}
+
+    checkpoints = [described(a) for a in sorted(artifacts, key=Artifact.sort_key) if a.kind == CHECKPOINT]
     aside = sorted(n for n in names if aside_why(n))
     aside += shards.aside(args.output_dir)
     last_stop = settings_.read_json(os.path.join(args.output_dir, stop.RECORD)) or None
@@ -124,12 +172,18 @@ def build(args) -> dict:
                         "prompts_total": r["prompts_total"]} for r in rows if "prompts_done" in r), None)
     return {"output_dir": args.output_dir, "settings": settings, "last_stop": last_stop, "generation": generation,
             "iterations": rows,
-            "checkpoints": checkpoints, "artifacts": [asdict(a) for a in sorted(artifacts, key=lambda a: (a.kind, a.sort_key()))],
+            "checkpoints": checkpoints, "artifacts": [described(a) for a in sorted(artifacts, key=lambda a: (a.kind, a.sort_key()))],
+            "mirror": {"url": index["url"], "uploading": index.get("uploading", []), "dropped": index.get("dropped", [])}
+            if index else None,
             "set_aside": aside, "plan": plan, "hints": hints(args.output_dir, settings, artifacts, plan, aside)
             + ([] if "given" in saved or not saved else [OLD_RECORD])}
 
 
 def _manifest(path: str) -> dict:
+    """A committed artifact's manifest: from its directory, or (only the mirror has it) the mirror's index."""
+    if not os.path.isdir(path):
+        entry = mirrored.read_index(os.path.dirname(path)).get("units", {}).get(os.path.basename(path), {})
+        return entry.get("manifest") or {}
     try:
         return manifest.read(path)
     except manifest.ManifestError:
@@ -250,8 +304,13 @@ def show(r: dict, console=None) -> None:
         console.print(f"stopped: {stopped['reason']} in the {stopped['phase']} phase of iteration {stopped['iteration']} "
                       f"at global step {stopped['global_step']} ({stopped['time']}); committed: {stopped['committed']}",
                       highlight=False)
+    if mirror := r.get("mirror"):
+        where = [a["location"] for a in r["artifacts"]]
+        console.print(f"mirror: {mirror['url']}: {where.count(mirrored.MIRRORED)} mirrored, "
+                      f"{where.count(mirrored.UPLOADING)} uploading, {where.count(mirrored.LOCAL)} only here, "
+                      f"{where.count(mirrored.ONLY_MIRROR)} only on the mirror", highlight=False)
     ck = Table(title="checkpoints", **compact)
-    for col in ("checkpoint", "it", "step", "state", "size", "note"):
+    for col in ("checkpoint", "it", "step", "state", "size", *(("where",) if r.get("mirror") else ()), "note"):
         ck.add_column(col, no_wrap=True, justify="right" if col in ("it", "step", "size") else "left")
     notes = []
     for c in r["checkpoints"]:
@@ -259,7 +318,7 @@ def show(r: dict, console=None) -> None:
         if c["why"]:
             notes.append(f"[{len(notes) + 1}] {c['name']}: {c['why']}")
         ck.add_row(c["name"], str(c["iteration"]), local, c["state"], f"{c['size'] / 1e6:.1f} MB",
-                   f"[{len(notes)}]" if c["why"] else "")
+                   *((c["location"],) if r.get("mirror") else ()), f"[{len(notes)}]" if c["why"] else "")
     console.print(ck)
     for note in notes:
         console.print(note, highlight=False, soft_wrap=True, markup=False)

@@ -30,7 +30,11 @@ def _found(a: Artifact, path: str) -> list[str]:
 
 
 def render(output_dir: str, inventory: list[Artifact], plan: Plan, model_name: str) -> str:
+    remote = {a.name: a.where for a in inventory if a.where}
+
     def p(name: str | None) -> str:
+        if name in remote:  # only the mirror had it when the plan was made
+            return f"{remote[name]}/{name} (from the mirror)"
         return os.path.join(output_dir, name) if name else f"{model_name} (--model_name)"
 
     lines = [RULE, "CHECKPOINT RECOVERY SYSTEM", RULE]
@@ -59,6 +63,8 @@ def render(output_dir: str, inventory: list[Artifact], plan: Plan, model_name: s
         lines.append(f"   ▶️  Next: iteration {plan.next_iteration}, global step {plan.next_step}")
     for r in plan.renames:
         lines.append(f"   ✏️  Rename aside: {r.artifact} -> {r.to} ({r.why})")
+    for r in plan.remote_renames:
+        lines.append(f"   ✏️  Rename aside on the mirror: {r.artifact} -> {r.to} ({r.why})")
     for name in plan.create_config:
         lines.append(f"   🛠  Create {name}/config.json from --model_name")
     for w in plan.warnings:

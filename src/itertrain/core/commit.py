@@ -18,6 +18,25 @@ from itertrain.core.names import MANIFEST_NAME, aside_suffix
 
 STAGING = ".staging"
 
+# Who is told of each change under an experiment (the object-storage mirror): fn(event, *paths) with
+# "commit" (a committed directory), "write" (a file written atomically), "aside" (from, to) and
+# "remove" (a committed directory deleted). Called in the thread that made the change.
+_watchers: list = []
+
+
+def watch(fn) -> None:
+    _watchers.append(fn)
+
+
+def unwatch(fn) -> None:
+    if fn in _watchers:
+        _watchers.remove(fn)
+
+
+def _tell(event: str, *paths: str) -> None:
+    for fn in list(_watchers):
+        fn(event, *paths)
+
 
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -43,6 +62,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
+    _tell("write", path)
 
 
 def atomic_write_json(path: str, obj) -> None:
@@ -80,12 +100,27 @@ def commit_dir(staged: str, final: str, *, failpoint: tuple[str, int], **provena
     atomic_write_json(os.path.join(staged, MANIFEST_NAME), m)
     os.rename(staged, final)
     fsync_dir(os.path.dirname(os.path.abspath(final)))
+    _tell("commit", final)
     return m
+
+
+def commit_as_is(staged: str, final: str, manifest_bytes: bytes) -> None:
+    """Commit `staged` under the manifest it already has elsewhere (an artifact fetched from the
+    mirror, its files checked against that manifest): fsync, the manifest last, rename."""
+    if os.path.lexists(final):
+        raise FileExistsError(f"refusing to overwrite {final}: it already exists")
+    fsync_tree(staged)
+    atomic_write_bytes(os.path.join(staged, MANIFEST_NAME), manifest_bytes)
+    os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
+    os.rename(staged, final)
+    fsync_dir(os.path.dirname(os.path.abspath(final)))
+    _tell("commit", final)
 
 
 def rename_aside(output_dir: str, name: str, to: str) -> None:
     os.rename(os.path.join(output_dir, name), os.path.join(output_dir, to))
     fsync_dir(output_dir)
+    _tell("aside", os.path.join(output_dir, name), os.path.join(output_dir, to))
 
 
 def utc_stamp() -> str:
@@ -115,3 +150,4 @@ def remove_committed(output_dir: str, name: str, staging_root: str | None = None
     os.rename(os.path.join(output_dir, name), doomed)
     fsync_dir(output_dir)
     shutil.rmtree(doomed)
+    _tell("remove", os.path.join(output_dir, name))

@@ -18,6 +18,8 @@ os._exit(137), as a kill -9 would: no finally blocks, no flushing, no atexit.
                       to half its size (a write that did not reach the disk); with :enospc, the
                       process does not die: that write and every later one fails with ENOSPC, as
                       on a full disk. @R: only on rank R (default: every rank counts its own events)
+  mirror.event=N      before the N-th write to the mirror (an upload's file or manifest, a copy, a
+                      delete), in the thread that uploads; logged to ITERTRAIN_CHAOS_LOG.mirror
   load.fail=NAME@R     verifying artifact NAME fails on rank R only (as a bad local disk would)
   view.hide=NAME@R     rank R's listing of --output_dir lacks NAME (ranks whose views differ)
   signal.POINT=V[:SIG][@R]
@@ -40,6 +42,9 @@ import time
 
 ENV = "ITERTRAIN_FAILPOINTS"
 PROGRESS = ".itertrain.progress.json"  # progress.py's record: written when the clock says, not a fixed event
+# The mirror's index and its upload snapshots: written as uploads finish, when the store answers
+# (the mirror's own crash points are its writes to the store: mirror.event)
+NOT_EVENTS = (PROGRESS, ".itertrain.mirror.json", f".staging{os.sep}mirror")
 TRACKER_DIRS = ("wandb",)  # W&B's local files (its client and service write when they choose): not events
 LOG_ENV = "ITERTRAIN_CHAOS_LOG"
 _PATH_EVENTS = {"os.rename": 0, "os.remove": 0, "os.mkdir": 0, "os.rmdir": 0, "shutil.rmtree": 0,
@@ -88,6 +93,14 @@ def hit(name: str, value: int | None = None, *, at_least: bool = False) -> None:
         sys.stderr.write(f"itertrain: failpoint {name}={value} hit: exiting with 137\n")
         sys.stderr.flush()
         os._exit(137)
+
+
+def mirror_event(n: int, what: str, rel: str) -> None:
+    """The mirror's n-th write (store.py): logged for the chaos harness, and a crash point."""
+    if log_path := os.environ.get(LOG_ENV):
+        with open(f"{log_path}.mirror", "a", encoding="utf-8") as f:
+            f.write(f"{n}\tmirror.{what}\t{rel}\n")
+    hit("mirror.event", n)
 
 
 def send_signal(point: str, value: int) -> None:
@@ -140,6 +153,8 @@ def install_file_events(root: str) -> None:
             return
         full = os.path.realpath(os.fspath(path))
         if not full.startswith(root) or os.path.basename(full).startswith(PROGRESS):
+            return
+        if os.path.relpath(full, root).startswith(NOT_EVENTS):
             return
         if os.path.relpath(full, root).split(os.sep)[0] in TRACKER_DIRS:
             return

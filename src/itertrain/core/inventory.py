@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from itertrain.core import failpoints, manifest
+from itertrain.core import failpoints, manifest, mirrored
 from itertrain.core.names import (
     CHECKPOINT,
     COMPLETE,
@@ -37,25 +37,31 @@ def _dir_size(path: str) -> int:
 
 
 def _from_manifest(name: str, kind: str, number: int, path: str) -> Artifact:
-    def broken(why: str) -> Artifact:
-        return Artifact(name, kind, CORRUPT, iteration=number if kind == ITERATION else 0,
-                        global_step=number if kind == CHECKPOINT else 0, why=why)
-
     try:
         m = manifest.read(path)
     except manifest.ManifestError as e:
-        return broken(str(e))
+        return from_manifest(name, kind, number, None, str(e))
+    return from_manifest(name, kind, number, m, manifest.size_problem(path, m))
+
+
+def from_manifest(name: str, kind: str, number: int, m: dict | None, problem: str | None, where: str = "") -> Artifact:
+    """An artifact as its manifest `m` describes it; CORRUPT with `problem` (or a manifest that names
+    another artifact). `where`: the mirror's URL for an artifact only the mirror has."""
+    def broken(why: str) -> Artifact:
+        return Artifact(name, kind, CORRUPT, iteration=number if kind == ITERATION else 0,
+                        global_step=number if kind == CHECKPOINT else 0, why=why, where=where)
+
+    if m is None or problem:
+        return broken(problem or f"{MANIFEST_NAME} unreadable")
     if m.get("kind") != kind or (number != (m["global_step"] if kind == CHECKPOINT else m["iteration"])):
         return broken(f"{MANIFEST_NAME} describes {m.get('kind')} {m.get('name')}, not {name}")
-    if problem := manifest.size_problem(path, m):
-        return broken(problem)
     engine = sharded_engine(list(m["files"])) if kind == CHECKPOINT else None
     return Artifact(name, kind, COMPLETE, iteration=m["iteration"], global_step=m["global_step"],
                     local_step=m.get("local_step"), iteration_steps=m.get("iteration_steps"),
                     size=sum(f["size"] for f in m["files"].values()), started_from=m.get("started_from"),
                     needs_config=kind == ITERATION and "config.json" not in m["files"], engine=engine,
                     adapter=kind == CHECKPOINT and any(f in m["files"] for f in ADAPTER_FILES),
-                    world_size=m.get("extra", {}).get("world_size") if kind == CHECKPOINT else None)
+                    world_size=m.get("extra", {}).get("world_size") if kind == CHECKPOINT else None, where=where)
 
 
 def _foreign(name: str, kind: str, number: int, path: str, max_steps: int) -> Artifact:
@@ -98,8 +104,27 @@ def _foreign(name: str, kind: str, number: int, path: str, max_steps: int) -> Ar
                         f"from --max_steps {max_steps}{no_rng})")
 
 
-def scan(output_dir: str, max_steps: int) -> tuple[list[Artifact], frozenset[str]]:
-    """Every artifact under output_dir with its state, and every name there (for rename targets)."""
+def scan(output_dir: str, max_steps: int, mirror: bool = False) -> tuple[list[Artifact], frozenset[str]]:
+    """Every artifact under output_dir with its state, and every name there (for rename targets).
+    With `mirror`, also those only the experiment's mirror has (as its index last saw them)."""
+    local, names = _scan_local(output_dir, max_steps)
+    if not mirror:
+        return local, names
+    remote = _mirror_only(output_dir, names)
+    return local + remote, names | {a.name for a in remote}
+
+
+def _mirror_only(output_dir: str, local_names: frozenset[str]) -> list[Artifact]:
+    index = mirrored.read_index(output_dir)
+    out = []
+    for name, entry in sorted(index.get("units", {}).items()):
+        if name not in local_names and "/" not in name and (
+                a := mirrored.artifact(name, entry, index.get("url", "the mirror"), from_manifest)):
+            out.append(a)
+    return out
+
+
+def _scan_local(output_dir: str, max_steps: int) -> tuple[list[Artifact], frozenset[str]]:
     if not os.path.isdir(output_dir):
         return [], frozenset()
     names = frozenset(os.listdir(output_dir)) - {failpoints.on_this_rank("view.hide")}
@@ -122,7 +147,9 @@ def scan(output_dir: str, max_steps: int) -> tuple[list[Artifact], frozenset[str
 
 
 def committed_iterations(output_dir: str, max_steps: int) -> list[dict]:
-    """The manifests of the complete iteration models, by iteration (metrics, curves, timing)."""
-    artifacts, _ = scan(output_dir, max_steps)
+    """The manifests of the complete iteration models, by iteration (metrics, curves, timing); those
+    only the mirror has too (a resume on a fresh machine fetches only the models it loads)."""
+    artifacts, _ = scan(output_dir, max_steps, mirror=True)
     done = sorted((a for a in artifacts if a.kind == ITERATION and a.state == COMPLETE), key=lambda a: a.iteration)
-    return [manifest.read(os.path.join(output_dir, a.name)) for a in done]
+    units = mirrored.read_index(output_dir).get("units", {}) if any(a.where for a in done) else {}
+    return [units[a.name]["manifest"] if a.where else manifest.read(os.path.join(output_dir, a.name)) for a in done]

@@ -16,6 +16,7 @@ import os
 import xxhash
 
 from itertrain import __version__
+from itertrain.core import mirrored
 from itertrain.core.errors import ManifestError
 from itertrain.core.names import MANIFEST_NAME
 
@@ -126,7 +127,11 @@ def weights_digest(model_dir: str) -> str | None:
     """Identity of a model's weights: from its manifest if it has one, else hashed now (None: the
     directory is gone)."""
     if not os.path.isdir(model_dir):
-        return None
+        # only the mirror has it (a resume on a fresh machine fetches what it loads): its manifest
+        entry = mirrored.read_index(os.path.dirname(model_dir)).get("units", {}).get(os.path.basename(model_dir))
+        listed = (entry or {}).get("manifest") or {}
+        return ",".join(f"{f}:{m['xxh3_64']}" for f, m in sorted(listed.get("files", {}).items())
+                        if "/" not in f and f.startswith(("model", "pytorch_model"))) or None
     files = {}
     if exists(model_dir):
         files = {f: m["xxh3_64"] for f, m in read(model_dir)["files"].items()}

@@ -125,6 +125,7 @@ class Artifact:
     run_step: int | None = None  # foreign checkpoints: the step its trainer_state.json counts
     run_steps: int | None = None  # foreign checkpoints: the max_steps of the run that wrote it
     adapter: bool = False  # checkpoints: a PEFT adapter's weights instead of the whole model's
+    where: str = ""  # "": in --output_dir; else the URL of the mirror, the only place that has it
 
     @property
     def usable(self) -> bool:

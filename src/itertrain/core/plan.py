@@ -65,6 +65,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     renames: list[Rename] = field(default_factory=list)
+    remote_renames: list[Rename] = field(default_factory=list)  # of artifacts only the mirror has
     branch: bool = False  # later trained progress is set aside: the run goes on from an earlier point
     create_config: list[str] = field(default_factory=list)  # iteration models that get a config.json
     # Which directory holds iteration K's model, for every K before next_iteration that has one: iter_K,

@@ -18,7 +18,7 @@ from transformers.trainer_pt_utils import safe_globals
 
 from itertrain.core import commit, failpoints, inventory, manifest
 from itertrain.core.errors import RecoveryError, UsageError
-from itertrain.core.names import CORRUPT, INCOMPLETE, Artifact, samples_name
+from itertrain.core.names import CORRUPT, INCOMPLETE, SUPERSEDED, Artifact, aside_why, samples_name
 from itertrain.core.plan import SCRATCH, Plan, Request, make_plan
 from itertrain.core.selectors import AUTO, Selector
 from itertrain.runtime import dist
@@ -75,12 +75,19 @@ def _safe_load(path: str) -> None:
 
 
 def _plan(cfg, req: Request, max_steps: int) -> tuple[list[Artifact], Plan]:
-    inv, names = inventory.scan(cfg.output_dir, max_steps)
-    return inv, make_plan(inv, req, existing=names, stamp=commit.utc_stamp())  # (a PlanError is a usage error)
+    inv, names = inventory.scan(cfg.output_dir, max_steps, mirror=True)
+    plan = make_plan(inv, req, existing=names, stamp=commit.utc_stamp())  # (a PlanError is a usage error)
+    # Only the mirror has these: it renames its own (a branch sets later ones aside there too); one
+    # that is incomplete or corrupt there is reported and left as it is.
+    remote = {a.name for a in inv if a.where}
+    plan.remote_renames = [r for r in plan.renames if r.artifact in remote and aside_why(r.to) == SUPERSEDED]
+    plan.renames = [r for r in plan.renames if r.artifact not in remote]
+    return inv, plan
 
 
-def resolve(cfg, max_steps: int) -> tuple[list[Artifact], Plan]:
-    """The agreed, verified plan (dry run and finished experiments: planned only)."""
+def resolve(cfg, max_steps: int, fetch=None) -> tuple[list[Artifact], Plan]:
+    """The agreed, verified plan (dry run and finished experiments: planned only). `fetch(plan)`, on
+    rank 0: bring what the plan loads from the mirror; {name: why} of what failed to come."""
     req = request(cfg)
     failures: list[str] = []
     while True:
@@ -100,6 +107,11 @@ def resolve(cfg, max_steps: int) -> tuple[list[Artifact], Plan]:
             broken = [s for s in plan.skipped if s.state in (CORRUPT, INCOMPLETE)]
             if broken:
                 raise RecoveryError("--strict_resume: " + "; ".join(f"{s.artifact} {s.why}" for s in broken))
+        if fetch is not None and (fetched := dist.on_main(fetch, plan)):
+            failures += [f"{n} failed to come from the mirror ({why})" for n, why in fetched.items()]
+            if req.resume_from.explicit or req.resume_from_iteration.explicit or cfg.it.strict_resume:
+                raise RecoveryError("the artifact you asked for cannot be loaded: " + "; ".join(failures))
+            continue  # the mirror's index now says why: planned again without it
         selected = sorted({plan.weights_from, plan.state_from} - {None})
         verdicts = dist.gather({n: verify(cfg.output_dir, n) for n in selected})
         bad = {}

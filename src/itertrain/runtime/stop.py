@@ -81,11 +81,41 @@ def _handler(signum, _frame) -> None:
         _requested = signum
 
 
+_early: dict = {}  # the handlers early() replaced, until install() settles them
+
+
+def early() -> None:
+    """Catch the default stop signals from the first moment of a run, before the heavy imports: a
+    scheduler's SIGTERM while torch imports must end in exit 75 too, not in death by the signal. The
+    request is acted on at the run's first safe point."""
+    for name in DEFAULT_SIGNALS:
+        handler = signal.signal(getattr(signal, name), _handler)
+        _early.setdefault(name, handler)
+
+
+def drop_early() -> None:
+    """The run never started (its flags were refused): the process's own handlers again."""
+    global _requested
+    for name, handler in _early.items():
+        signal.signal(getattr(signal, name), handler)
+    _early.clear()
+    _requested = 0
+
+
 def install(names: list[str], stop_after: str | None) -> dict:
     """Catch these signals as stop requests, and request one after the --stop_after duration from
-    now. Returns the handlers it replaced, for `uninstall`."""
-    global _deadline
-    previous = {name: signal.signal(getattr(signal, name), _handler) for name in names}
+    now. Returns the handlers it replaced, for `uninstall`. A signal early() caught that is not
+    among `names` gets its own handler back, and one that came already is delivered to it now."""
+    global _deadline, _requested
+    previous = {name: _early.get(name, signal.signal(getattr(signal, name), _handler)) for name in names}
+    for name in names:
+        signal.signal(getattr(signal, name), _handler)
+    for name in set(_early) - set(names):
+        signal.signal(getattr(signal, name), _early[name])
+        if _requested == getattr(signal, name):
+            _requested = 0
+            os.kill(os.getpid(), getattr(signal, name))
+    _early.clear()
     _deadline = time.monotonic() + parse_duration(stop_after) if stop_after else None
     return previous
 

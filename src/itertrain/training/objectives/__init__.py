@@ -11,6 +11,8 @@ an objective:
   check(args, train)                   refuse, before anything is written, what cannot run (UsageError)
   train_set(cfg, k, kept, task, tok)   iteration k's training data (TrainSet)
   reference(cfg, models, base, k)      what every manifest of the iteration records of it (or None)
+  inputs(cfg, models, base, k)         the model directories it loads besides the one it trains (a
+                                       resume from the mirror fetches them)
   trainer(model=..., ...)              a Trainer class with itertrain's Recovering mixin
   iteration_metrics(trainer)           its per-iteration metrics once training ended
   describe(n)                          "n examples", "n pairs (dpo)": the progress line's words

@@ -185,6 +185,10 @@ class Dpo:
                  "rejected_ids": ids(p["rejected"]) + [tokenizer.eos_token_id]} for p in made]
         return TrainSet(Dataset.from_list(rows), len(rows), pairs.stats(made))
 
+    def inputs(self, cfg, models: dict, base_dir: str, k: int) -> list[str]:
+        """The reference model's directory (an SFT iteration before DPO loads none)."""
+        return [reference_dir(cfg, self.args, models, base_dir, k)[0]]
+
     def reference(self, cfg, models: dict, base_dir: str, k: int) -> dict:
         path, name = reference_dir(cfg, self.args, models, base_dir, k)
         inside = os.path.abspath(path).startswith(os.path.abspath(cfg.output_dir) + os.sep)

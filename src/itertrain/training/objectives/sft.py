@@ -35,6 +35,10 @@ class Sft:
         """What every manifest of the iteration records about the objective (nothing for sft)."""
         return None
 
+    def inputs(self, cfg, models: dict, base_dir: str, k: int) -> list[str]:
+        """Model directories it loads besides the one it trains: none."""
+        return []
+
     def trainer(self, *, model, args, tokenizer, train_set: TrainSet, reference, load, recovery):
         from itertrain.training.data import Collator
         from itertrain.training.trainer import IterTrainer
