@@ -234,11 +234,11 @@ def mirror_needs(cfg: Config, plan) -> set[str]:
 
 
 def fetch_from_mirror(cfg: Config):
-    """resolve's fetch: rank 0 brings what the plan loads (None without a mirror, or in a dry run)."""
-    session = mirror_session.active()
-    if session is None or cfg.it.dry_run:
+    """resolve's fetch (every rank has it; rank 0 runs it): bring what the plan loads (None without a
+    mirror, or in a dry run)."""
+    if not cfg.mirror.mirror_to or cfg.it.dry_run:
         return None
-    return lambda plan: session.fetch(mirror_needs(cfg, plan), plan)
+    return lambda plan: mirror_session.active().fetch(mirror_needs(cfg, plan), plan)
 
 
 def settle_mirror(timeout: float | None) -> bool | None:

@@ -55,7 +55,7 @@ class Session:
                  for u, fs in files.items()}
         self.up = Uploader(store, output_dir, units, files, keep, log)
         self.top_files = {rel for rel in listing if "/" not in rel}
-        self.fetched_bytes, self.dry = 0, dry
+        self.fetched_bytes, self.dry, self.records = 0, dry, ()
         if dry:
             mirrored.VIEWS[output_dir] = {"url": store.url, "units": units, "uploading": []}
             return
@@ -121,31 +121,45 @@ class Session:
     # -- catching up: what the local directory has and the mirror lacks -----------------------
 
     def sync(self, plan, records: tuple[str, ...]) -> None:
-        up, out = self.up, self.output_dir
-        up.protect = {plan.weights_from, plan.state_from} - {None}
+        """Once the plan is carried out: protect what the run resumed from, rename on the mirror what
+        the plan set aside there, and queue what the local directory has and the mirror lacks."""
+        self.up.protect = {plan.weights_from, plan.state_from} - {None}
         for r in plan.remote_renames:
-            up.enqueue(("move", r.artifact, r.to))
+            self.up.enqueue(("move", r.artifact, r.to))
+        self.records = records
+        self.up.resync = self.catch_up
+        self.catch_up()
+        if stop.RECORD in self.top_files:
+            self.up.enqueue(("delete", stop.RECORD))  # the last run's: this one has not stopped
+
+    def catch_up(self) -> None:
+        """Queue what the local directory has and the mirror lacks (at the start, and after the queue
+        overflowed): renames aside made here, committed units, the records."""
+        up, out = self.up, self.output_dir
         local = sorted(os.listdir(out)) if os.path.isdir(out) else []
         for name in local:  # renamed aside here, still under its own name there
             if (was := mirrored.aside_of(name)) and was not in local and manifest.exists(os.path.join(out, name)):
                 there = up.units.get(was, {})
                 if there.get("state") == COMPLETE and mirrored.same(there["manifest"], _manifest(out, name)):
                     up.enqueue(("move", was, name))
-        checkpoints = sorted(int(n.split("-")[1]) for n, e in up.units.items()
+        checkpoints = sorted(int(n.split("-")[1]) for n, e in list(up.units.items())
                              if "/" not in n and e["state"] == COMPLETE and _kind(n) == CHECKPOINT)
         for rel in _committed_units(out, local):
-            if _kind(rel) == CHECKPOINT:
-                newer = [s for s in checkpoints if s > int(rel.split("-")[1])]
-                if len(newer) >= up.keep:
-                    continue  # the mirror keeps newer ones: it would be pruned on arrival
+            if _kind(rel) == CHECKPOINT and len([s for s in checkpoints if s > int(rel.split("-")[1])]) >= up.keep:
+                continue  # the mirror keeps newer ones: it would be pruned on arrival
             there = up.units.get(rel, {})
             if not (there.get("state") == COMPLETE and mirrored.same(there["manifest"], _manifest(out, rel))):
-                up.on_change("commit", os.path.join(out, rel))
-        for name in records:
+                try:
+                    up.on_change("commit", os.path.join(out, rel))
+                except (OSError, manifest.ManifestError):
+                    continue  # renamed or deleted here meanwhile: the change itself is queued
+        for rel in list(up.units):  # shards of samples the mirror has whole, gone here
+            if "/" in rel and up.units.get(rel.split(".shards/")[0], {}).get("state") == COMPLETE \
+                    and not os.path.lexists(os.path.join(out, rel)):
+                up.enqueue(("delete", rel))
+        for name in self.records:
             if os.path.isfile(os.path.join(out, name)):
                 up.on_change("write", os.path.join(out, name))
-        if stop.RECORD in self.top_files:
-            up.enqueue(("delete", stop.RECORD))  # the last run's: this one has not stopped
 
     # -- the end --------------------------------------------------------------------------------
 

@@ -34,8 +34,9 @@ def open_store(url: str, write: bool = True) -> Store:
     try:
         fs, root = fsspec.core.url_to_fs(url, **OPTIONS.get(protocol, {}))
     except ImportError as e:
+        group = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}.get(protocol, "...")
         raise UsageError(f"--mirror_to {url}: {protocol}:// needs its fsspec package (pip install "
-                         f"'itertrain[mirror]'): {str(e).splitlines()[0]}") from None
+                         f"'itertrain[{group}]'): {str(e).splitlines()[0]}") from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"--mirror_to {url}: {str(e).splitlines()[0]}") from None
     store = Store(url, fs, root.rstrip("/"))
@@ -60,9 +61,11 @@ class Store:
                 self.fs.ls(self.root.split("/")[0] if self.protocol not in ("file", "local") else self.root)
                 return
             except FileNotFoundError:
-                raise UsageError(f"{self.url}: no such bucket or directory") from None
+                raise UsageError(f"{where}: the bucket or directory {self.root.split('/')[0]!r} does not exist") from None
+            except PermissionError as e:
+                raise UsageError(f"{where}: the store refused our credentials ({_first(e)})") from None
             except Exception as e:  # noqa: BLE001 - any failure to reach the store is this one line
-                raise UsageError(f"{self.url}: cannot read it ({type(e).__name__}: {_first(e)})") from None
+                raise UsageError(f"{where}: cannot reach the store ({type(e).__name__}: {_first(e)})") from None
         if self.protocol in ("file", "local"):
             parent = os.path.dirname(self.root.rstrip("/")) or "/"
             if not os.path.isdir(self.root) and not os.path.isdir(parent):

@@ -6,9 +6,11 @@ it away mid-upload), a top-level record (its bytes as written), a rename aside, 
 generation shard once its samples_K is assembled). Each unit's data files go first, its manifest
 last; each file is checked after it lands (store.py).
 
-When the queue is full: a checkpoint still waiting when a newer checkpoint is committed is dropped
-(the newer one supersedes it); iteration models, samples, pairs and records are never dropped, and
-when WAITING of them wait, the committing thread waits for room.
+Nothing waits for the store: a commit only queues. A checkpoint still waiting when a newer one is
+committed is dropped (the newer one supersedes it). When WAITING items wait (a store down for long),
+what the queue cannot hold is not lost: it is on the local disk, and once the queue has drained the
+uploader compares the local directory with the mirror again (`resync`) and queues what is missing,
+iteration models first among equals as they come in order.
 
 A store that fails is retried with backoff, forever, without ending training: said once, then
 counted, and said again when it answers.
@@ -47,6 +49,8 @@ class Uploader:
         self.failures, self.down = 0, False
         self.snapshots = 0
         self.dropped: list[str] = []
+        self.behind = False  # the queue overflowed: compare the local directory with the mirror once drained
+        self.resync = None  # () -> None, queues what the local directory has and the mirror lacks
         self.thread = threading.Thread(target=self._run, name="itertrain-mirror", daemon=True)
 
     # -- the committing threads' side -------------------------------------------------------
@@ -93,14 +97,20 @@ class Uploader:
             if item[0] == "file":  # a record: only its newest content matters
                 for old in [q for q in self.queue if q[0] == "file" and q[1] == item[1]]:
                     self.queue.remove(old)
-            while len(self.queue) >= WAITING and not self.closed.is_set():
-                self.cond.wait(1.0)
+            if len(self.queue) >= WAITING:  # found again on the local disk once the queue drains
+                if item[0] == "unit":
+                    shutil.rmtree(item[2], ignore_errors=True)
+                if not self.behind:
+                    self.log(f"☁️  mirror: {WAITING} uploads wait for the store: the rest are taken from the local "
+                             "disk once they are done (training does not wait)")
+                self.behind = True
+                return
             self.queue.append(item)
             self.cond.notify_all()
 
     def pending(self) -> list[str]:
         with self.cond:
-            return [q[1] for q in ([self.busy] if self.busy else []) + list(self.queue)]
+            return [q[1] for q in ([self.busy] if self.busy else []) + list(self.queue) if q[0] != "resync"]
 
     def wait(self, timeout: float | None) -> bool:
         """Until everything queued is on the mirror (True), or `timeout` seconds (False)."""
@@ -121,7 +131,7 @@ class Uploader:
     # -- the uploading thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self.closed.is_set():
+        while True:
             with self.cond:
                 while not self.queue and not self.closed.is_set():
                     self.cond.wait(1.0)
@@ -129,13 +139,17 @@ class Uploader:
                     return
                 self.busy = self.queue.popleft()
                 self.cond.notify_all()
-            self._retrying(self.busy)
-            with self.cond:
-                if self.busy[0] == "unit":
-                    shutil.rmtree(self.busy[2], ignore_errors=True)
-                self.busy = None
-                self.write_index()
-                self.cond.notify_all()
+            while self.busy is not None:
+                self._retrying(self.busy)
+                with self.cond:
+                    if self.busy[0] == "unit":
+                        shutil.rmtree(self.busy[2], ignore_errors=True)
+                    # drained after an overflow: the catch-up from the local disk, still "busy" to wait()
+                    again = not self.queue and self.behind and self.resync is not None
+                    self.behind = self.behind and not again
+                    self.busy = ("resync", "") if again else None
+                    self.write_index()
+                    self.cond.notify_all()
 
     def _retrying(self, item: tuple) -> None:
         tries = 0
@@ -171,6 +185,8 @@ class Uploader:
                 self._move(rel, item[2])
         elif kind == "delete":
             self._delete(rel)
+        elif kind == "resync":
+            self.resync()
 
     def _upload(self, rel: str, snap: str, m: dict) -> None:
         there = self.units.get(rel)
