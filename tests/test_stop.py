@@ -87,6 +87,32 @@ def test_two_stops_in_a_row_then_resume(tmp_path, reference):
     same_as(out, reference)
 
 
+def caught(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (Linux: the SigCgt mask in /proc)."""
+    with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_stop_signal_while_the_resume_still_imports_ends_in_exit_75(tmp_path, reference):
+    """As a cluster's requeue does: the resume gets SIGTERM at once, while torch and transformers still
+    import (seconds): it must stop at its first safe point with 75, not die of the signal (143)."""
+    out = tmp_path / "exp"
+    assert run_cli(out, failpoints="signal.train.step=9").returncode == 75
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_iterative.py"), "--output_dir", str(out), *AUTO],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "ITERTRAIN_FAILPOINTS"})
+    while proc.poll() is None and not caught(proc.pid, signal.SIGTERM):
+        pass  # the first moment its handler is there: before the heavy imports
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == stop.EXIT_STOPPED, stderr[-3000:]
+    assert "stopped (SIGTERM) in the generate phase of iteration 1" in stdout
+    resume_until_done(out, small=[])
+    same_as(out, reference)
+
+
 def test_second_ctrl_c_exits_at_once():
     code = ("import os, signal, time\nfrom itertrain.runtime import stop\nstop.install(['SIGINT'], None)\n"
             "os.kill(os.getpid(), signal.SIGINT)\nassert stop.requested_here() == 'SIGINT'\n"
