@@ -30,8 +30,14 @@ samples_K assembled, shards removed), or random moments while it runs; a resume 
 every shard committed before the crash is LOST_WORK. Runs generate in shards of 8 prompts (3 per
 iteration); with --vllm they sample with real vLLM (.venv-vllm); with --example they run examples/gsm8k
 (chat template, gsm8k verifier in a pool of processes) on a tiny instruct-shaped model.
+With --mirror every run mirrors to a real S3 server on loopback (moto's, tests/s3_server.py), a
+bucket per run: the crash points are the mirror's own writes (mirror.event=N: an upload's files,
+its manifest, a copy, a delete; or random moments among them with --random), and after each crash
+the experiment directory is deleted: the resume has the mirror alone (`--output_dir D --mirror_to URL
+--resume_from auto --resume_from_iteration auto`). What is compared is what the mirror holds at the
+end; LOST_WORK there means the resume did not start from the newest artifact complete on the mirror.
 Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--generate] [--example]
-                                     [--peft continue|merge] [--objective dpo]
+                                     [--peft continue|merge] [--objective dpo] [--mirror]
                                      [--jobs 2] [--json out]
        python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--generate] [--vllm] [--example]
                                      [--peft continue|merge] [--objective dpo]
@@ -75,6 +81,7 @@ TASK: list[str] = []  # --example: the GSM8K example (chat template, gsm8k verif
 PEFT: list[str] = []  # --peft MODE: the runs train a LoRA adapter (adapters.py) in that --peft_iteration mode
 OBJECTIVE: list[str] = []  # --objective dpo: iteration 1 trains with DPO (TRL) on pairs from iteration 0's model
 DPO = ["--objective", "dpo", "--sft_iterations", "1", "--dpo_gold_chosen", "true", "--pairs_per_prompt", "2"]
+MIRROR: dict = {}  # --mirror: {"server": an s3_server.S3Server}; every run mirrors to a bucket of its own
 TRACKERS: list[str] = []  # --trackers: the runs report to TensorBoard, W&B (offline) and MLflow (a store per run)
 TRACKER_FLAGS = ["--report_to", "tensorboard", "wandb", "mlflow", "--tracker_log_model", "true"]
 
@@ -92,11 +99,30 @@ def _recorded(out: Path) -> bool:
     return (out / "itertrain_config.json").exists()
 
 
+def _mirror_recorded(out: Path) -> bool:
+    """--mirror: the mirror has the experiment's record (a resume on an empty directory reads it there)."""
+    return bool(MIRROR) and "itertrain_config.json" in MIRROR["server"].listing(mirror_url(out))
+
+
+def mirror_url(out: Path) -> str:
+    """The mirror of the run in `out` (--mirror): a bucket of its own on the loopback S3 server."""
+    import hashlib
+
+    bucket = f"chaos-{hashlib.sha1(str(out).encode()).hexdigest()[:16]}"
+    if bucket not in MIRROR.setdefault("buckets", set()):
+        MIRROR["server"].bucket(bucket)
+        MIRROR["buckets"].add(bucket)
+    return f"s3://{bucket}/exp"
+
+
 def _cmd(out: Path, ranks: int, *extra: str, short: bool = False) -> list[str]:
     """The run's command line; `short`: a resume as a user types it after a crash, the output directory
-    and the resume flags only (every other setting comes from the experiment's record)."""
+    and the resume flags only (every other setting comes from the experiment's record; with --mirror,
+    the mirror too, as the directory may be gone with its record)."""
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
                                    if ranks > 1 else [])
+    if MIRROR:
+        extra = (*extra, "--mirror_to", mirror_url(out))
     if short:
         return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *extra]
     flags = [*VLLM, *TASK, *PEFT, *OBJECTIVE, *TRACKERS, *extra]
@@ -105,6 +131,8 @@ def _cmd(out: Path, ranks: int, *extra: str, short: bool = False) -> list[str]:
 
 def _env(out: Path, env_extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("ITERTRAIN_FAILPOINTS", "ITERTRAIN_CHAOS_LOG")}
+    if MIRROR:
+        env.update(MIRROR["server"].env())
     if TRACKERS:
         env.update({"WANDB_MODE": "offline", "WANDB_CONFIG_DIR": f"{out}.wandb-home",
                     "WANDB_CACHE_DIR": f"{out}.wandb-home", "MLFLOW_TRACKING_URI": _mlflow_uri(out)})
@@ -144,7 +172,9 @@ def _start(out: Path, ranks: int, err_path: Path, log: Path, short: bool = False
 
 
 def _reaches(p, log: Path, event: int) -> bool:
-    """Wait until the run has logged `event` file events (True) or has ended (False)."""
+    """Wait until the run has logged `event` file events (True) or has ended (False); with --mirror,
+    `event` writes to the mirror."""
+    log = Path(f"{log}.mirror") if MIRROR else log
     while True:
         try:
             with open(log, "rb") as f:
@@ -172,7 +202,7 @@ def reference_ranks(work: Path, ranks: int) -> tuple[Path, list[list[str]], tupl
     proc = _run(out, env_extra={"ITERTRAIN_CHAOS_LOG": str(log)}, ranks=ranks)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
-    logs = [log] + [Path(f"{log}.rank{r}") for r in range(1, ranks)]
+    logs = [Path(f"{log}.mirror")] if MIRROR else [log] + [Path(f"{log}.rank{r}") for r in range(1, ranks)]
     events = [p.read_text().splitlines() if p.exists() else [] for p in logs]
     return out, events, _window(events[0])
 
@@ -229,7 +259,23 @@ def adopted_reference(ref: Path, work: Path) -> tuple[Path, list[str], tuple[int
     return layout, events, _window(events)
 
 
+def from_mirror(out: Path) -> Path:
+    """What the mirror of `out` holds at the end, the final model and the metrics, in a folder beside it."""
+    there, url = Path(f"{out}.from-mirror"), mirror_url(out)
+    shutil.rmtree(there, ignore_errors=True)
+    for key, size in MIRROR["server"].listing(url).items():
+        if key == "metrics.jsonl" or key.startswith("iter_1/"):
+            (there / key).parent.mkdir(parents=True, exist_ok=True)
+            (there / key).write_bytes(MIRROR["server"].get(url, key))
+    return there
+
+
 def _compare(out: Path, ref: Path, adopted: bool = False) -> str | None:
+    if MIRROR and not out.name.endswith(".from-mirror"):
+        there = from_mirror(out)
+        if not (there / "iter_1" / "itertrain.json").exists():
+            return "the mirror has no complete iter_1 once the run finished"
+        return _compare(there, ref, adopted)
     diff = 0.0
     for d in ["iter_1"] + (["iter_1/adapter"] if (ref / "iter_1" / "adapter").is_dir() else []):
         a, b = _weights(out / d), _weights(ref / d)
@@ -247,6 +293,7 @@ def _compare(out: Path, ref: Path, adopted: bool = False) -> str | None:
 
 def _remove(out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(f"{out}.from-mirror", ignore_errors=True)
     for beside in out.parent.glob(f"{out.name}.*"):  # the trackers' stores (--trackers)
         shutil.rmtree(beside, ignore_errors=True) if beside.is_dir() else beside.unlink()
 
@@ -327,7 +374,10 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
     err_path = work / f"r{seed}.stderr"
     for launch in range(kills + 5):
         log = work / f"r{seed}.events{launch}"
-        p = _start(out, ranks, err_path, log, short=launch > 0 and layout is None and _recorded(out))
+        if MIRROR and launch > 0:
+            _remove(out)  # the machine died with its disk: the resume has the mirror alone
+        p = _start(out, ranks, err_path, log, short=launch > 0 and layout is None
+                   and (_recorded(out) or _mirror_recorded(out)))
         if len(result["killed_at"]) < kills:
             lo, hi = window if not isinstance(window, list) else \
                 rng.choices(window, weights=[b - a + 1 for a, b in window])[0]
@@ -387,7 +437,8 @@ def _progress(a: dict) -> float:
 
 def _status(out: Path) -> dict:
     proc = subprocess.run([sys.executable, "-m", "itertrain", "status", str(out), "--max_steps", "6",
-                           "--num_iterations", "2", "--json"], cwd=REPO, capture_output=True, text=True)
+                           "--num_iterations", "2", "--json"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(MIRROR["server"].env() if MIRROR else {})})
     return json.loads(proc.stdout)
 
 
@@ -402,14 +453,18 @@ def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: i
           layout: Path | None = None) -> dict:
     out = work / f"e{event}{'t' if torn else ''}r{rank}"
     spec = f"file.event={event}{':torn' if torn else ''}" + (f"@{rank}" if ranks > 1 else "")
+    if MIRROR:
+        spec = f"mirror.event={event}"
     if layout is not None:  # an adopted experiment, resumed: its resume is what is killed
         shutil.copytree(layout, out)
     crashed = _run(out, *(AUTO if layout else ()), env_extra={"ITERTRAIN_FAILPOINTS": spec}, ranks=ranks)
     result = {"event": event, "rank": rank, "torn": torn, "crash_rc": crashed.returncode}
     lost = gen = None
     for attempt in range(4):
+        if MIRROR and (attempt > 0 or crashed.returncode != 0):
+            _remove(out)  # the machine died with its disk: the resume has the mirror alone
         if attempt == 0 and crashed.returncode != 0:
-            st = _status(out)
+            st = _status(mirror_url(out) if MIRROR else out)
             usable = [a for a in st["artifacts"] if a["state"] in ("complete", "unverified")]
             plan = st["plan"]
             start = plan.get("state_from") if plan.get("strategy") == "trainer" else plan.get("weights_from")
@@ -418,7 +473,7 @@ def trial(ref: Path, work: Path, event: int, torn: bool, ranks: int = 1, rank: i
                 if start != best["name"]:
                     lost = f"newest usable {best['name']}, plan starts from {start}"
             gen = st.get("generation")
-        proc = _run(out, *AUTO, ranks=ranks, short=layout is None and _recorded(out))
+        proc = _run(out, *AUTO, ranks=ranks, short=layout is None and (_recorded(out) or _mirror_recorded(out)))
         if attempt == 0 and crashed.returncode != 0 and gen and not torn and not lost \
                 and f"({gen['prompts_done']} already committed" not in proc.stdout:
             lost = f"{gen['prompts_done']} prompts were committed in shards of iteration {gen['iteration']}, " \
@@ -471,6 +526,9 @@ def main() -> int:
                    help="train a LoRA adapter (--use_peft) in this --peft_iteration mode; adapters compared too")
     p.add_argument("--trackers", action="store_true",
                    help="report to TensorBoard, W&B (offline) and MLflow (sqlite), and check what they hold")
+    p.add_argument("--mirror", action="store_true",
+                   help="mirror to a loopback S3 server, crash at the mirror's writes, and resume each crash "
+                        "from the mirror alone (the directory deleted)")
     p.add_argument("--objective", choices=["sft", "dpo"], default="sft",
                    help="dpo: iteration 1 trains with DPO on pairs (--objective dpo --sft_iterations 1)")
     args = p.parse_args()
@@ -486,6 +544,13 @@ def main() -> int:
         os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".venv-vllm" / "cache"))
     if args.adopt and args.ranks != 1:
         p.error("--adopt runs one rank")
+    if args.mirror and (args.adopt or args.torn):
+        p.error("--mirror starts fresh and kills at the mirror's writes (no --adopt, no --torn)")
+    if args.mirror:
+        sys.path.insert(0, str(REPO / "tests"))
+        from s3_server import S3Server
+
+        MIRROR["server"] = S3Server()
     work = Path(tempfile.mkdtemp(prefix="itertrain-chaos-"))
     if args.example:
         from itertrain.tasks.tinymodel import write_chat_model

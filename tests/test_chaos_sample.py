@@ -149,3 +149,32 @@ def test_trackers_crash_at_file_event_hold_every_step_once(tmp_path, trackers_re
     with harness_flags("trackers"):
         result = trial(out, tmp_path, event, torn=False)
     assert result["verdict"] == "PASS", (events[event - 1], result)
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+    """--mirror: runs mirror to a loopback S3 server; an uninterrupted one, and its writes to the mirror."""
+    from s3_server import S3Server
+
+    chaos_harness.MIRROR["server"] = server = S3Server()
+    try:
+        out, events, window = reference(tmp_path_factory.mktemp("mirror-ref"))
+        yield out, events, window
+    finally:
+        chaos_harness.MIRROR.clear()
+        server.stop()
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.8])
+def test_crash_at_a_mirror_write_then_resume_from_the_mirror_alone(tmp_path, mirrored, fraction):
+    out, events, _ = mirrored
+    event = max(1, int(len(events) * fraction))
+    result = trial(out, tmp_path, event, torn=False)
+    assert result["verdict"] == "PASS", (events[event - 1], result)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_random_sigkills_during_uploads_then_resume_from_the_mirror_alone(tmp_path, mirrored, seed):
+    out, _, window = mirrored
+    result = random_trial(out, tmp_path, seed, window=window)
+    assert result["verdict"] == "PASS", result
