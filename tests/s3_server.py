@@ -46,6 +46,12 @@ class S3Server:
         boto3.client("s3", endpoint_url=self.endpoint, **_boto(CREDENTIALS)).create_bucket(Bucket=name)
         return f"s3://{name}"
 
+    def buckets(self) -> list[str]:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint, **_boto(CREDENTIALS))
+        return [b["Name"] for b in client.list_buckets().get("Buckets", [])]
+
     def listing(self, url: str) -> dict[str, int]:
         """{key under the URL's prefix: size}."""
         import boto3

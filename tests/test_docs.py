@@ -10,6 +10,9 @@ comments a reader does not see, right above it:
     <!-- docs-test exit: N -->          the status the block must end with (default 0)
     <!-- docs-test after: SHELL -->    run after it
     <!-- docs-test skip: WHY -->       not run (only for what this machine has not: a Slurm scheduler)
+    <!-- docs-test s3: BUCKET -->      a real S3 server on loopback (tests/s3_server.py) holds BUCKET, and
+                                       the block's environment reaches it as a reader's would reach
+                                       theirs (AWS_ENDPOINT_URL_S3 and credentials, which botocore reads)
 
 `make test` is run as `make -n test`: the suite cannot run itself (CI runs it as written).
 """
@@ -39,6 +42,7 @@ class Block:
     env: dict = field(default_factory=dict)
     exit: int = 0
     skip: str | None = None
+    s3: str | None = None
 
 
 def blocks(page: str) -> list[Block]:
@@ -65,6 +69,8 @@ def blocks(page: str) -> list[Block]:
                 pending.env[name] = v
             elif key == "exit":
                 pending.exit = int(value)
+            elif key == "s3":
+                pending.s3 = value
             else:
                 assert key == "skip" and value.startswith(SKIPPABLE), f"{page}:{n}: {line}"
                 pending.skip = value
@@ -95,10 +101,19 @@ def test_every_command_block_runs_as_printed(tmp_path, page):
     env = sandbox(tmp_path)
     found = blocks(page)
     assert found, f"{page}: no bash block"
+    server = None
     for b in found:
         if b.skip:
             continue
         where = f"{page}:{b.line}"
+        if b.s3:
+            if server is None:
+                from s3_server import S3Server
+
+                server = S3Server()
+                env.update(server.env())
+            if b.s3 not in server.buckets():
+                server.bucket(b.s3)
         for step in b.before:
             done = shell(step, tmp_path, env)
             assert done.returncode == 0, f"{where}: before: {step}\n{done.stderr[-3000:]}"
@@ -109,6 +124,8 @@ def test_every_command_block_runs_as_printed(tmp_path, page):
         for step in b.after:
             done = shell(step, tmp_path, env)
             assert done.returncode == 0, f"{where}: after: {step}\n{done.stderr[-3000:]}"
+    if server is not None:
+        server.stop()
 
 
 def test_the_pages_blocks_are_found_and_only_a_scheduler_is_skipped():

@@ -200,7 +200,7 @@ def open_mirror(cfg: Config) -> None:
     global _store
     from itertrain.mirror.store import open_store
 
-    _store = open_store(cfg.mirror.mirror_to)
+    _store = open_store(cfg.mirror.mirror_to, write=not cfg.it.dry_run)  # (a dry run writes nothing, there either)
 
 
 def begin_mirror(cfg: Config) -> None:

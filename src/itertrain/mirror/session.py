@@ -86,6 +86,9 @@ class Session:
                 failed[u] = why
         with self.up.cond:
             self.up.write_index()
+        if self.fetched_bytes:
+            self.log(f"☁️  read from the mirror: {self.store.read_bytes} bytes in all ({self.fetched_bytes} of "
+                     "them the files of what the plan loads)")
         return failed
 
     def _fetch_one(self, u: str, m: dict, plan) -> str | None:

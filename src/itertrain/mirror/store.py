@@ -49,6 +49,7 @@ class Store:
         self.url, self.fs, self.root = url.rstrip("/"), fs, root
         self.protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
         self.events = 0  # store writes so far (failpoint mirror.event)
+        self.read_bytes = 0  # bytes read from the store so far (a resume on a fresh machine reports them)
 
     def path(self, rel: str = "") -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -102,9 +103,11 @@ class Store:
 
     def cat(self, rel: str) -> bytes | None:
         try:
-            return self.fs.cat_file(self.path(rel))
+            data = self.fs.cat_file(self.path(rel))
         except FileNotFoundError:
             return None
+        self.read_bytes += len(data)
+        return data
 
     def _event(self, what: str, rel: str) -> None:
         self.events += 1
@@ -125,6 +128,7 @@ class Store:
 
     def get(self, rel: str, local: str) -> None:
         self.fs.get_file(self.path(rel), local)
+        self.read_bytes += os.path.getsize(local)
 
     def copy(self, src: str, dst: str) -> None:
         self._event("copy", dst)
