@@ -74,7 +74,7 @@ def recorded(given: dict) -> dict:
     out = given.get("output_dir")
     if not resuming(given) or not out:
         return {}
-    if os.path.exists(os.path.join(out, SAVED_CONFIG)) or not given.get("mirror_to"):
+    if os.path.exists(os.path.join(out, SAVED_CONFIG)) or str(given.get("mirror_to") or "none").lower() == "none":
         return saved(out)
     from itertrain.mirror.session import remote_record
 
@@ -132,7 +132,8 @@ def resume_command(output_dir: str, record: dict, *extra: str) -> str:
     if record.get("model_name"):
         words += ["--model_name", record["model_name"]]
     words += ["--output_dir", output_dir, "--resume_from", "auto", "--resume_from_iteration", "auto"]
-    if mirror := record.get("given", {}).get("mirror_to") or record.get("mirror_to"):
+    mirror = record.get("given", {}).get("mirror_to") or record.get("mirror_to")
+    if mirror and str(mirror).lower() != "none":
         words += ["--mirror_to", mirror]  # a fresh machine has no record but the mirror's
     words += extra
     return " ".join(shlex.quote(w) for w in words)

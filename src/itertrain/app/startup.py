@@ -101,6 +101,8 @@ def run_experiment(cfg: Config) -> int:
     held = None if cfg.it.dry_run else claim_directory(cfg.output_dir)  # noqa: F841 (the lock, for this run)
     if cfg.mirror.mirror_to:
         dist.on_main(begin_mirror, cfg)
+    elif not cfg.it.dry_run:
+        dist.on_main(mirror_session.forget, cfg.output_dir)
     steps = cfg.iteration_steps(dist.world_size())
     inv, plan = decide(cfg, steps)
     dist.log0(banner.render(cfg.output_dir, inv, plan,

@@ -19,7 +19,8 @@ class MirrorArguments:
     mirror_to: str | None = field(default=None, metadata={
         "help": "Mirror every committed artifact to this fsspec URL (s3://bucket/prefix, gs://..., az://..., "
                 "file:///mnt/shared/...), uploaded in the background; a resume with an empty --output_dir "
-                "continues from it. Credentials come the way the store's library reads them."})
+                "continues from it. Credentials come the way the store's library reads them. none: no mirror "
+                "(a resume takes the experiment's own otherwise)."})
     mirror_keep: int = field(default=2, metadata={
         "help": "Trainer checkpoints kept on the mirror (the newest; iteration models and the one the run "
                 "resumed from are always kept). Apart from --save_total_limit, which is the local one."})
@@ -34,4 +35,6 @@ def validate(args: MirrorArguments) -> None:
     if not 0 <= args.mirror_grace < math.inf:
         raise UsageError(f"--mirror_grace {args.mirror_grace}: must be a finite number of seconds, 0 or more")
     if args.mirror_to is not None and not args.mirror_to.strip():
-        raise UsageError("--mirror_to: empty; give a URL such as s3://bucket/prefix")
+        raise UsageError("--mirror_to: empty; give a URL such as s3://bucket/prefix, or none")
+    if args.mirror_to is not None and args.mirror_to.strip().lower() == "none":
+        args.mirror_to = None

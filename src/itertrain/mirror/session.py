@@ -46,6 +46,14 @@ def active() -> Session | None:
     return _active
 
 
+def forget(output_dir: str) -> None:
+    """A run without a mirror: the view of one an earlier run had is dropped (a cache, not an artifact),
+    so that nothing plans from what no store will fetch."""
+    path = os.path.join(output_dir, mirrored.INDEX)
+    if os.path.exists(path):
+        os.remove(path)
+
+
 class Session:
     def __init__(self, store: Store, output_dir: str, keep: int, grace: float, record: str, log, dry: bool = False):
         self.store, self.output_dir, self.grace, self.log = store, output_dir, grace, log

@@ -75,7 +75,7 @@ def _safe_load(path: str) -> None:
 
 
 def _plan(cfg, req: Request, max_steps: int) -> tuple[list[Artifact], Plan]:
-    inv, names = inventory.scan(cfg.output_dir, max_steps, mirror=True)
+    inv, names = inventory.scan(cfg.output_dir, max_steps, mirror=bool(cfg.mirror.mirror_to))
     plan = make_plan(inv, req, existing=names, stamp=commit.utc_stamp())  # (a PlanError is a usage error)
     # Only the mirror has these: it renames its own (a branch sets later ones aside there too); one
     # that is incomplete or corrupt there is reported and left as it is.
