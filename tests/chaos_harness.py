@@ -608,7 +608,7 @@ def _random_main(args, work: Path) -> int:
     print(f"committed artifacts when killed: {sorted(landed)[len(landed) // 2] if landed else 0} (median), "
           f"{sum(c == 0 for c in landed)} kills before the first commit")
     print(f"{len(results)} runs with {kills} random {args.signal or 'SIGKILL'}s ({args.ranks} rank(s), "
-          f"sent after file events {_spans(window)} "
+          f"sent after {'writes to the mirror' if MIRROR else 'file events'} {_spans(window)} "
           "after launch): "
           + ", ".join(f"{v} {c}" for v, c in sorted(counts.items())))
     if args.json:
