@@ -148,3 +148,4 @@ def test_a_file_mirror_that_cannot_be_used_is_one_line(url, says):
     with pytest.raises(UsageError) as e:
         open_store(url)
     assert says in str(e.value) and "\n" not in str(e.value)
+

@@ -2,8 +2,10 @@
 
 Credentials and endpoints come the way each library reads them (for S3, botocore's: AWS_PROFILE,
 AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL_S3, ...). Every call here is one store operation; retrying is
-the caller's (uploader.py). An upload is checked after it lands: its size, then its checksum, by
-the store's own (S3's ETag, an MD5 of the bytes or of their parts) or by reading it back.
+the caller's (uploader.py). An upload is checked: on S3, botocore sends a CRC32 of every request's
+body and the store refuses one that does not match (its own checksum, at upload; where that is off,
+the ETag, an MD5 of the bytes or of their parts, is compared after), then its size; a store with no
+checksum of its own is read back.
 """
 
 from __future__ import annotations
@@ -149,6 +151,8 @@ class Store:
         if int(info["size"]) != size:
             return f"{info['size']} bytes, {size} here"
         etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        if self.protocol in ("s3", "s3a") and self._store_checks():
+            return None  # the store checked each request's CRC32 as it arrived
         if self.protocol in ("s3", "s3a") and etag:
             expected = _s3_etag(local, size, parts=etag.count("-") > 0)
             if expected is not None:
@@ -158,6 +162,13 @@ class Store:
             while chunk := f.read(8 << 20):
                 h.update(chunk)
         return None if h.hexdigest() == manifest.file_digest(local) else "its bytes differ from the file here"
+
+
+    def _store_checks(self) -> bool:
+        """S3 through botocore with its request checksums on (the default, when_supported)."""
+        client = getattr(self.fs, "s3", None)
+        return getattr(getattr(getattr(client, "meta", None), "config", None), "request_checksum_calculation",
+                       None) == "when_supported"
 
 
 def _s3_etag(local: str, size: int, parts: bool) -> str | None:
