@@ -70,7 +70,9 @@ def _empty(server, url: str) -> None:
 
 def train_ratio(work: Path, n: int, model: Path, server) -> dict:
     times: dict[str, list[float]] = {"mirror": [], "plain": []}
+    trained: dict[str, list[float]] = {"mirror": [], "plain": []}
     dropped: list[int] = []
+    uploads: list[tuple[float, float, float]] = []  # MB uploaded, seconds uploading, seconds the exit waited
 
     def one(kind: str) -> float:
         d = Path(tempfile.mkdtemp(dir=work))
@@ -78,8 +80,12 @@ def train_ratio(work: Path, n: int, model: Path, server) -> dict:
         extra = ["--mirror_to", url] if kind == "mirror" else []
         s, out = _run([PY, str(REPO / "train_iterative.py"), "--model_name", str(model), "--output_dir", str(d / "exp"),
                        "--max_steps", str(STEPS), *FLAGS, *extra], server.env())
+        trained[kind].append(float(re.search(r"'train_runtime': '([\d.]+)'", out).group(1)))
         if kind == "mirror":
             dropped.append(out.count("supersedes it before its upload began"))
+            mb, busy, waited = re.search(r"mirror: ([\d.]+) MB uploaded in ([\d.]+) s of uploading; the exit waited "
+                                         r"([\d.]+) s", out).groups()
+            uploads.append((float(mb), float(busy), float(waited)))
             _empty(server, url)
         shutil.rmtree(d)
         times[kind].append(s)
@@ -91,6 +97,11 @@ def train_ratio(work: Path, n: int, model: Path, server) -> dict:
         ratios.append(a / b)
     return {"value": statistics.median(ratios), "pairs": ratios, "seconds_mirror": statistics.median(times["mirror"]),
             "seconds_plain": statistics.median(times["plain"]), "checkpoints_dropped": dropped,
+            "train_runtime_ratio": statistics.median(trained["mirror"]) / statistics.median(trained["plain"]),
+            "train_runtime": {k: statistics.median(v) for k, v in trained.items()},
+            "uploaded_mb": statistics.median(u[0] for u in uploads),
+            "upload_mb_per_s": statistics.median(u[0] / u[1] for u in uploads),
+            "exit_waited_s": statistics.median(u[2] for u in uploads),
             "how": f"wall time of one train_iterative.py run (85M-param Llama, generate, {STEPS} steps with a checkpoint "
                    f"every {EVERY}, evaluate, save; a fresh process) with --mirror_to s3://... on moto's S3 server on "
                    "loopback, which waits for every upload before it exits / the same run without; "
@@ -186,7 +197,12 @@ def markdown(results: dict) -> str:
     return (f"A whole run with `--mirror_to` took {t['value']:.3f}x the time of the same run without it "
             f"({t['seconds_mirror']:.1f} s and {t['seconds_plain']:.1f} s, medians; pairs {_r(t['pairs'])}), the "
             "wait for the last uploads included; of its 3 checkpoints, these many per run waited in the queue "
-            f"until a newer one superseded them (dropped, never an iteration model): {t['checkpoints_dropped']}. "
+            f"until a newer one or the iteration model superseded them (dropped, never an iteration model): "
+            f"{t['checkpoints_dropped']}. Where the time goes: {t['uploaded_mb']:.0f} MB uploaded per run at "
+            f"{t['upload_mb_per_s']:.0f} MB/s (moto's server in Python on the same 2 cores), the training loop "
+            f"itself {t['train_runtime_ratio']:.2f}x slower while the uploads share its cores "
+            f"({t['train_runtime']['mirror']:.1f} s against {t['train_runtime']['plain']:.1f} s), and the exit "
+            f"waiting {t['exit_waited_s']:.1f} s for the last uploads. "
             "A resume on an empty disk reached its first step in "
             f"{f['value']:.3f}x the time of a local resume plus fsspec's own `get` of the same bytes "
             f"({f['seconds_fresh']:.1f} s against {f['seconds_local']:.1f} s + {f['seconds_get']:.1f} s; pairs "

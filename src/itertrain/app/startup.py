@@ -209,7 +209,7 @@ def begin_mirror(cfg: Config) -> None:
     global _store
     store, _store = _store, None
     mirror_session.begin(store, cfg.output_dir, cfg.mirror.mirror_keep, cfg.mirror.mirror_grace,
-                         settings.SAVED_CONFIG, dist.log0, dry=cfg.it.dry_run)
+                         settings.SAVED_CONFIG, dist.log0, dry=cfg.it.dry_run, carry=cfg.it.carry_optimizer_state)
 
 
 def mirror_needs(cfg: Config, plan) -> set[str]:

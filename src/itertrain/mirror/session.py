@@ -35,10 +35,11 @@ def remote_record(url: str, name: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def begin(store: Store, output_dir: str, keep: int, grace: float, record: str, log, dry: bool = False) -> Session:
+def begin(store: Store, output_dir: str, keep: int, grace: float, record: str, log, dry: bool = False,
+          carry: bool = False) -> Session:
     """Rank 0's mirror for this run (a dry run: only its view, in memory, for the plan to show)."""
     global _active
-    _active = Session(store, output_dir, keep, grace, record, log, dry)
+    _active = Session(store, output_dir, keep, grace, record, log, dry, carry)
     return _active
 
 
@@ -55,15 +56,16 @@ def forget(output_dir: str) -> None:
 
 
 class Session:
-    def __init__(self, store: Store, output_dir: str, keep: int, grace: float, record: str, log, dry: bool = False):
+    def __init__(self, store: Store, output_dir: str, keep: int, grace: float, record: str, log, dry: bool = False,
+                 carry: bool = False):
         self.store, self.output_dir, self.grace, self.log = store, output_dir, grace, log
         listing = store.listing()
         files = mirrored.units(listing)
         units = {u: mirrored.judge(fs, store.cat(f"{u}/{MANIFEST_NAME}") if MANIFEST_NAME in fs else None)
                  for u, fs in files.items()}
-        self.up = Uploader(store, output_dir, units, files, keep, log)
+        self.up = Uploader(store, output_dir, units, files, keep, log, carry)
         self.top_files = {rel for rel in listing if "/" not in rel}
-        self.fetched_bytes, self.dry, self.records = 0, dry, ()
+        self.fetched_bytes, self.dry, self.records, self.waited = 0, dry, (), 0.0
         if dry:
             mirrored.VIEWS[output_dir] = {"url": store.url, "units": units, "uploading": []}
             return
@@ -175,18 +177,22 @@ class Session:
     # -- the end --------------------------------------------------------------------------------
 
     def settle(self, timeout: float | None = None) -> bool:
-        if self.dry:
-            return True
         """Wait for the uploads: `timeout` seconds, or (None) until done; a stop request during an
         unbounded wait turns it into --mirror_grace seconds."""
-        if timeout is not None:
-            return self.up.wait(timeout)
-        while not self.up.wait(60):
-            if stop.requested_here():
-                return self.up.wait(self.grace)
-            self.log(f"☁️  mirror: waiting for {len(self.up.pending())} uploads before exiting"
-                     f"{' (the store is not answering)' if self.up.down else ''}")
-        return True
+        if self.dry:
+            return True
+        began = time.monotonic()
+        try:
+            if timeout is not None:
+                return self.up.wait(timeout)
+            while not self.up.wait(60):
+                if stop.requested_here():
+                    return self.up.wait(self.grace)
+                self.log(f"☁️  mirror: waiting for {len(self.up.pending())} uploads before exiting"
+                         f"{' (the store is not answering)' if self.up.down else ''}")
+            return True
+        finally:
+            self.waited += time.monotonic() - began
 
     def close(self) -> None:
         global _active
@@ -199,6 +205,9 @@ class Session:
         commit.unwatch(self.up.on_change)
         with self.up.cond:
             self.up.write_index()
+        if self.store.written_bytes:
+            self.log(f"☁️  mirror: {self.store.written_bytes / 1e6:.1f} MB uploaded in {self.up.seconds:.1f} s of "
+                     f"uploading; the exit waited {self.waited:.1f} s for the last uploads")
 
 
 def _kind(name: str) -> str | None:

@@ -52,6 +52,7 @@ class Store:
         self.protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
         self.events = 0  # store writes so far (failpoint mirror.event)
         self.read_bytes = 0  # bytes read from the store so far (a resume on a fresh machine reports them)
+        self.written_bytes = 0  # bytes uploaded so far
 
     def path(self, rel: str = "") -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -121,12 +122,14 @@ class Store:
         self.fs.put_file(local, self.path(rel))
         if why := self._landed(local, rel):
             raise OSError(f"{rel} on the mirror: {why}")
+        self.written_bytes += os.path.getsize(local)
 
     def put_bytes(self, rel: str, data: bytes) -> None:
         self._event("put", rel)
         self.fs.pipe_file(self.path(rel), data)
         if self.fs.cat_file(self.path(rel)) != data:
             raise OSError(f"{rel} on the mirror differs from what was written")
+        self.written_bytes += len(data)
 
     def get(self, rel: str, local: str) -> None:
         self.fs.get_file(self.path(rel), local)

@@ -7,7 +7,9 @@ generation shard once its samples_K is assembled). Each unit's data files go fir
 last; each file is checked after it lands (store.py).
 
 Nothing waits for the store: a commit only queues. A checkpoint still waiting when a newer one is
-committed is dropped (the newer one supersedes it). When WAITING items wait (a store down for long),
+committed is dropped (the newer one supersedes it), and so is one of iteration K still waiting when
+iter_K is committed (a resume takes iter_K then; not with --carry_optimizer_state, whose next
+iteration resumes that checkpoint's optimizer state). When WAITING items wait (a store down for long),
 what the queue cannot hold is not lost: it is on the local disk, and once the queue has drained the
 uploader compares the local directory with the mirror again (`resync`) and queues what is missing,
 iteration models first among equals as they come in order.
@@ -25,9 +27,19 @@ import time
 from collections import deque
 
 from itertrain.core import commit, mirrored
-from itertrain.core.names import CHECKPOINT, COMPLETE, MANIFEST_NAME, SUPERSEDED, aside_suffix, parse_name
+from itertrain.core.names import (
+    CHECKPOINT,
+    COMPLETE,
+    ITERATION,
+    MANIFEST_NAME,
+    SEED_BASE_MODEL,
+    SUPERSEDED,
+    aside_suffix,
+    parse_name,
+)
 
 WAITING = 16  # units and records that may wait for the store before a commit waits for room
+NICE = 10  # the uploading thread's priority below training's
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # seconds between tries, the last repeated
 
 
@@ -36,18 +48,25 @@ def is_checkpoint(rel: str) -> bool:
     return parsed is not None and parsed[0] == CHECKPOINT
 
 
+def is_iteration(rel: str) -> bool:
+    parsed = parse_name(rel)
+    return parsed is not None and parsed[0] == ITERATION and rel != SEED_BASE_MODEL
+
+
 class Uploader:
-    def __init__(self, store, output_dir: str, units: dict, files: dict, keep: int, log):
+    def __init__(self, store, output_dir: str, units: dict, files: dict, keep: int, log, carry: bool = False):
         self.store, self.output_dir, self.keep, self.log = store, output_dir, keep, log
         self.units = units  # {unit: index entry}: what the mirror holds, as this process knows it
         self.files = files  # {unit: {file: size}} on the mirror (for renames and deletes)
         self.protect: set[str] = set()  # what the run resumed from: never pruned
+        self.carry = carry  # --carry_optimizer_state: an iteration's last checkpoint is still needed
         self.queue: deque = deque()
         self.busy: tuple | None = None
         self.cond = threading.Condition()
         self.closed = threading.Event()
         self.failures, self.down = 0, False
         self.snapshots = 0
+        self.seconds = 0.0  # spent uploading (the thread busy with the store)
         self.dropped: list[str] = []
         self.behind = False  # the queue overflowed: compare the local directory with the mirror once drained
         self.resync = None  # () -> None, queues what the local directory has and the mirror lacks
@@ -88,8 +107,9 @@ class Uploader:
 
     def enqueue(self, item: tuple) -> None:
         with self.cond:
-            if item[0] == "unit" and is_checkpoint(item[1]):
-                for old in [q for q in self.queue if q[0] == "unit" and is_checkpoint(q[1])]:
+            if item[0] == "unit" and (is_checkpoint(item[1]) or (is_iteration(item[1]) and not self.carry)):
+                for old in [q for q in self.queue if q[0] == "unit" and is_checkpoint(q[1])
+                            and (is_checkpoint(item[1]) or q[3].get("iteration") == item[3].get("iteration"))]:
                     self.queue.remove(old)
                     self.dropped.append(old[1])
                     shutil.rmtree(old[2], ignore_errors=True)
@@ -131,6 +151,10 @@ class Uploader:
     # -- the uploading thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        try:  # Linux: a thread's own nice value; the uploads take the CPU that training leaves
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        except (AttributeError, OSError):
+            pass
         while True:
             with self.cond:
                 while not self.queue and not self.closed.is_set():
@@ -140,7 +164,9 @@ class Uploader:
                 self.busy = self.queue.popleft()
                 self.cond.notify_all()
             while self.busy is not None:
+                began = time.monotonic()
                 self._retrying(self.busy)
+                self.seconds += time.monotonic() - began
                 with self.cond:
                     if self.busy[0] == "unit":
                         shutil.rmtree(self.busy[2], ignore_errors=True)
