@@ -149,3 +149,25 @@ def test_a_file_mirror_that_cannot_be_used_is_one_line(url, says):
         open_store(url)
     assert says in str(e.value) and "\n" not in str(e.value)
 
+
+
+@pytest.mark.parametrize("carry", [False, True])
+def test_a_waiting_checkpoint_of_a_finished_iteration_is_dropped_unless_its_optimizer_state_carries_on(tmp_path, carry):
+    out, mirror = tmp_path / "exp", tmp_path / "mirror"
+    out.mkdir()
+    store = Held(open_store(f"file://{mirror}"))
+    up = uploader.Uploader(store, str(out), {}, {}, keep=5, log=lambda _: None, carry=carry)
+    commit.watch(up.on_change)
+    try:
+        up.thread.start()
+        committed(out, "checkpoint-3", step=3)
+        store.started.wait(30)  # in flight: never given up
+        committed(out, "checkpoint-6", step=6)  # the iteration's last checkpoint, waiting
+        committed(out, "iter_0", kind="iteration", step=6)
+        assert [q[1] for q in up.queue] == (["checkpoint-6", "iter_0"] if carry else ["iter_0"])
+        store.release.set()
+        assert up.wait(30)
+    finally:
+        commit.unwatch(up.on_change)
+        up.close()
+    assert (mirror / "checkpoint-6").exists() == carry and (mirror / "iter_0" / "itertrain.json").exists()

@@ -79,30 +79,30 @@ def _train(argv: list[str], prog: str | None) -> int:
             stop.drop_early()
             raise
         handlers = stop.install(cfg.it.stop_signals, cfg.it.stop_after)
-        from itertrain.app import startup
+        from itertrain.app import mirroring, startup
         from itertrain.runtime import dist
 
         several = False
         try:
             try:
                 code = startup.run_experiment(cfg)
-                if dist.is_main() and startup.settle_mirror(None) is False:
+                if dist.is_main() and mirroring.settle(None) is False:
                     print("itertrain: stopped while the last uploads to the mirror waited: every artifact is "
                           "committed here; a resume uploads the rest", flush=True)
                     code = stop.EXIT_STOPPED
             except stop.Stopped as e:
                 if dist.is_main():
-                    if (mirrored := startup.settle_mirror(cfg.mirror.mirror_grace)) is not None:
+                    if (mirrored := mirroring.settle(cfg.mirror.mirror_grace)) is not None:
                         e.record.update(mirror=cfg.mirror.mirror_to, mirrored=mirrored)
                     stop.record(cfg.output_dir, e)
-                    startup.settle_mirror(min(cfg.mirror.mirror_grace, 10.0))  # the record itself
+                    mirroring.settle(min(cfg.mirror.mirror_grace, 10.0))  # the record itself
                     from itertrain.app import settings
 
                     command = settings.resume_command(cfg.output_dir, settings.saved(cfg.output_dir))
                     print(f"itertrain: {e}. Resume with: {command}", flush=True)
                 code = stop.EXIT_STOPPED
             finally:
-                startup.close_mirror(cfg.mirror.mirror_grace)
+                mirroring.close(cfg.mirror.mirror_grace)
             several = dist.world_size() > 1
             dist.finish()
         finally:

@@ -13,13 +13,12 @@ import warnings
 from rich.console import Console
 from rich.table import Table
 
-from itertrain.app import settings
+from itertrain.app import mirroring, settings
 from itertrain.app.config import Config, UsageError, resolved
 from itertrain.app.loop import METRICS, metrics_rows, write_metrics
 from itertrain.core import banner, commit, failpoints, lock, manifest
 from itertrain.core.names import CORRUPT, SUPERSEDED
 from itertrain.core.plan import SCRATCH
-from itertrain.mirror import session as mirror_session
 from itertrain.phases import samples
 from itertrain.runtime import dist, engines, stop
 from itertrain.runtime.restore import RecoveryError, apply, check_generator, resolve
@@ -97,12 +96,9 @@ def run_experiment(cfg: Config) -> int:
     quiet_library_noise()
     task = check_inputs(cfg)
     if cfg.mirror.mirror_to:
-        dist.on_main(open_mirror, cfg)
+        dist.on_main(mirroring.open_store, cfg)
     held = None if cfg.it.dry_run else claim_directory(cfg.output_dir)  # noqa: F841 (the lock, for this run)
-    if cfg.mirror.mirror_to:
-        dist.on_main(begin_mirror, cfg)
-    elif not cfg.it.dry_run:
-        dist.on_main(mirror_session.forget, cfg.output_dir)
+    mirroring.begin(cfg)
     steps = cfg.iteration_steps(dist.world_size())
     inv, plan = decide(cfg, steps)
     dist.log0(banner.render(cfg.output_dir, inv, plan,
@@ -116,8 +112,7 @@ def run_experiment(cfg: Config) -> int:
         return 0
     base, peft = (None, None) if plan.done else prepare(cfg, plan, steps)
     dist.on_main(write_metrics, cfg.output_dir, steps)  # derived: a crash or a rename may have left it behind
-    if session := mirror_session.active():
-        session.sync(plan, (settings.SAVED_CONFIG, METRICS))
+    mirroring.sync(plan, (settings.SAVED_CONFIG, METRICS))
     if plan.done:
         dist.log0("✅ every requested iteration is already complete: nothing to do")
         from itertrain.app.loop import settle_trackers
@@ -193,71 +188,9 @@ def claim_directory(out: str):
     return held[0] if held else None
 
 
-_store = None  # rank 0's store behind --mirror_to, from open_mirror to begin_mirror
-
-
-def open_mirror(cfg: Config) -> None:
-    """Rank 0: the store behind --mirror_to, checked before anything is written (a bad URL, a missing
-    bucket, refused credentials: one line, exit 2)."""
-    global _store
-    from itertrain.mirror.store import open_store
-
-    _store = open_store(cfg.mirror.mirror_to, write=not cfg.it.dry_run)  # (a dry run writes nothing, there either)
-
-
-def begin_mirror(cfg: Config) -> None:
-    global _store
-    store, _store = _store, None
-    mirror_session.begin(store, cfg.output_dir, cfg.mirror.mirror_keep, cfg.mirror.mirror_grace,
-                         settings.SAVED_CONFIG, dist.log0, dry=cfg.it.dry_run, carry=cfg.it.carry_optimizer_state)
-
-
-def mirror_needs(cfg: Config, plan) -> set[str]:
-    """What a resume loads of iteration K = plan.next_iteration, and so fetches when only the mirror has
-    it: the plan's checkpoint and model, the built-in base (the tokenizer), K's samples (or its shards)
-    and pairs, earlier samples when reused, and model_K where K's samples must be made again, an adapter
-    trains on it, or the objective loads it (a DPO reference)."""
-    from itertrain.core.names import model_before, pairs_name, samples_name
-    from itertrain.phases import shards
-    from itertrain.training import objectives
-
-    k, out = plan.next_iteration, cfg.output_dir
-    names = {plan.weights_from, plan.state_from, samples_name(k), pairs_name(k), shards.folder(k)}
-    names |= {BASE} if not cfg.it.model_name else set()
-    names |= {samples_name(j) for j in range(k)} if cfg.it.reuse_previous else set()
-    there = mirror_session.active().up.units.get(samples_name(k), {})
-    made = there.get("state") == "complete" or os.path.isdir(os.path.join(out, samples_name(k)))
-    model_k = model_before(out, plan.models, os.path.join(out, BASE), k)[0]
-    if k > 0 and (not made or cfg.peft.use_peft):
-        names.add(os.path.relpath(model_k, out))
-    inputs = getattr(objectives.for_iteration(cfg, k), "inputs", None)  # (an objective plug-in may not declare it)
-    names |= {os.path.relpath(p, out) for p in (inputs(cfg, plan.models, os.path.join(out, BASE), k) if inputs else [])}
-    return {n for n in names if n and not n.startswith("..")}
-
-
-def fetch_from_mirror(cfg: Config):
-    """resolve's fetch (every rank has it; rank 0 runs it): bring what the plan loads (None without a
-    mirror, or in a dry run)."""
-    if not cfg.mirror.mirror_to or cfg.it.dry_run:
-        return None
-    return lambda plan: mirror_session.active().fetch(mirror_needs(cfg, plan), plan)
-
-
-def settle_mirror(timeout: float | None) -> bool | None:
-    """Rank 0: wait for the uploads (None: until done); whether they are all on the mirror (None: no mirror)."""
-    session = mirror_session.active()
-    return None if session is None else session.settle(timeout)
-
-
-def close_mirror(grace: float) -> None:
-    if session := mirror_session.active():
-        session.settle(grace)
-        session.close()
-
-
 def decide(cfg: Config, steps: int):
     """Inventory and plan (rank 0's, given to every rank), with the warnings a user must see."""
-    inv, plan = resolve(cfg, steps, fetch=fetch_from_mirror(cfg))
+    inv, plan = resolve(cfg, steps, fetch=mirroring.fetcher(cfg, BASE))
 
     def warn():
         record = settings.saved(cfg.output_dir)

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from itertrain.app import settings as settings_
 from itertrain.core import defaults, inventory, manifest, mirrored, progress
 from itertrain.core.errors import UsageError
-from itertrain.core.names import CHECKPOINT, COMPLETE, ITERATION, MANIFEST_NAME, Artifact, aside_why
+from itertrain.core.names import CHECKPOINT, COMPLETE, ITERATION, Artifact, aside_why
 from itertrain.core.plan import BOTH, ITERATION_STRATEGY, TRAINER, PlanError, Request, make_plan
 from itertrain.core.selectors import SelectorError, parse_checkpoint_selector, parse_iteration_selector
 from itertrain.phases import shards
@@ -68,14 +68,12 @@ def _mirror_view(url: str, tmp: str) -> str:
     """`tmp` made to look like the experiment the mirror at `url` holds: its records there, its
     artifacts in the inventory's view (mirrored.VIEWS). Nothing is written to the mirror but its
     check's probe."""
+    from itertrain.mirror.session import view
     from itertrain.mirror.store import open_store
 
     store = open_store(url, write=False)
-    listing = store.listing()
-    files = mirrored.units(listing)
-    mirrored.VIEWS[tmp] = {"url": store.url, "uploading": [], "units": {
-        u: mirrored.judge(fs, store.cat(f"{u}/{MANIFEST_NAME}") if MANIFEST_NAME in fs else None)
-        for u, fs in files.items()}}
+    listing, _, units = view(store)
+    mirrored.VIEWS[tmp] = {"url": store.url, "uploading": [], "units": units}
     for name in (settings_.SAVED_CONFIG, stop.RECORD, "metrics.jsonl"):
         if name in listing:
             with open(os.path.join(tmp, name), "wb") as f:

@@ -35,6 +35,16 @@ def remote_record(url: str, name: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def view(store: Store) -> tuple[dict, dict, dict]:
+    """What the mirror holds now: its listing {path: size}, each unit's files, and each unit's index
+    entry (state, why, manifest: one read of each manifest there)."""
+    listing = store.listing()
+    files = mirrored.units(listing)
+    units = {u: mirrored.judge(fs, store.cat(f"{u}/{MANIFEST_NAME}") if MANIFEST_NAME in fs else None)
+             for u, fs in files.items()}
+    return listing, files, units
+
+
 def begin(store: Store, output_dir: str, keep: int, grace: float, record: str, log, dry: bool = False,
           carry: bool = False) -> Session:
     """Rank 0's mirror for this run (a dry run: only its view, in memory, for the plan to show)."""
@@ -59,10 +69,7 @@ class Session:
     def __init__(self, store: Store, output_dir: str, keep: int, grace: float, record: str, log, dry: bool = False,
                  carry: bool = False):
         self.store, self.output_dir, self.grace, self.log = store, output_dir, grace, log
-        listing = store.listing()
-        files = mirrored.units(listing)
-        units = {u: mirrored.judge(fs, store.cat(f"{u}/{MANIFEST_NAME}") if MANIFEST_NAME in fs else None)
-                 for u, fs in files.items()}
+        listing, files, units = view(store)
         self.up = Uploader(store, output_dir, units, files, keep, log, carry)
         self.top_files = {rel for rel in listing if "/" not in rel}
         self.fetched_bytes, self.dry, self.records, self.waited = 0, dry, (), 0.0
