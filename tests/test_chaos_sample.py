@@ -165,7 +165,7 @@ def mirrored(tmp_path_factory):
         server.stop()
 
 
-@pytest.mark.parametrize("fraction", [0.3, 0.8])
+@pytest.mark.parametrize("fraction", [0.6])
 def test_crash_at_a_mirror_write_then_resume_from_the_mirror_alone(tmp_path, mirrored, fraction):
     out, events, _ = mirrored
     event = max(1, int(len(events) * fraction))
@@ -173,7 +173,7 @@ def test_crash_at_a_mirror_write_then_resume_from_the_mirror_alone(tmp_path, mir
     assert result["verdict"] == "PASS", (events[event - 1], result)
 
 
-@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("seed", range(1))
 def test_random_sigkills_during_uploads_then_resume_from_the_mirror_alone(tmp_path, mirrored, seed):
     out, _, window = mirrored
     result = random_trial(out, tmp_path, seed, window=window)

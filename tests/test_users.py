@@ -108,7 +108,7 @@ def test_status_json_schema_hint_and_plot(tmp_path, crashed_in_iter1, capsys):
     rc, stdout, _ = _command(status.main, [str(crashed_in_iter1), "--json"], capsys)
     d = json.loads(stdout)
     assert rc == 0 and set(d) == {"output_dir", "settings", "last_stop", "generation", "iterations", "checkpoints",
-                                  "artifacts", "set_aside", "plan", "hints"}
+                                  "artifacts", "mirror", "set_aside", "plan", "hints"}
     assert d["last_stop"] is None
     from test_status import schema_rows
 
