@@ -58,19 +58,8 @@ class Store:
         return f"{self.root}/{rel}" if rel else self.root
 
     def check(self, write: bool = True) -> None:
-        where = f"--mirror_to {self.url}"
-        if not write:
-            try:
-                self.fs.invalidate_cache()
-                self.fs.ls(self.root.split("/")[0] if self.protocol not in ("file", "local") else self.root)
-                return
-            except FileNotFoundError:
-                raise UsageError(f"{where}: the bucket or directory {self.root.split('/')[0]!r} does not exist") from None
-            except PermissionError as e:
-                raise UsageError(f"{where}: the store refused our credentials ({_first(e)})") from None
-            except Exception as e:  # noqa: BLE001 - any failure to reach the store is this one line
-                raise UsageError(f"{where}: cannot reach the store ({type(e).__name__}: {_first(e)})") from None
-        if self.protocol in ("file", "local"):
+        where, local = f"--mirror_to {self.url}", self.protocol in ("file", "local")
+        if local and write:
             parent = os.path.dirname(self.root.rstrip("/")) or "/"
             if not os.path.isdir(self.root) and not os.path.isdir(parent):
                 raise UsageError(f"{where}: neither it nor its parent directory {parent} exists")
@@ -79,12 +68,13 @@ class Store:
             except OSError as e:
                 raise UsageError(f"{where}: cannot create it ({e.strerror})") from None
         try:
-            if self.protocol not in ("file", "local"):
-                self.fs.ls(self.root.split("/")[0])  # the bucket (or container)
-            self.fs.pipe_file(self.path(PROBE), b"itertrain")
-            self.fs.rm(self.path(PROBE))
+            self.fs.invalidate_cache()
+            self.fs.ls(self.root if local else self.root.split("/")[0])  # the directory, or the bucket (container)
+            if write:
+                self.fs.pipe_file(self.path(PROBE), b"itertrain")
+                self.fs.rm(self.path(PROBE))
         except FileNotFoundError:
-            raise UsageError(f"{where}: the bucket {self.root.split('/')[0]!r} does not exist") from None
+            raise UsageError(f"{where}: the bucket or directory {self.root.split('/')[0]!r} does not exist") from None
         except PermissionError as e:
             raise UsageError(f"{where}: the store refused our credentials ({_first(e)})") from None
         except Exception as e:  # noqa: BLE001 - any failure to reach the store is this one line
