@@ -5,6 +5,7 @@ resumes from the mirror alone; the store refuses, fails, goes down and comes bac
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,11 @@ def test_output_dir_deleted_mid_run_resumes_from_the_mirror_alone(s3, reference,
     assert report["plan"]["done"] and [r["state"] for r in report["iterations"]] == ["complete", "complete"]
     assert {a["location"] for a in report["artifacts"]} == {"only on the mirror"}
     assert f"--mirror_to {url}" in report["hints"][0] and f"--output_dir {out}" in report["hints"][0]
+    shutil.rmtree(out)  # the command status printed, run as printed on another empty disk
+    command = shlex.split(report["hints"][0].split("(change 3 as you like): ")[1])
+    again = subprocess.run([sys.executable if w == "python" else w for w in command], cwd=REPO, capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert again.returncode == 0 and "iteration 2" in again.stdout, again.stderr[-2000:]
 
 
 @pytest.mark.parametrize("mirror, says", [
