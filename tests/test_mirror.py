@@ -126,7 +126,11 @@ def wait_for(path, pattern: str, proc, timeout: float = 240) -> str:
         text = path.read_text(errors="replace") if path.exists() else ""
         if re.search(pattern, text):
             return text
-        time.sleep(0.05)
+        try:  # waiting on the run itself: one that ended without printing it fails here, at once
+            rc = proc.wait(0.05)
+        except subprocess.TimeoutExpired:
+            continue
+        raise AssertionError(f"the run ended (exit {rc}) without printing {pattern!r}: {text[-3000:]}")
     raise AssertionError(f"never printed {pattern!r}: {text[-3000:]}")
 
 
@@ -215,6 +219,7 @@ def test_a_file_mirror_and_a_branch_renamed_aside_on_it(reference, tmp_path):
     assert (out / ".itertrain.mirror.json").exists()
 
 
+@pytest.mark.dist
 def test_two_ranks_resume_from_the_mirror_alone(s3, reference_two_ranks, tmp_path):
     url, out = bucket(s3, "ranks"), tmp_path / "exp"
     killed_by(run_cli(out, "--mirror_to", url, launcher=TORCHRUN, failpoints="train.step=10", timeout=600),
@@ -224,5 +229,3 @@ def test_two_ranks_resume_from_the_mirror_alone(s3, reference_two_ranks, tmp_pat
     assert max_diff(out / "iter_1", reference_two_ranks / "iter_1") == 0.0
     assert (out / "metrics.jsonl").read_bytes() == (reference_two_ranks / "metrics.jsonl").read_bytes()
 
-
-test_two_ranks_resume_from_the_mirror_alone = pytest.mark.dist(test_two_ranks_resume_from_the_mirror_alone)
