@@ -19,7 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from itertrain.app import needs, settings
-from itertrain.core import defaults
+from itertrain.core import defaults, elastic
 from itertrain.core.errors import UsageError
 from itertrain.core.selectors import (
     Selector,
@@ -143,6 +143,11 @@ class IterTrainingArguments(TrainingArguments):
     warmup_steps: float = field(default=5, metadata={"help": "Warm-up steps of each iteration's schedule."})
     save_steps: float = field(default=100, metadata={"help": "Commit a trainer checkpoint every N steps."})
     logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
+    elastic_batch: str = field(default=elastic.KEEP, metadata={
+        "choices": [elastic.KEEP, elastic.ALLOW],
+        "help": "A resume on another number of processes keeps the experiment's global batch (examples per "
+                "optimizer step) by changing the accumulation, then the per-device batch; where none can, keep "
+                "refuses and allow continues with the nearest global batch (recorded; docs/scaling.md)."})
     report_to: list[str] = field(default_factory=lambda: ["none"], metadata={
         "help": "Where to report besides metrics.jsonl, one or more: tensorboard, wandb, mlflow (one run per "
                 "experiment each, docs/status.md), any other HF integration, all, or none."})
@@ -160,24 +165,24 @@ class Config:
     mirror: MirrorArguments = field(default_factory=MirrorArguments)
     given: dict = field(default_factory=dict)  # {flag: value as given}: command line, config file, or the record
     carried: dict = field(default_factory=dict)  # {flag: value} a resume took from the experiment's record
+    batch: elastic.Batch | None = None  # the batch trained with (the flags', or kept across a world-size change)
+    batch_note: str | None = None  # what start-up changed in the batch, and why
 
     @property
     def output_dir(self) -> str:
         return self.train.output_dir
 
     def iteration_steps(self, world_size: int, num_examples: int | None = None) -> int:
-        """Optimizer steps of one iteration, as HF Trainer will count them: --max_steps, or with
-        --num_train_epochs, from the size of that iteration's training set (an estimate when the
-        size is not known yet: only used to place foreign checkpoints without a manifest)."""
+        """Optimizer steps of one iteration: --max_steps, or with --num_train_epochs, from the size of
+        that iteration's training set and the global batch (training/order.py: an epoch is whole
+        global batches). An estimate when the size is not known yet: only used to place foreign
+        checkpoints without a manifest."""
         a = self.train
         if a.max_steps > 0:
             return a.max_steps
-        n = num_examples if num_examples is not None else self.it.num_gold + self.it.num_prompts
-        # as HF's Trainer.set_initial_training_values: batches per rank (accelerate shards whole
-        # batches), a last partial accumulation counts as an update step
-        global_batch = a.per_device_train_batch_size * world_size
-        batches = max(n, 1) // global_batch if a.dataloader_drop_last else math.ceil(max(n, 1) / global_batch)
-        per_epoch = max(math.ceil(batches / a.gradient_accumulation_steps), 1)
+        n = max(num_examples if num_examples is not None else self.it.num_gold + self.it.num_prompts, 1)
+        size = self.batch.size if self.batch else a.per_device_train_batch_size * world_size * a.gradient_accumulation_steps
+        per_epoch = max(n // size if a.dataloader_drop_last else math.ceil(n / size), 1)
         return max(1, math.ceil(a.num_train_epochs * per_epoch))
 
 
@@ -283,8 +288,14 @@ def settle(cfg: Config, record: dict, given: dict, carry: dict, defaulted: set) 
         raise UsageError("--change_experiment true: only a resume of an experiment with recorded settings can "
                          "change what defines it; drop it")
     needs.check(cfg, set(given) - defaulted)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    t = cfg.train
+    batch, note = elastic.decide(*settings.batch_target(record, t.per_device_train_batch_size,
+                                                        t.gradient_accumulation_steps, world),
+                                 world, t.per_device_train_batch_size, t.gradient_accumulation_steps, t.elastic_batch)
     kept = {k: v for k, v in {**given, **carry}.items() if k not in settings.PER_RUN and k not in idle}
-    return dataclasses.replace(cfg, given=kept, carried={k: v for k, v in carry.items() if k not in idle})
+    return dataclasses.replace(cfg, given=kept, carried={k: v for k, v in carry.items() if k not in idle},
+                               batch=batch, batch_note=note)
 
 
 def own_arguments(parsed: list | None = None) -> dict:
@@ -379,7 +390,9 @@ def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArgument
     own = own_arguments() if own is None else own
     objectives.validate(obj, train, own)
     validate_mirror(mirror := mirror or MirrorArguments())
-    return Config(it, train, ckpt_sel, iter_sel, peft, obj, own, mirror=mirror)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    b, a = train.per_device_train_batch_size, train.gradient_accumulation_steps
+    return Config(it, train, ckpt_sel, iter_sel, peft, obj, own, mirror=mirror, batch=elastic.Batch(b, a, world, b * a * world))
 
 
 def resolved(cfg: Config) -> dict:

@@ -138,9 +138,9 @@ def select(run: Run, it: Iteration) -> None:
     cfg, k = run.cfg, it.k
     it.objective = objectives.for_iteration(cfg, k)
     it.train_set = it.objective.train_set(cfg, k, run.kept, run.task, run.tokenizer)
-    if cfg.train.dataloader_drop_last and it.train_set.size < cfg.train.per_device_train_batch_size * dist.world_size():
-        raise TaskError(f"iteration {k} has {it.train_set.size} training examples, less than one batch across the "
-                        "ranks, and --dataloader_drop_last drops it: nothing would be trained")
+    if cfg.train.dataloader_drop_last and it.train_set.size < cfg.batch.size:
+        raise TaskError(f"iteration {k} has {it.train_set.size} training examples, less than one global batch "
+                        f"({cfg.batch.size}), and --dataloader_drop_last drops it: nothing would be trained")
     it.steps = cfg.iteration_steps(dist.world_size(), it.train_set.size)
 
 
@@ -165,6 +165,7 @@ def build_trainer(run: Run, it: Iteration):
     targs = copy.deepcopy(cfg.train)
     targs.output_dir = commit.staging_path(cfg.output_dir, "trainer")
     targs.max_steps, targs.save_total_limit = it.steps, None
+    targs.per_device_train_batch_size, targs.gradient_accumulation_steps = cfg.batch.per_device, cfg.batch.accumulation
     targs.report_to = [r for r in targs.report_to if r not in trackers.KINDS]  # ours: trackers/
     targs.enable_jit_checkpoint = False  # HF's SIGTERM handler: ours (stop.py) stops every phase
     engines.before_trainer(targs)

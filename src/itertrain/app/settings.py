@@ -17,6 +17,8 @@ import json
 import os
 import shlex
 
+from itertrain.core import elastic
+
 SAVED_CONFIG = "itertrain_config.json"
 
 # Given for one attempt only, never taken from the record.
@@ -32,7 +34,7 @@ FREE = PER_RUN | {
     "logging_strategy", "logging_first_step", "save_steps", "save_strategy", "save_total_limit", "log_level",
     "log_level_replica", "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
     "dataloader_pin_memory", "hub_token", "tracker_log_model", "world_size", "mirror_to", "mirror_keep",
-    "mirror_grace"}
+    "mirror_grace", "elastic_batch"}
 
 # What the saved state means: changing one mixes two experiments (an adapter trained on another model,
 # samples of another task, DPO state under an SFT run). Refused unless --change_experiment.
@@ -122,6 +124,20 @@ def differences(started_with: dict, now: dict) -> list[str]:
         if key not in FREE and started_with.get(key) != now.get(key):
             out.append(f"{key}: {started_with.get(key)!r} -> {now.get(key)!r}")
     return out
+
+
+def batch_target(record: dict, per_device: int, accumulation: int, world_size: int) -> tuple[int, int]:
+    """(the experiment's global batch, the number of processes it last ran on) that this run keeps: the
+    record's, unless this run's batch flags differ from the recorded ones (a change on purpose:
+    the flags are taken as given, and the banner warns as for any branch)."""
+    args = record.get("args", {})
+    if not record or (args.get("per_device_train_batch_size"), args.get("gradient_accumulation_steps")) != (
+            per_device, accumulation):
+        return per_device * accumulation * world_size, world_size
+    if prior := elastic.Batch.from_json(record.get("batch")):
+        return prior.target, prior.world_size
+    ran_on = record.get("world_size") or 1
+    return per_device * accumulation * ran_on, ran_on
 
 
 def resume_command(output_dir: str, record: dict, *extra: str) -> str:

@@ -201,6 +201,8 @@ def decide(cfg: Config, steps: int):
             plan.warnings.append("resuming with other settings than the experiment was started with: "
                                  + "; ".join(changed))
         plan.warnings.extend(engines.notes(cfg.train))
+        if cfg.batch_note:
+            plan.warnings.append(cfg.batch_note)
         return plan
 
     return inv, dist.on_main(warn)
@@ -259,6 +261,7 @@ def save_settings(cfg: Config, steps: int, scratch: bool) -> None:
     record = {"num_iterations": cfg.it.num_iterations, "iteration_steps": steps,
               "carry_optimizer_state": cfg.it.carry_optimizer_state, "model_name": cfg.it.model_name,
               "world_size": dist.world_size(), "args": now, "given": cfg.given,
+              **({"batch": cfg.batch.to_json()} if cfg.batch else {}),
               "started_with": old.get("started_with", now)}
     commit.atomic_write_json(os.path.join(cfg.output_dir, settings.SAVED_CONFIG), record)
 

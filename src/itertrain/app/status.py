@@ -152,7 +152,7 @@ def build(args) -> dict:
         plan = {"error": str(e)}
     settings = {"num_iterations": num_iterations, "iteration_steps": max_steps,
                 "model_name": saved.get("model_name"), "world_size": saved.get("world_size", 1),
-                "mirror_to": saved.get("given", {}).get("mirror_to")}
+                "mirror_to": saved.get("given", {}).get("mirror_to"), "batch": _batch(saved)}
 
     def described(a: Artifact) -> dict:
         local = None if a.where or a.state != COMPLETE else _manifest(os.path.join(args.output_dir, a.name))
@@ -175,6 +175,23 @@ def build(args) -> dict:
             if index else None,
             "set_aside": aside, "plan": plan, "hints": hints(args.output_dir, settings, artifacts, plan, aside)
             + ([] if "given" in saved or not saved else [OLD_RECORD])}
+
+
+def _batch(saved: dict) -> dict | None:
+    """The last run's batch, with `note` where it is not what the flags say (kept across a change of
+    the number of processes) or not the experiment's global batch (--elastic_batch allow)."""
+    batch, args = saved.get("batch"), saved.get("args", {})
+    if not isinstance(batch, dict) or "global_batch" not in batch:
+        return None
+    split = f"{batch['per_device']} per device x {batch['accumulation']} accumulation x {batch['world_size']} processes"
+    note = None
+    if batch["global_batch"] != batch["target"]:
+        note = (f"a global batch of {batch['global_batch']} ({split}), not the experiment's {batch['target']}: "
+                "--elastic_batch allow")
+    elif (batch["per_device"], batch["accumulation"]) != (args.get("per_device_train_batch_size"),
+                                                          args.get("gradient_accumulation_steps")):
+        note = f"the experiment's global batch of {batch['target']} kept on {batch['world_size']} processes ({split})"
+    return {**batch, "note": note}
 
 
 def _manifest(path: str) -> dict:
@@ -302,6 +319,8 @@ def show(r: dict, console=None) -> None:
         console.print(f"stopped: {stopped['reason']} in the {stopped['phase']} phase of iteration {stopped['iteration']} "
                       f"at global step {stopped['global_step']} ({stopped['time']}); committed: {stopped['committed']}",
                       highlight=False)
+    if (batch := r.get("settings", {}).get("batch")) and batch["note"]:
+        console.print(f"batch: {batch['note']}", highlight=False)
     if mirror := r.get("mirror"):
         where = [a["location"] for a in r["artifacts"]]
         console.print(f"mirror: {mirror['url']}: {where.count(mirrored.MIRRORED)} mirrored, "

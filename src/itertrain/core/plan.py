@@ -148,6 +148,8 @@ def make_plan(
     plan = _strategy(ckpt, it, ckpts, req)
     state = next((a for a in inventory if a.name == plan.state_from), None)
     _check_world_size(state, req)
+    if rng := _rng_note(state, req):
+        plan.warnings.append(rng)
     _check_foreign_steps(state)
     if notes:
         plan.reason = f"{plan.reason}; " + "; ".join(notes)
@@ -211,6 +213,19 @@ def _check_world_size(state: Artifact | None, req: Request) -> None:
             f"{req.world_size}: {state.engine} cannot load them on another number of processes. Resume with "
             f"{state.world_size} processes, or start from the newest iteration model without the training state "
             "(--resume_from none --resume_from_iteration auto)")
+
+
+def _rng_note(state: Artifact | None, req: Request) -> str | None:
+    """What a checkpoint written by another number of processes does to the ranks' random state."""
+    if state is None or state.world_size is None or state.world_size == req.world_size:
+        return None
+    was, now = state.world_size, req.world_size
+    ranks = (lambda a, b: f"rank {a}" if a == b else f"ranks {a}-{b}")
+    what = (f"the RNG state of {ranks(now, was - 1)} is not used" if now < was else
+            f"{ranks(was, now - 1)} {'derives its' if now - was == 1 else 'derive their'} RNG state from the seed, "
+            "the rank and the step")
+    return (f"{state.name} was written by {was} processes and this run has {now}: {what}, so random draws "
+            "(dropout) differ from an uninterrupted run's (docs/scaling.md)")
 
 
 def _check_foreign_steps(state: Artifact | None) -> None:
