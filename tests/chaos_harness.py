@@ -61,7 +61,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--num_iterations", "2", "--max_steps", "6", "--save_steps", "3", "--num_gold", "64",
          "--num_prompts", "24", "--num_samples", "2", "--generation_batch_size", "8", "--num_eval", "8",
-         "--per_device_train_batch_size", "8", "--generation_shard_size", "8", "--disable_tqdm", "true"]
+         "--per_device_train_batch_size", "6", "--generation_shard_size", "8", "--disable_tqdm", "true"]
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 BUILTIN_SIZES = ("--num_gold", "--num_prompts", "--num_eval")  # the built-in task's own
 

@@ -17,10 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(out, *extra, failpoints=None, entry=("train_iterative.py",), launcher=(sys.executable,), timeout=300,
-            events=None, small=SMALL):
+            events=None, small=SMALL, batch_log=None):
     """The real command line on `out`, `small` then `extra` after --output_dir; `events`: a file that gets
-    the run's file events (failpoints.py)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("ITERTRAIN_FAILPOINTS", "ITERTRAIN_CHAOS_LOG")}
+    the run's file events (failpoints.py); `batch_log`: one that gets each step's examples (training/order.py)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ITERTRAIN_FAILPOINTS", "ITERTRAIN_CHAOS_LOG", "ITERTRAIN_BATCH_LOG")}
+    if batch_log:
+        env["ITERTRAIN_BATCH_LOG"] = str(batch_log)
     if failpoints:
         env["ITERTRAIN_FAILPOINTS"] = failpoints
     if events:
@@ -243,16 +246,42 @@ def shared(tmp_path_factory, name: str, build):
 def run_once(*flags, launcher=(sys.executable,), killed=None, leaves=None, **kw):
     """A build for `shared`: one run of the CLI that must finish, or be killed by the failpoint `killed`
     (killed_by, with `leaves` committed); gives (output_dir, stdout). Its file events (rank 0's) are
-    kept beside it, in events(output_dir), for the chaos sample."""
+    kept beside it, in events(output_dir), for the chaos sample, and so are its steps' examples, in
+    batches(output_dir)."""
     def build(work):
         out = work / "exp"
-        proc = run_cli(out, *flags, launcher=launcher, events=work / "events.log", failpoints=killed, **kw)
+        proc = run_cli(out, *flags, launcher=launcher, events=work / "events.log", failpoints=killed,
+                       batch_log=work / "batches.jsonl", **kw)
         if killed:
             killed_by(proc, killed, leaves=leaves and out / leaves)
         else:
             assert proc.returncode == 0, proc.stderr[-3000:]
         return out, proc.stdout
     return build
+
+
+def batches(log) -> dict:
+    """{(iteration, global step): sorted example indices} of a batch log (a run_once build's output_dir,
+    or the file); a step written again by a resume counts as its last line says."""
+    log = Path(log)
+    log = log.parent / "batches.jsonl" if log.is_dir() else log
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    return {(r["iteration"], r["step"]): r["ids"] for r in rows}
+
+
+def same_experiment(out, ref, ks=(0, 1), rel=1e-3, weights_tol=1e-5) -> None:
+    """`out` ended as `ref` up to the float reduction order of another number of processes: the same
+    samples, weights within `weights_tol`, the same metrics but train_loss within `rel`."""
+    for k in ks:
+        for f in ("generated.jsonl", "selected.jsonl"):
+            assert (out / f"samples_{k}" / f).read_bytes() == (ref / f"samples_{k}" / f).read_bytes(), (k, f)
+    assert max_diff(out / f"iter_{ks[-1]}", ref / f"iter_{ks[-1]}") <= weights_tol
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (out, ref)]
+    assert len(rows[0]) == len(rows[1])
+    for a, b in zip(*rows):
+        mine, theirs = a.pop("train_loss"), b.pop("train_loss")
+        assert abs(mine - theirs) <= rel * abs(theirs), (mine, theirs)
+        assert a == b
 
 
 def events(out) -> list[str]:
@@ -298,6 +327,14 @@ def reference_two_ranks(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def two_rank_runs(tmp_path_factory, reference_two_ranks):
+    """An uninterrupted 2-rank run, and one killed at global step 10 (after checkpoint-9)."""
+    crashed = shared(tmp_path_factory, "two_ranks_crashed",
+                     run_once(launcher=TORCHRUN, timeout=600, killed="train.step=10", leaves="checkpoint-9"))[0]
+    return reference_two_ranks, crashed
+
+
+@pytest.fixture(scope="session")
 def reference_carry(tmp_path_factory):
     return reference_run(tmp_path_factory, "reference_carry")[0]
 
@@ -314,7 +351,8 @@ def crashed_in_iter1(tmp_path_factory):
 # uses a fixture made by a real run is of that run's kind; an unmarked test is fast, and fails if
 # it starts a process.
 KINDS = ("e2e", "dist", "vllm", "chaos")
-RUN_FIXTURES = {"reference": "e2e", "reference_carry": "e2e", "crashed_in_iter1": "e2e", "reference_two_ranks": "dist"}
+RUN_FIXTURES = {"reference": "e2e", "reference_carry": "e2e", "crashed_in_iter1": "e2e", "reference_two_ranks": "dist",
+                "two_rank_runs": "dist"}
 # The multi-process tests (several ranks, or a vLLM engine beside the run) run one after another on
 # one worker, never beside each other on 2 cores: side by side, ZeRO-3's gloo collectives and vLLM's
 # engine slowed each other several times over. The group starts first, as it is the longest that one

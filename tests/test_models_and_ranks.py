@@ -55,16 +55,6 @@ def torchrun(out, *extra, failpoints=None):
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
 
-@pytest.fixture(scope="session")
-def two_rank_runs(tmp_path_factory, reference_two_ranks):
-    """An uninterrupted 2-rank run, and one killed at global step 10 (after checkpoint-9)."""
-    def crash(work):
-        killed_by(torchrun(work / "crashed", failpoints="train.step=10"), "train.step=10",
-                  leaves=work / "crashed" / "checkpoint-9")
-        return work / "crashed"
-    return reference_two_ranks, shared(tmp_path_factory, "two_ranks_crashed", crash)
-
-
 @pytest.mark.dist
 def test_two_ranks_crash_and_resume_bit_identical(tmp_path, reference, two_rank_runs):
     ref, crashed = two_rank_runs

@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from conftest import TORCHRUN, killed_by, max_diff, run_cli
+from conftest import TORCHRUN, killed_by, max_diff, run_cli, same_experiment
 
 from itertrain.app import config, status
 from itertrain.phases import samples, shards
@@ -120,13 +120,15 @@ def test_a_shard_that_does_not_fit_is_set_aside_and_made_again(tmp_path, referen
 
 
 @pytest.mark.dist
-def test_stopped_with_one_rank_resumed_with_two_ends_as_the_two_rank_run(tmp_path, reference_two_ranks):
+def test_stopped_with_one_rank_resumed_with_two_keeps_the_shards_and_the_experiment(tmp_path, reference):
+    """The shards committed by one process are kept by two, which train with the one-process run's
+    global batch (core/elastic.py): it ends as that run, up to the float order of two processes."""
     out = tmp_path / "exp"
     assert run_cli(out, failpoints="signal.generate=2").returncode == 75
     proc = run_cli(out, *AUTO, launcher=TORCHRUN, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(8 already committed in 1 shard)" in proc.stdout
-    _same(out, reference_two_ranks)
+    same_experiment(out, reference)
 
 
 @pytest.mark.dist
@@ -140,4 +142,4 @@ def test_killed_on_one_rank_during_generation_resumed_with_one_rank(tmp_path, re
     proc = run_cli(out, *AUTO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(16 already committed in 2 shards)" in proc.stdout
-    _same(out, reference)
+    same_experiment(out, reference_two_ranks)  # the two-process run's global batch, kept

@@ -9,6 +9,9 @@ override is here, each small, each calling the library's own code.
 - _maybe_log_save_evaluate: the `train.step=N` failpoint, after any save of step N has committed.
 - create_scheduler: with carried optimizer state, one LR schedule spans the whole experiment.
 - _load_from_checkpoint: not a second read of weights (or an adapter) the model was just loaded from.
+- _get_train_sampler: the examples' order is the same for any number of processes (order.py);
+  _load_rng_state: a checkpoint written by another number of processes (a rank without its own RNG
+  file derives one from the seed, rank and step).
 - training_step / _maybe_log_save_evaluate: the loss of every optimizer step (and its learning
   rate), averaged over ranks at logging and save points. The curve is saved with each checkpoint,
   so after a resume an iteration's train_loss, its plot and its TensorBoard curve equal the
@@ -22,6 +25,7 @@ import copy
 import functools
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 
 import torch
@@ -34,7 +38,7 @@ from itertrain.core.errors import PeerWriteError
 from itertrain.core.names import CHECKPOINT, checkpoint_name
 from itertrain.runtime import dist, stop
 from itertrain.runtime.async_save import Saver
-from itertrain.training import adapters
+from itertrain.training import adapters, order
 
 
 class SaveAtLastStep(TrainerCallback):
@@ -119,6 +123,8 @@ class Recovering:
         if self.async_save:
             dist.side_group()  # collective: every rank builds its trainer at the same point
         self.stop_reason: str | None = None  # set when a stop request ended training
+        self._fetched: list[list[int]] | None = [] if order.log_path() else None  # ITERTRAIN_BATCH_LOG
+        self._step_ids: list[int] = []
         self.add_callback(SaveAtLastStep())
         self.add_callback(StopAtStep(self))
 
@@ -132,7 +138,48 @@ class Recovering:
     def _flos_per_token(self) -> int:
         return super().floating_point_ops({getattr(self.model, "main_input_name", "input_ids"): torch.empty(1)})
 
+    def _get_train_sampler(self, train_dataset=None):
+        data = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "random" or data is None or not hasattr(data, "__len__"):
+            return super()._get_train_sampler(train_dataset)
+        a = self.args
+        return order.GlobalOrder(len(data), a.per_device_train_batch_size * a.world_size * a.gradient_accumulation_steps,
+                                 a.data_seed if a.data_seed is not None else a.seed, a.dataloader_drop_last)
+
+    def get_train_dataloader(self):
+        if self._fetched is None:
+            return super().get_train_dataloader()
+        data, collate = self.train_dataset, self.data_collator
+        recorded = order.Recorded(data, self._fetched)
+        self.train_dataset, self.data_collator = recorded, recorded.collated(collate)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.train_dataset, self.data_collator = data, collate
+
+    def _load_rng_state(self, checkpoint):
+        """HF's, where the checkpoint has this rank's RNG file. Written by another number of processes:
+        rank 0 of one process takes rank 0's file (and back); a rank with no file of its own derives its
+        state from the seed, its rank and the step, so the run stays a function of its inputs."""
+        if checkpoint is None:
+            return super()._load_rng_state(checkpoint)
+        world, rank = self.args.world_size, self.args.process_index
+        mine = "rng_state.pth" if world == 1 else f"rng_state_{rank}.pth"
+        other = "rng_state_0.pth" if world == 1 else "rng_state.pth" if rank == 0 else None
+        if os.path.isfile(os.path.join(checkpoint, mine)):
+            return super()._load_rng_state(checkpoint)
+        if other and os.path.isfile(os.path.join(checkpoint, other)):
+            with tempfile.TemporaryDirectory() as view:  # HF's own loading, of the file under the name it reads
+                os.symlink(os.path.join(os.path.abspath(checkpoint), other), os.path.join(view, mine))
+                return super()._load_rng_state(view)
+        from transformers.trainer_utils import set_seed
+
+        set_seed(derived_seed(self.args.seed, rank, self.step_offset + self.state.global_step))
+        return None
+
     def training_step(self, *args, **kwargs):
+        if self._fetched:
+            self._step_ids += self._fetched.pop(0)
         loss = super().training_step(*args, **kwargs)
         self._micro.append(loss.detach())  # HF already divided it by the accumulation steps
         return loss
@@ -176,6 +223,11 @@ class Recovering:
             self._micro = []
             for key, value in self.step_metrics().items():  # equal on every rank: no sync needed
                 self.step_curves.setdefault(key, []).append(value)
+            if self._fetched is not None:
+                ids = [i for rank in dist.gather(self._step_ids) for i in rank]
+                self._step_ids = []
+                if dist.is_main():
+                    order.append(order.log_path(), self.iteration, self.step_offset + self.state.global_step, ids)
         if self.control.should_log:
             self.sync_curve()
         super()._maybe_log_save_evaluate(*args, learning_rate=learning_rate, **kwargs)
@@ -275,6 +327,13 @@ class Recovering:
             torch.save(scheduler, os.path.join(output_dir, SCHEDULER_NAME))
 
         self._deferred.append(write)
+
+
+def derived_seed(seed: int, rank: int, step: int) -> int:
+    """A rank's seed where the checkpoint holds no RNG state for it (one more rank than wrote it)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{rank}:{step}".encode()).digest()[:4], "little")
 
 
 def _write_then_commit(writes: list, commit_it, name: str, step: int, saver: Saver) -> None:
