@@ -120,7 +120,8 @@ def test_fsdp_without_a_distributed_launch_is_one_line_before_anything_is_writte
 
     # HF's Trainer would raise "Using fsdp only works in distributed training" after iteration 0's samples
     assert main(["--output_dir", str(tmp_path / "exp"), *SMALL, "--fsdp", "full_shard auto_wrap"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    # (transformers' own deprecation of --fsdp as a string, once per process, is not ours)
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("[transformers]")]
     assert len(err) == 1 and err[0].startswith("itertrain: error: --fsdp needs a distributed launch"), err
     assert not (tmp_path / "exp").exists()
 

@@ -143,3 +143,22 @@ def test_no_split_is_refused_before_anything_is_written_then_allowed_and_recorde
                             cwd=REPO, env={**os.environ, "COLUMNS": "200"})
     assert "batch: a global batch of 4 (1 per device x 1 accumulation x 4 processes), not the experiment's 6: " \
            "--elastic_batch allow" in status.stdout, status.stdout + status.stderr
+
+
+def test_the_conversion_refuses_what_it_cannot_do_and_a_disk_too_small(tmp_path, monkeypatch):
+    from itertrain.runtime import universal
+
+    ckpt = tmp_path / "checkpoint-9"
+    (ckpt / "global_step3").mkdir(parents=True)
+    (ckpt / "latest").write_text("global_step3")
+    (ckpt / "global_step3" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x" * 1000)
+    assert "itertrain did not write (no manifest)" in universal.refusal(str(ckpt), 1, 2)
+    (ckpt / "itertrain.json").write_text("{}")
+    assert universal.refusal(str(ckpt), 1, 2) is None
+    monkeypatch.setattr("shutil.disk_usage", lambda p: type("U", (), {"free": 1000})())
+    assert universal.refusal(str(ckpt), 1, 2).startswith(
+        "converting checkpoint-9 for 1 process needs about 0.00 GiB on")
+    assert universal.refusal(str(ckpt), 1, 2).endswith("GiB free: free space there, or resume on 2 processes")
+    monkeypatch.undo()
+    (ckpt / "global_step3" / "mp_rank_01_model_states.pt").write_bytes(b"x")
+    assert "tensor- or pipeline-parallel shards (mp_rank > 0)" in universal.refusal(str(ckpt), 3, 2)

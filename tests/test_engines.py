@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import copy_experiment, killed_by, max_diff, run_cli, shared
+from conftest import batches, copy_experiment, killed_by, max_diff, run_cli, shared
+
+from itertrain.core import curve, manifest
+from itertrain.core.elastic import processes
 
 pytest.importorskip("deepspeed", reason="make test installs DeepSpeed (Makefile); run it from there")
 pytestmark = pytest.mark.dist
@@ -17,17 +20,18 @@ DATA = Path(__file__).parent / "data"
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 
 
-def ds_run(out, stage, *extra, nproc=2, failpoints=None):
+def ds_run(out, stage, *extra, nproc=2, failpoints=None, batch_log=None):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}")
     return run_cli(out, "--deepspeed", str(DATA / f"zero{stage}.json"), *extra, failpoints=failpoints,
-                   launcher=launcher, timeout=600)
+                   launcher=launcher, timeout=600, batch_log=batch_log)
 
 
 def _zero3_runs(root):
     ref, crashed = root / "ref", root / "crashed"
-    proc = ds_run(ref, 3)
+    proc = ds_run(ref, 3, batch_log=root / "ref.jsonl")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    killed_by(ds_run(crashed, 3, failpoints="train.step=11"), "train.step=11", leaves=crashed / "checkpoint-9")
+    killed_by(ds_run(crashed, 3, failpoints="train.step=11", batch_log=root / "crashed.jsonl"), "train.step=11",
+              leaves=crashed / "checkpoint-9")
     return ref, crashed
 
 
@@ -61,15 +65,60 @@ def test_zero3_crash_resumes_bit_identically(zero3, tmp_path):
     assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
 
 
-def test_zero3_shards_on_another_world_size_are_refused_before_loading(zero3, tmp_path):
+@pytest.mark.parametrize("world", [1, 3])
+def test_zero3_shards_resumed_on_another_number_of_processes_through_a_universal_checkpoint(zero3, tmp_path, world):
+    """Converted by DeepSpeed's ds_to_universal into checkpoint-9.universal (checkpoint-9 kept as it was),
+    loaded with its moments checked, and the run ends as the two-process one: the same examples in
+    every step, the loss within 1e-3, the weights within 1e-5."""
+    ref, crashed = zero3
+    out = copy_experiment(crashed, tmp_path / "exp")
+    before = manifest.read(str(out / "checkpoint-9"))
+    proc = ds_run(out, 3, *AUTO, nproc=world, batch_log=tmp_path / "resumed.jsonl")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "converted with DeepSpeed's universal checkpoint into checkpoint-9.universal" in proc.stdout
+    assert f"checkpoint-9.universal: loaded on {processes(world)}; fp32 weights and Adam moments of every " \
+           "parameter equal the checkpoint's" in proc.stdout
+    assert manifest.read(str(out / "checkpoint-9")) == before and manifest.problem(str(out / "checkpoint-9")) is None
+    assert manifest.problem(str(out / "checkpoint-9.universal")) is None
+    assert {**batches(crashed.parent / "crashed.jsonl"), **batches(tmp_path / "resumed.jsonl")} == \
+        batches(ref.parent / "ref.jsonl")
+    mine, theirs = curve.read(str(out / "checkpoint-12"))["loss"], curve.read(str(ref / "checkpoint-12"))["loss"]
+    assert all(abs(a - b) <= 1e-3 * abs(b) for a, b in zip(mine, theirs, strict=True)), (mine, theirs)
+    assert max_diff(out / "iter_1", ref / "iter_1") <= 1e-5
+    if world == 3:
+        return
+    again = ds_run(out, 3, *AUTO, "--num_iterations", "3", "--save_total_limit", "1", nproc=world)
+    assert again.returncode == 0, again.stderr[-3000:]
+    # retention deletes the pair together, once a newer checkpoint is committed
+    assert not (out / "checkpoint-9").exists() and not (out / "checkpoint-9.universal").exists()
+
+
+def test_zero_state_the_conversion_cannot_carry_is_refused_in_one_line_before_anything_is_written(zero3, tmp_path):
     out = copy_experiment(zero3[1], tmp_path / "exp")
+    (out / "checkpoint-9" / "global_step3" / "offloaded_tensors").mkdir()  # NVMe offload state
     before = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     proc = ds_run(out, 3, *AUTO, nproc=1)
     assert proc.returncode != 0
-    assert ("itertrain: error: checkpoint-9 holds deepspeed shards written by 2 processes and this run has 1: "
-            "deepspeed cannot load them on another number of processes.") in proc.stderr
+    assert ("itertrain: error: checkpoint-9 holds NVMe-offloaded optimizer state, which DeepSpeed's universal "
+            "checkpoint does not carry: it cannot be converted for 1 process; resume on 2 processes") in proc.stderr
     assert "src/itertrain" not in proc.stderr  # one line from us; the traceback after it is torchrun's own
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == before  # nothing renamed
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == before  # nothing written
+
+
+def test_zero2_one_process_resumed_on_two(reference, tmp_path):
+    """ZeRO-2 on one process, killed inside iteration 1 and resumed on two: the same examples in every
+    step as the one-process (plain) reference, whose order no engine changes, the loss within 1e-3."""
+    out = tmp_path / "exp"
+    killed_by(ds_run(out, 2, nproc=1, failpoints="train.step=10", batch_log=tmp_path / "crashed.jsonl"),
+              "train.step=10", leaves=out / "checkpoint-9")
+    proc = ds_run(out, 2, *AUTO, batch_log=tmp_path / "resumed.jsonl")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "is kept on 2: per-device batch 6 -> 3" in proc.stdout
+    assert "checkpoint-9.universal: loaded on 2 processes; fp32 weights and Adam moments" in proc.stdout
+    assert {**batches(tmp_path / "crashed.jsonl"), **batches(tmp_path / "resumed.jsonl")} == batches(reference)
+    for last in ("checkpoint-6", "checkpoint-12"):
+        mine, theirs = curve.read(str(out / last))["loss"], curve.read(str(reference / last))["loss"]
+        assert all(abs(a - b) <= 1e-3 * abs(b) for a, b in zip(mine, theirs, strict=True)), (last, mine, theirs)
 
 
 def test_zero2_carry_optimizer_state_both_resumes_bit_identically(tmp_path):

@@ -242,12 +242,17 @@ def sharded(engine, world):
     return dataclasses.replace(ckpt(6), engine=engine, world_size=world)
 
 
-def test_deepspeed_shards_on_another_world_size_are_refused_naming_both():
+def test_deepspeed_shards_on_another_world_size_are_converted_and_kept():
     arts = [ckpt(2), itm(0), sharded("deepspeed", 4)]
-    with pytest.raises(PlanError, match="checkpoint-6 holds deepspeed shards written by 4 processes and this run "
-                                        "has 2"):
-        make_plan(arts, Request(AUTO, AUTO, ITERS, world_size=2))
-    assert make_plan(arts, Request(AUTO, AUTO, ITERS, world_size=4)).state_from == "checkpoint-6"
+    plan = make_plan(arts, Request(AUTO, AUTO, ITERS, world_size=2))
+    assert (plan.state_from, plan.convert) == ("checkpoint-6", "checkpoint-6")
+    assert plan.to_json()["actions"][-1] == {"convert": "checkpoint-6", "to": "checkpoint-6.universal"}
+    assert any("checkpoint-6 holds DeepSpeed ZeRO shards written by 4 processes and this run has 2: they are "
+               "converted with DeepSpeed's universal checkpoint into checkpoint-6.universal" in w for w in plan.warnings)
+    assert any("checkpoint-6 was written by 4 processes and this run has 2: the RNG state of ranks 2-3 is not used"
+               in w for w in plan.warnings)
+    same = make_plan(arts, Request(AUTO, AUTO, ITERS, world_size=4))
+    assert (same.state_from, same.convert) == ("checkpoint-6", None)
     # without the training state nothing sharded is loaded: the iteration model is fine
     assert make_plan(arts, Request(NONE, AUTO, ITERS, world_size=2)).weights_from == "iter_0"
 

@@ -169,6 +169,10 @@ def build_trainer(run: Run, it: Iteration):
     targs.report_to = [r for r in targs.report_to if r not in trackers.KINDS]  # ours: trackers/
     targs.enable_jit_checkpoint = False  # HF's SIGTERM handler: ours (stop.py) stops every phase
     engines.before_trainer(targs)
+    if start.universal:
+        from itertrain.runtime import universal
+
+        universal.load_universal(targs)
     it.frozen = adapters.frozen_model(cfg.peft, run.base_dir, it.model_k, cfg.it.train_from) if run.peft else None
     reference = dist.on_main(it.objective.reference, cfg, run.plan.models, run.base_dir, k)
     it.records = {**({"peft": run.peft} if run.peft else {}), **({"objective": reference} if reference else {})}
@@ -177,7 +181,7 @@ def build_trainer(run: Run, it: Iteration):
         started_from=start.started_from, save_total_limit=cfg.train.save_total_limit, protect=run.protect,
         schedule_steps=it.steps * cfg.it.num_iterations if cfg.it.carry_optimizer_state else None,
         curve=start.curve, trackers=run.tracking, async_save=cfg.it.async_save, weights_from=start.weights,
-        saver=run.saver, manifest_extra=it.records)
+        saver=run.saver, manifest_extra=it.records, universal=start.universal)
     return it.objective.trainer(model=training_model(cfg, start, it.frozen, k, run.handoff), args=targs,
                                 tokenizer=run.tokenizer, train_set=it.train_set, reference=reference, load=run.load,
                                 recovery=recovery)

@@ -12,7 +12,7 @@ from transformers.trainer_callback import ExportableState
 
 from itertrain.app.config import Config
 from itertrain.core import commit, curve, manifest
-from itertrain.core.names import checkpoint_name, iteration_name, model_before
+from itertrain.core.names import checkpoint_name, iteration_name, model_before, universal_name
 from itertrain.core.plan import BOTH, TRAINER, Plan
 from itertrain.runtime import dist, engines
 
@@ -31,6 +31,7 @@ class Start:
     engine_weights: str | None = None  # a checkpoint whose weights only the engine reads (FSDP shards)
     view_of: tuple[str, str] | None = None  # (iteration model, checkpoint) for a "both" view
     done_steps: int = 0  # steps of this iteration already trained (resuming a checkpoint inside it)
+    universal: bool = False  # the optimizer state comes from the checkpoint's DeepSpeed universal conversion
 
     def describe(self, k: int, steps: int, what: str) -> str:
         """The progress line: what this iteration trains (`what`: the objective's words for its training
@@ -61,13 +62,14 @@ def first_start(cfg: Config, plan: Plan, base_dir: str, steps: int) -> Start:
         # FSDP's SHARDED_STATE_DICT checkpoints hold no HF model: the model is built from the base
         # and FSDP's loader puts the checkpoint's weights in
         sharded = engines.fsdp_shards_only(ckpt)
-        return Start(plan.next_iteration, base_dir if sharded else ckpt, ckpt, plan.next_step - local,
+        resume = os.path.join(out, universal_name(plan.state_from)) if plan.convert else ckpt
+        return Start(plan.next_iteration, base_dir if sharded else ckpt, resume, plan.next_step - local,
                      m.get("started_from") or origin, curve=curve.read(ckpt),
                      training_finished=plan.training_finished, engine_weights=ckpt if sharded else None,
-                     done_steps=local)
+                     done_steps=local, universal=bool(plan.convert))
     if plan.strategy == BOTH:
         return Start(plan.next_iteration, os.path.join(out, plan.weights_from), None, plan.next_step,
-                     plan.weights_from, view_of=(plan.weights_from, plan.state_from))
+                     plan.weights_from, view_of=(plan.weights_from, plan.state_from), universal=bool(plan.convert))
     if plan.weights_from:  # iteration
         return Start(plan.next_iteration, os.path.join(out, plan.weights_from), None, plan.next_step, plan.weights_from)
     return Start(0, base_dir, None, 0, "base")
@@ -90,7 +92,8 @@ def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:
 
     def build() -> str:
         view = commit.fresh_staging(cfg.output_dir, "resume-view")
-        it_dir, ck_dir = os.path.join(cfg.output_dir, it_name), os.path.join(cfg.output_dir, ckpt_name)
+        it_dir = os.path.join(cfg.output_dir, it_name)
+        ck_dir = os.path.join(cfg.output_dir, universal_name(ckpt_name) if start.universal else ckpt_name)
         for f in os.listdir(it_dir):
             if f.startswith("model") or f == "config.json":
                 os.symlink(os.path.abspath(os.path.join(it_dir, f)), os.path.join(view, f))
@@ -99,7 +102,7 @@ def both_view(cfg: Config, start: Start, trainer, steps: int) -> str:
             # or optimizer.bin, pytorch_model_fsdp_0/ or .bin), which their resume reads with the module
             # weights it holds: the same as the iteration model's at the iteration's last step, the
             # only pair plan.py lets them combine
-            if f in ("scheduler.pt", "scaler.pt", "latest") or f.startswith(
+            if f in ("scheduler.pt", "scaler.pt", "latest", "latest_universal") or f.startswith(
                     ("rng_state", "global_step", "optimizer", "pytorch_model_fsdp")):
                 os.symlink(os.path.abspath(os.path.join(ck_dir, f)), os.path.join(view, f))
         callbacks = trainer.callback_handler.callbacks + [trainer.control]

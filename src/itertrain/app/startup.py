@@ -212,6 +212,10 @@ def prepare(cfg: Config, plan, steps: int) -> tuple[str, dict | None]:
     """Carry the plan out on disk (base model, renames) and record the settings; returns the base
     and, for a --use_peft run, its adapter record."""
     check_generator(cfg, plan)
+    if plan.convert:  # refused in one line, before anything is written, where it cannot be done
+        from itertrain.runtime import universal
+
+        dist.on_main(universal.convert, cfg.output_dir, plan.convert, dist.world_size(), log=dist.log0)
     if plan.strategy == SCRATCH and not plan.renames:
         # A fresh directory: the record goes before the first artifact, so that a run killed from here on
         # is resumed by the short command with these settings. (Over an older experiment it follows

@@ -41,6 +41,10 @@ class Batch:
             return None
 
 
+def processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
 def split(target: int, world_size: int, per_device: int, accumulation: int) -> tuple[int, int] | None:
     """(per-device batch, accumulation) that make `target` on `world_size` processes, changing the
     accumulation first, then the per-device batch (the largest that fits, never above the given one:
@@ -76,7 +80,7 @@ def decide(target: int, written_by: int, world_size: int, per_device: int, accum
     if fits is None and policy != ALLOW:
         keep = ", ".join(map(str, sizes_that_keep(target)))
         raise UsageError(
-            f"{world_size} processes cannot keep this experiment's global batch of {target} examples per optimizer "
+            f"{processes(world_size)} cannot keep this experiment's global batch of {target} examples per optimizer "
             f"step (it was run on {written_by}): resume on {keep} processes, or pass --elastic_batch allow to "
             f"continue with a global batch of {nearest(target, world_size)} (recorded: another experiment from here)")
     made = target if fits else nearest(target, world_size)
@@ -87,7 +91,7 @@ def decide(target: int, written_by: int, world_size: int, per_device: int, accum
     how = ", ".join([*([f"per-device batch {per_device} -> {b}"] if b != per_device else []),
                      *([f"gradient accumulation {accumulation} -> {a}"] if a != accumulation else [])])
     if made != target:
-        return batch, (f"batch: {world_size} processes cannot make the experiment's global batch of {target}: "
-                       f"--elastic_batch allow continues with {made} ({how} on {world_size} processes)")
-    return batch, (f"batch: the experiment's global batch of {target} examples per step, run before on {written_by} "
-                   f"processes, is kept on {world_size}: {how}")
+        return batch, (f"batch: {processes(world_size)} cannot make the experiment's global batch of {target}: "
+                       f"--elastic_batch allow continues with {made} ({how} on {processes(world_size)})")
+    return batch, (f"batch: the experiment's global batch of {target} examples per step, run before on "
+                   f"{processes(written_by)}, is kept on {world_size}: {how}")

@@ -39,6 +39,10 @@ def aside_why(name: str) -> str | None:
 
 
 MANIFEST_NAME = "itertrain.json"
+# checkpoint-N.universal: checkpoint-N's DeepSpeed ZeRO shards converted to DeepSpeed's universal
+# checkpoint (runtime/universal.py), for a resume on another number of processes. Not an artifact of
+# its own to the planner: it goes with checkpoint-N (used, kept and deleted with it).
+UNIVERSAL_SUFFIX = ".universal"
 SEED_BASE_MODEL = "base_model"  # the seed system's name for the iteration-0 model
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -47,6 +51,10 @@ _ITERATION_RE = re.compile(r"^iter_(\d+)$")
 
 def checkpoint_name(step: int) -> str:
     return f"checkpoint-{step}"
+
+
+def universal_name(checkpoint: str) -> str:
+    return checkpoint + UNIVERSAL_SUFFIX
 
 
 def iteration_name(k: int) -> str:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from itertrain.core.errors import PlanError
-from itertrain.core.names import CHECKPOINT, ITERATION, SUPERSEDED, Artifact, aside_suffix
+from itertrain.core.names import CHECKPOINT, ITERATION, SUPERSEDED, Artifact, aside_suffix, universal_name
+from itertrain.core.elastic import processes
 from itertrain.core.selectors import AUTO, NONE, Selector
 
 SCRATCH, TRAINER, ITERATION_STRATEGY, BOTH = "scratch", "trainer", "iteration", "both"
@@ -73,6 +74,7 @@ class Plan:
     models: dict[int, str] = field(default_factory=dict)
     done: bool = False  # every requested iteration is already complete
     training_finished: bool = False  # trainer strategy on a last-step checkpoint: evaluate and save only
+    convert: str | None = None  # state_from's DeepSpeed shards, to convert for this number of processes
 
     def to_json(self) -> dict:
         return {
@@ -87,7 +89,8 @@ class Plan:
             "done": self.done,
             "iteration_models": {str(k): v for k, v in sorted(self.models.items())},
             "actions": [{"rename": r.artifact, "to": r.to, "why": r.why} for r in self.renames]
-            + [{"create_config": name} for name in self.create_config],
+            + [{"create_config": name} for name in self.create_config]
+            + ([{"convert": self.convert, "to": universal_name(self.convert)}] if self.convert else []),
         }
 
 
@@ -147,7 +150,12 @@ def make_plan(
 
     plan = _strategy(ckpt, it, ckpts, req)
     state = next((a for a in inventory if a.name == plan.state_from), None)
-    _check_world_size(state, req)
+    if _check_world_size(state, req):
+        plan.convert = state.name
+        plan.warnings.append(
+            f"{state.name} holds DeepSpeed ZeRO shards written by {processes(state.world_size)} and this run has "
+            f"{req.world_size}: they are converted with DeepSpeed's universal checkpoint into "
+            f"{universal_name(state.name)} ({state.name} is kept)")
     if rng := _rng_note(state, req):
         plan.warnings.append(rng)
     _check_foreign_steps(state)
@@ -199,20 +207,16 @@ def make_plan(
 
 
 # Engines whose per-rank shards load on another number of processes (torch.distributed.checkpoint
-# reshards FSDP's sharded state dicts); DeepSpeed ZeRO shards do not without a conversion.
+# reshards FSDP's sharded state dicts); DeepSpeed ZeRO shards do once converted.
 RESHARDABLE = {"fsdp"}
 
 
-def _check_world_size(state: Artifact | None, req: Request) -> None:
-    """Refuse, before anything is loaded, a sharded checkpoint that this many processes cannot load."""
+def _check_world_size(state: Artifact | None, req: Request) -> bool:
+    """Whether the plan's checkpoint holds shards that this many processes load only once converted
+    (DeepSpeed ZeRO: runtime/universal.py; what the conversion cannot do, it refuses there)."""
     if state is None or state.engine is None or state.engine in RESHARDABLE or state.world_size is None:
-        return
-    if state.world_size != req.world_size:
-        raise PlanError(
-            f"{state.name} holds {state.engine} shards written by {state.world_size} processes and this run has "
-            f"{req.world_size}: {state.engine} cannot load them on another number of processes. Resume with "
-            f"{state.world_size} processes, or start from the newest iteration model without the training state "
-            "(--resume_from none --resume_from_iteration auto)")
+        return False
+    return state.world_size != req.world_size
 
 
 def _rng_note(state: Artifact | None, req: Request) -> str | None:
@@ -224,7 +228,7 @@ def _rng_note(state: Artifact | None, req: Request) -> str | None:
     what = (f"the RNG state of {ranks(now, was - 1)} is not used" if now < was else
             f"{ranks(was, now - 1)} {'derives its' if now - was == 1 else 'derive their'} RNG state from the seed, "
             "the rank and the step")
-    return (f"{state.name} was written by {was} processes and this run has {now}: {what}, so random draws "
+    return (f"{state.name} was written by {processes(was)} and this run has {now}: {what}, so random draws "
             "(dropout) differ from an uninterrupted run's (docs/scaling.md)")
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from itertrain.core import commit, inventory
-from itertrain.core.names import CHECKPOINT, COMPLETE, Artifact
+import os
+
+from itertrain.core.names import CHECKPOINT, COMPLETE, Artifact, universal_name
 
 
 def doomed(artifacts: list[Artifact], keep: int, protect: set[str]) -> list[str]:
@@ -22,3 +24,5 @@ def rotate(output_dir: str, keep: int, protect: set[str], max_steps: int, log=pr
     for name in doomed(artifacts, keep, protect):
         log(f"🗑  save_total_limit={keep}: deleting {name}")
         commit.remove_committed(output_dir, name)
+        if os.path.lexists(os.path.join(output_dir, universal_name(name))):  # the pair goes together
+            commit.remove_committed(output_dir, universal_name(name))

@@ -36,7 +36,7 @@ from itertrain.core import commit, failpoints, progress, retention
 from itertrain.core import curve as curve_file
 from itertrain.core.errors import PeerWriteError
 from itertrain.core.names import CHECKPOINT, checkpoint_name
-from itertrain.runtime import dist, stop
+from itertrain.runtime import dist, stop, universal
 from itertrain.runtime.async_save import Saver
 from itertrain.training import adapters, order
 
@@ -69,6 +69,19 @@ class StopAtStep(TrainerCallback):
         return control
 
 
+class EpochOrder(TrainerCallback):
+    """Each epoch's order from the step count: HF's set_epoch does not reach a sampler under
+    accelerate's sharding and skipping (a resume in a later epoch would replay epoch 0's order)."""
+
+    def __init__(self, trainer: "Recovering"):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if (o := self.trainer.order) is not None:
+            o.set_epoch(state.global_step // max(len(o) // o.global_batch, 1))
+        return control
+
+
 @dataclass
 class Recovery:
     """Where a trainer's iteration lies in the experiment and how its checkpoints are committed: what
@@ -88,6 +101,7 @@ class Recovery:
     weights_from: str | None = None  # the directory the model was just loaded from, if given
     saver: Saver | None = None  # one per run: its host buffers serve every iteration's saves
     manifest_extra: dict = field(default_factory=dict)  # recorded in every checkpoint's manifest
+    universal: bool = False  # resumed from a DeepSpeed universal checkpoint: its loaded state is checked
 
 
 class Recovering:
@@ -106,6 +120,7 @@ class Recovering:
         self.schedule_steps = r.schedule_steps
         curve, trackers, async_save, saver = r.curve or {}, r.trackers, r.async_save, r.saver
         weights_from, manifest_extra = r.weights_from, r.manifest_extra
+        self.universal = r.universal
         self.loss_curve: list[float] = list(curve.get("loss", []))  # rank mean, one per step so far
         self.lr_curve: list[float] = list(curve.get("lr", []))
         self.step_curves: dict[str, list[float]] = {k: list(v) for k, v in curve.get("steps", {}).items()}
@@ -125,6 +140,8 @@ class Recovering:
         self.stop_reason: str | None = None  # set when a stop request ended training
         self._fetched: list[list[int]] | None = [] if order.log_path() else None  # ITERTRAIN_BATCH_LOG
         self._step_ids: list[int] = []
+        self.order: order.GlobalOrder | None = None  # the training examples' order (_get_train_sampler)
+        self.add_callback(EpochOrder(self))
         self.add_callback(SaveAtLastStep())
         self.add_callback(StopAtStep(self))
 
@@ -143,8 +160,9 @@ class Recovering:
         if self.args.train_sampling_strategy != "random" or data is None or not hasattr(data, "__len__"):
             return super()._get_train_sampler(train_dataset)
         a = self.args
-        return order.GlobalOrder(len(data), a.per_device_train_batch_size * a.world_size * a.gradient_accumulation_steps,
-                                 a.data_seed if a.data_seed is not None else a.seed, a.dataloader_drop_last)
+        self.order = order.GlobalOrder(len(data), a.per_device_train_batch_size * a.world_size * a.gradient_accumulation_steps,
+                                       a.data_seed if a.data_seed is not None else a.seed, a.dataloader_drop_last)
+        return self.order
 
     def get_train_dataloader(self):
         if self._fetched is None:
@@ -267,6 +285,11 @@ class Recovering:
                                                     os.path.realpath(resume_from_checkpoint)):
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self.universal and checkpoint is not None:  # the moments must have come through, not assumed
+            universal.verify(self, checkpoint)
 
     def _save_checkpoint(self, model, trial):
         self.saver.wait()  # at most one save in flight (its buffers are about to be reused)
