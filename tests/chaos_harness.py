@@ -36,10 +36,15 @@ its manifest, a copy, a delete; or random moments among them with --random), and
 the experiment directory is deleted: the resume has the mirror alone (`--output_dir D --mirror_to URL
 --resume_from auto --resume_from_iteration auto`). What is compared is what the mirror holds at the
 end; LOST_WORK there means the resume did not start from the newest artifact complete on the mirror.
+With --elastic (random kills) every resume after a kill runs on 1, 2 or 3 processes, drawn at random
+(the first launch on --ranks): the user's short command with another --nproc_per_node. A PASS has the
+uninterrupted run's examples in every optimizer step (ITERTRAIN_BATCH_LOG), its samples and metrics
+(train_loss within 1e-3 relative) and weights within ELASTIC_TOL; the largest difference is reported.
 Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--generate] [--example]
                                      [--peft continue|merge] [--objective dpo] [--mirror]
                                      [--jobs 2] [--json out]
        python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--generate] [--vllm] [--example]
+                                     [--elastic]
                                      [--peft continue|merge] [--objective dpo]
                                      [--jobs 2] [--json out]
 """
@@ -81,6 +86,8 @@ TASK: list[str] = []  # --example: the GSM8K example (chat template, gsm8k verif
 PEFT: list[str] = []  # --peft MODE: the runs train a LoRA adapter (adapters.py) in that --peft_iteration mode
 OBJECTIVE: list[str] = []  # --objective dpo: iteration 1 trains with DPO (TRL) on pairs from iteration 0's model
 DPO = ["--objective", "dpo", "--sft_iterations", "1", "--dpo_gold_chosen", "true", "--pairs_per_prompt", "2"]
+ELASTIC: list[int] = []  # --elastic: each resume after a kill runs on a number of processes drawn from these
+ELASTIC_TOL = 1e-4  # --elastic: largest weight difference a PASS allows (another number of processes sums in another order)
 MIRROR: dict = {}  # --mirror: {"server": an s3_server.S3Server}; every run mirrors to a bucket of its own
 TRACKERS: list[str] = []  # --trackers: the runs report to TensorBoard, W&B (offline) and MLflow (a store per run)
 TRACKER_FLAGS = ["--report_to", "tensorboard", "wandb", "mlflow", "--tracker_log_model", "true"]
@@ -160,10 +167,10 @@ def _run(out: Path, *extra: str, env_extra: dict | None = None, ranks: int = 1,
     return subprocess.run(cmd, cwd=out.parent, env=_env(out, env_extra), capture_output=True, text=True, timeout=600)
 
 
-def _start(out: Path, ranks: int, err_path: Path, log: Path, short: bool = False):
+def _start(out: Path, ranks: int, err_path: Path, log: Path, short: bool = False, env_extra: dict | None = None):
     """A resume with auto auto (`short`: as _cmd), started in its own process group, stderr to
     `err_path`, its file events (rank 0's) to `log`."""
-    cmd, env = _cmd(out, ranks, *AUTO, short=short), _env(out, {"ITERTRAIN_CHAOS_LOG": str(log)})
+    cmd, env = _cmd(out, ranks, *AUTO, short=short), _env(out, {"ITERTRAIN_CHAOS_LOG": str(log), **(env_extra or {})})
     if ZYGOTE is not None and ranks == 1:
         return ZYGOTE().spawn(cmd[2:], env, out.parent, os.devnull, str(err_path))
     with open(err_path, "w") as err:  # a file, not a pipe: a full pipe would stall the run
@@ -199,7 +206,8 @@ def reference_ranks(work: Path, ranks: int) -> tuple[Path, list[list[str]], tupl
     """An uninterrupted run, each rank's list of file events (rank 1 logs to <log>.rank1), and the
     window of rank 0's events in which a random kill tests something (_window)."""
     out, log = work / f"reference{ranks}", work / f"events{ranks}.log"
-    proc = _run(out, env_extra={"ITERTRAIN_CHAOS_LOG": str(log)}, ranks=ranks)
+    proc = _run(out, env_extra={"ITERTRAIN_CHAOS_LOG": str(log), "ITERTRAIN_BATCH_LOG": str(work / "batches.jsonl")},
+                ranks=ranks)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     logs = [Path(f"{log}.mirror")] if MIRROR else [log] + [Path(f"{log}.rank{r}") for r in range(1, ranks)]
@@ -376,8 +384,12 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
         log = work / f"r{seed}.events{launch}"
         if MIRROR and launch > 0:
             _remove(out)  # the machine died with its disk: the resume has the mirror alone
-        p = _start(out, ranks, err_path, log, short=launch > 0 and layout is None
-                   and (_recorded(out) or _mirror_recorded(out)))
+        launch_ranks = rng.choice(ELASTIC) if ELASTIC and launch > 0 else ranks
+        if ELASTIC:
+            result.setdefault("launch_ranks", []).append(launch_ranks)
+        p = _start(out, launch_ranks, err_path, log, short=launch > 0 and layout is None
+                   and (_recorded(out) or _mirror_recorded(out)),
+                   env_extra={"ITERTRAIN_BATCH_LOG": str(work / f"r{seed}.batches")} if ELASTIC else None)
         if len(result["killed_at"]) < kills:
             lo, hi = window if not isinstance(window, list) else \
                 rng.choices(window, weights=[b - a + 1 for a, b in window])[0]
@@ -410,10 +422,42 @@ def random_trial(ref: Path, work: Path, seed: int, ranks: int = 1, max_kills: in
         return {**result, "verdict": "HARD_FAIL", "why": "did not finish"}
     if not result["killed_at"]:  # it finished before the first planned moment: it tested nothing
         return {**result, "verdict": "NO_KILL", "why": "the run finished before the first kill"}
-    if why := _compare(out, ref, adopted=layout is not None):
+    if ELASTIC:
+        why, measured = elastic_compare(out, ref, work / f"r{seed}.batches", ref.parent / "batches.jsonl")
+        result.update(measured)
+    else:
+        why = _compare(out, ref, adopted=layout is not None)
+    if why:
         return {**result, "verdict": "SILENT_DIVERGENCE", "why": why}
     _remove(out)
     return {**result, "verdict": "PASS"}
+
+
+def _batches(log: Path) -> dict:
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    return {(r["iteration"], r["step"]): r["ids"] for r in rows}  # a step trained again: its last line
+
+
+def elastic_compare(out: Path, ref: Path, log: Path, ref_log: Path) -> tuple[str | None, dict]:
+    """--elastic: the same examples in every optimizer step, the same samples and metrics (train_loss within
+    1e-3), the weights within ELASTIC_TOL; and what was measured (the weights' max abs diff, eval accuracy)."""
+    a, b = _weights(out / "iter_1"), _weights(ref / "iter_1")
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (out, ref)]
+    measured = {"max_abs_diff": diff, "eval_accuracy": [r.get("eval_accuracy") for r in rows[0]],
+                "reference_eval_accuracy": [r.get("eval_accuracy") for r in rows[1]]}
+    if _batches(log) != _batches(ref_log):
+        return "the examples of some optimizer step differ from the uninterrupted run's", measured
+    for k in (0, 1):
+        if (out / f"samples_{k}" / "generated.jsonl").read_bytes() != (ref / f"samples_{k}" / "generated.jsonl").read_bytes():
+            return f"samples_{k} differs", measured
+    for mine, theirs in zip(*rows, strict=True):
+        la, lb = mine.pop("train_loss"), theirs.pop("train_loss")
+        if mine != theirs or abs(la - lb) > 1e-3 * abs(lb):
+            return f"metrics differ: {mine} vs {theirs}", measured
+    if diff > ELASTIC_TOL:
+        return f"max abs diff {diff} > {ELASTIC_TOL}", measured
+    return None, measured
 
 
 def _spans(window) -> str:
@@ -529,6 +573,8 @@ def main() -> int:
     p.add_argument("--mirror", action="store_true",
                    help="mirror to a loopback S3 server, crash at the mirror's writes, and resume each crash "
                         "from the mirror alone (the directory deleted)")
+    p.add_argument("--elastic", action="store_true",
+                   help="with --random: every resume after a kill runs on 1, 2 or 3 processes, drawn at random")
     p.add_argument("--objective", choices=["sft", "dpo"], default="sft",
                    help="dpo: iteration 1 trains with DPO on pairs (--objective dpo --sft_iterations 1)")
     args = p.parse_args()
@@ -544,6 +590,10 @@ def main() -> int:
         os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".venv-vllm" / "cache"))
     if args.adopt and args.ranks != 1:
         p.error("--adopt runs one rank")
+    if args.elastic and not args.random:
+        p.error("--elastic draws the number of processes of each resume after a random kill: give --random N")
+    if args.elastic:
+        ELASTIC.extend([1, 2, 3])
     if args.mirror and (args.adopt or args.torn):
         p.error("--mirror starts fresh and kills at the mirror's writes (no --adopt, no --torn)")
     if args.mirror:
@@ -604,6 +654,12 @@ def _random_main(args, work: Path) -> int:
         if r["verdict"] != "PASS":
             print(f"{r['verdict']}: seed {r['seed']} killed at {r['killed_at']}: {r.get('why')}")
     kills = sum(len(r["killed_at"]) for r in results)
+    if ELASTIC and (diffs := [r["max_abs_diff"] for r in results if "max_abs_diff" in r]):
+        print(f"elastic: launches on {sorted({n for r in results for n in r.get('launch_ranks', [])})} processes; "
+              f"weights' max abs diff from the uninterrupted run: largest {max(diffs):.3g}, median "
+              f"{sorted(diffs)[len(diffs) // 2]:.3g}; eval accuracy per iteration: "
+              f"{sorted({tuple(r['eval_accuracy']) for r in results if 'eval_accuracy' in r})} vs the "
+              f"uninterrupted {results[0].get('reference_eval_accuracy')}")
     landed = [c for r in results for c in r.get("committed_at_kill", [])]
     print(f"committed artifacts when killed: {sorted(landed)[len(landed) // 2] if landed else 0} (median), "
           f"{sum(c == 0 for c in landed)} kills before the first commit")

@@ -178,3 +178,20 @@ def test_random_sigkills_during_uploads_then_resume_from_the_mirror_alone(tmp_pa
     out, _, window = mirrored
     result = random_trial(out, tmp_path, seed, window=window)
     assert result["verdict"] == "PASS", result
+
+
+@pytest.fixture
+def elastic():
+    chaos_harness.ELASTIC.extend([1, 2, 3])
+    yield
+    chaos_harness.ELASTIC.clear()
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("seed", [3])
+def test_random_sigkills_resumed_on_another_number_of_processes(tmp_path, ref, elastic, seed):
+    """--elastic: each resume after a kill runs on 1, 2 or 3 processes (the seed's short command with
+    another --nproc_per_node): the same examples in every step, weights within ELASTIC_TOL."""
+    out, _, window = ref
+    result = random_trial(out, tmp_path, seed, window=window)
+    assert result["verdict"] == "PASS" and len(set(result["launch_ranks"])) > 1, result
