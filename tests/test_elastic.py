@@ -162,3 +162,39 @@ def test_the_conversion_refuses_what_it_cannot_do_and_a_disk_too_small(tmp_path,
     monkeypatch.undo()
     (ckpt / "global_step3" / "mp_rank_01_model_states.pt").write_bytes(b"x")
     assert "tensor- or pipeline-parallel shards (mp_rank > 0)" in universal.refusal(str(ckpt), 3, 2)
+
+
+def test_a_conversion_of_another_checkpoint_of_that_name_is_set_aside_not_reused(tmp_path, monkeypatch):
+    from itertrain.core import commit
+    from itertrain.runtime import universal
+
+    out = tmp_path / "exp"
+    staged = tmp_path / "src"
+    (staged / "global_step3").mkdir(parents=True)
+    (staged / "latest").write_text("global_step3")
+    (staged / "global_step3" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x")
+    (staged / "global_step3" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"y")
+    out.mkdir()
+    commit.commit_dir(str(staged), str(out / "checkpoint-9"), failpoint=("t", 0), kind="checkpoint",
+                      name="checkpoint-9", iteration=1, global_step=9, extra={"world_size": 2})
+    made = []
+
+    def fake(src, dst):  # DeepSpeed's conversion itself is exercised by the torchrun tests
+        os.makedirs(dst)
+        open(os.path.join(dst, "zero.pt"), "wb").write(b"z")
+        made.append(src)
+
+    monkeypatch.setattr(universal, "_ds_to_universal", fake)
+    first = universal.convert(str(out), "checkpoint-9", 1, log=lambda _: None)
+    assert universal.convert(str(out), "checkpoint-9", 1, log=lambda _: None) == first and len(made) == 1  # reused
+    # a later checkpoint-9 (another branch): its conversion is made again, the old one kept aside
+    commit.set_aside(str(out), "checkpoint-9", "superseded")
+    staged.mkdir()
+    (staged / "global_step3").mkdir()
+    (staged / "latest").write_text("global_step3")
+    (staged / "global_step3" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"other")
+    commit.commit_dir(str(staged), str(out / "checkpoint-9"), failpoint=("t", 0), kind="checkpoint",
+                      name="checkpoint-9", iteration=1, global_step=9, extra={"world_size": 1})
+    universal.convert(str(out), "checkpoint-9", 2, log=lambda _: None)
+    assert len(made) == 2
+    assert any(n.startswith("checkpoint-9.universal.superseded") for n in os.listdir(out))

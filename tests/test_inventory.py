@@ -115,6 +115,15 @@ def test_retention_keeps_newest_and_protected(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [".staging", "checkpoint-12", "checkpoint-15", "checkpoint-3"]
 
 
+def test_retention_deletes_a_checkpoint_and_its_universal_conversion_together(tmp_path):
+    for s in (3, 6):
+        make(tmp_path, f"checkpoint-{s}", step=s)
+    make(tmp_path, "checkpoint-3.universal", step=3)  # (not an artifact of its own to the inventory)
+    assert [a.name for a in inventory.scan(str(tmp_path), 6)[0]] == ["checkpoint-3", "checkpoint-6"]
+    retention.rotate(str(tmp_path), 1, set(), 6)
+    assert sorted(os.listdir(tmp_path)) == [".staging", "checkpoint-6"]
+
+
 def test_retention_never_deletes_a_checkpoint_it_did_not_write(tmp_path):
     make(tmp_path, "checkpoint-3", committed=False)  # adopted: the user's
     for s in (6, 9):

@@ -114,6 +114,16 @@ def test_a_waiting_checkpoint_is_dropped_for_a_newer_one_and_nothing_else_is(tmp
     assert index["url"] == f"file://{mirror}" and index["uploading"] == []
 
 
+def test_a_universal_conversion_is_not_mirrored(tmp_path):
+    """checkpoint-N.universal is derived from checkpoint-N (which the mirror has): made again where needed."""
+    out = tmp_path / "exp"
+    out.mkdir()
+    up = uploader.Uploader(open_store(f"file://{tmp_path / 'mirror'}"), str(out), {}, {}, keep=5, log=print)
+    up.on_change("commit", str(out / "checkpoint-9.universal"))
+    up.on_change("commit", str(out / "checkpoint-9.universal" / "x"))
+    assert not up.queue
+
+
 def test_an_overflowing_queue_never_blocks_and_the_disk_fills_the_gap(tmp_path):
     out, mirror = tmp_path / "exp", tmp_path / "mirror"
     out.mkdir()

@@ -34,6 +34,7 @@ from itertrain.core.names import (
     MANIFEST_NAME,
     SEED_BASE_MODEL,
     SUPERSEDED,
+    UNIVERSAL_SUFFIX,
     aside_suffix,
     parse_name,
 )
@@ -79,6 +80,8 @@ class Uploader:
         rels = [os.path.relpath(p, self.output_dir) for p in paths]
         if any(r.startswith((".", "..")) for r in rels):
             return  # staging, the lock, the progress record, or outside the experiment
+        if rels[0].split("/")[0].endswith(UNIVERSAL_SUFFIX):
+            return  # a conversion of a checkpoint the mirror has: made again from it where needed
         if event == "commit":
             self.enqueue(("unit", rels[0], *self._snapshot(rels[0])))
         elif event == "write" and "/" not in rels[0]:

@@ -73,15 +73,19 @@ def refusal(src: str, world_size: int, written_by: int) -> str | None:
 def convert(output_dir: str, name: str, world_size: int, log=print) -> str:
     """checkpoint `name`'s universal partner, made and committed here unless a complete one is (rank 0)."""
     src, dest = os.path.join(output_dir, name), path(output_dir, name)
-    if os.path.isdir(dest) and manifest.problem(dest) is None:
+    source = _source_id(src) if os.path.exists(os.path.join(src, MANIFEST_NAME)) else None
+    if source and os.path.isdir(dest) and manifest.problem(dest) is None and \
+            manifest.read(dest).get("extra", {}).get("converted_from") == source:
         return dest
     files = manifest.list_files(src)
     written_by = shard_count(sharded_engine(files), files)
     if why := refusal(src, world_size, written_by):
         raise UsageError(why)
-    if os.path.lexists(dest):  # a partner the manifest does not vouch for: not ours to trust, kept aside
-        log(f"⏭️  {universal_name(name)}: {manifest.problem(dest)}: renamed to "
-            f"{commit.set_aside(output_dir, universal_name(name), 'corrupt')}")
+    if os.path.lexists(dest):  # broken, or the conversion of an earlier checkpoint of that name: kept aside
+        problem = manifest.problem(dest)
+        why = "corrupt" if problem else "superseded"
+        log(f"⏭️  {universal_name(name)}: {problem or 'converted from another ' + name}: renamed to "
+            f"{commit.set_aside(output_dir, universal_name(name), why)}")
     tag = _tag(src)
     staged = commit.fresh_staging(output_dir, universal_name(name))
     for f in files:
@@ -96,8 +100,16 @@ def convert(output_dir: str, name: str, world_size: int, log=print) -> str:
                       name=universal_name(name), iteration=m["iteration"], global_step=m["global_step"],
                       local_step=m.get("local_step"), iteration_steps=m.get("iteration_steps"),
                       started_from=m.get("started_from"),
-                      extra={**m.get("extra", {}), "world_size": None, "universal_of": name})
+                      extra={**m.get("extra", {}), "world_size": None, "converted_from": source})
     return dest
+
+
+def _source_id(src: str) -> str:
+    """Which checkpoint a conversion was made from: its manifest's digest (it lists every file's checksum)."""
+    import hashlib
+
+    with open(os.path.join(src, MANIFEST_NAME), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _ds_to_universal(input_folder: str, output_folder: str) -> None:
