@@ -72,6 +72,7 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --random 200 --jobs 2 --json chaos-random.json
 	$(BIN)/python tests/chaos_harness.py --random 20 --ranks 2 --jobs 1 --json chaos-random-2ranks.json
 	$(BIN)/python tests/chaos_harness.py --events sample:20 --ranks 2 --jobs 1 --json chaos-kill-2ranks.json
+	$(BIN)/python tests/chaos_harness.py --random 20 --ranks 2 --elastic --jobs 1 --json chaos-random-elastic.json
 	$(BIN)/python tests/chaos_harness.py --events all --adopt --jobs 2 --json chaos-kill-adopt.json
 	$(BIN)/python tests/chaos_harness.py --random 40 --adopt --jobs 2 --json chaos-random-adopt.json
 	$(BIN)/python tests/chaos_harness.py --random 100 --signal SIGTERM --jobs 2 --json chaos-sigterm.json

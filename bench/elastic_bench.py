@@ -32,7 +32,8 @@ ZERO2 = REPO / "tests" / "data" / "zero2.json"
 def _flags(steps: int) -> list[str]:
     return ["--num_iterations", "1", "--max_steps", str(steps), "--save_steps", "5", "--num_gold", "96",
             "--num_prompts", "8", "--num_samples", "1", "--num_eval", "4", "--per_device_train_batch_size", "4",
-            "--generation_batch_size", "8", "--disable_tqdm", "true", "--async_save", "false"]
+            "--generation_batch_size", "8", "--disable_tqdm", "true", "--async_save", "false",
+            "--save_total_limit", "2"]
 
 
 def _model(work: Path, run, dropout: float = 0.0) -> Path:
