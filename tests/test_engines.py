@@ -93,6 +93,17 @@ def test_zero3_shards_resumed_on_another_number_of_processes_through_a_universal
     assert not (out / "checkpoint-9").exists() and not (out / "checkpoint-9.universal").exists()
 
 
+def test_a_kill_while_converting_leaves_checkpoint_9_as_it_was_and_the_resume_converts_again(zero3, tmp_path):
+    ref, crashed = zero3
+    out = copy_experiment(crashed, tmp_path / "exp")
+    killed_by(ds_run(out, 3, *AUTO, nproc=1, failpoints="universal.write=9"), "universal.write=9")
+    assert not (out / "checkpoint-9.universal").exists() and manifest.problem(str(out / "checkpoint-9")) is None
+    proc = ds_run(out, 3, *AUTO, nproc=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert manifest.problem(str(out / "checkpoint-9.universal")) is None
+    assert max_diff(out / "iter_1", ref / "iter_1") <= 1e-5
+
+
 def test_zero_state_the_conversion_cannot_carry_is_refused_in_one_line_before_anything_is_written(zero3, tmp_path):
     out = copy_experiment(zero3[1], tmp_path / "exp")
     (out / "checkpoint-9" / "global_step3" / "offloaded_tensors").mkdir()  # NVMe offload state

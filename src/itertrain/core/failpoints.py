@@ -11,6 +11,8 @@ os._exit(137), as a kill -9 would: no finally blocks, no flushing, no atexit.
   generate=K[@R]      after K generated samples (by this rank, in this generate phase)
   shard.write=F       half way through committing the generate phase's shard that starts at prompt F
   pairs.write=K       half way through committing iteration K's preference pairs (--objective dpo)
+  universal.write=N   half way through committing checkpoint-N.universal (DeepSpeed's conversion for
+                      another number of processes)
   file.event=N[:torn|:enospc][@R]
                       at the N-th file event under --output_dir (open for write, rename, mkdir,
                       remove, rmdir, rmtree, symlink, truncate; Python audit events, so before the
