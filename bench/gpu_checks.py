@@ -16,7 +16,10 @@ the command and what it gave).
    Llama made from a config: samples/s, start-up apart.
 4. Side by side with HF on this GPU (bench/run.py's functions): time blocked per checkpoint,
    training throughput, resume, generate-phase samples/s; each started only while time is left.
-5. QLoRA (--use_peft --load_in_4bit, bitsandbytes): the same crash and resume, the checkpoint
+5. FSDP resharding (fsdp_reshard, needs 2 GPUs; reported as not run on fewer): SHARDED_STATE_DICT
+   on 2 processes killed at step 10, resumed on 1; the examples of every step (ITERTRAIN_BATCH_LOG)
+   equal the uninterrupted 2-process run's, iter_1 within 1e-5, the per-step loss within 1e-3.
+6. QLoRA (--use_peft --load_in_4bit, bitsandbytes): the same crash and resume, the checkpoint
    holding only the adapter, iter_1 an ordinary bf16/fp32 model that from_pretrained loads; needs
    bitsandbytes in the environment (pip install bitsandbytes), else reported as not run.
 """
@@ -94,6 +97,30 @@ def fsdp(work: Path, kind: str) -> dict:
     res["carry_optimizer_state_both"] = trio(work, f"fsdp-{kind}-carry", *flags, "--carry_optimizer_state",
                                              launcher=TORCHRUN, crash="train.step=8")
     return res
+
+
+def fsdp_reshard(work: Path) -> dict:
+    import torch
+    from conftest import batches
+
+    if torch.cuda.device_count() < 2:
+        return {"ok": None, "not_run": f"needs 2 GPUs, this machine has {torch.cuda.device_count()}"}
+    flags = ["--fsdp", "full_shard auto_wrap", "--fsdp_config", str(DATA / "fsdp_sharded.json")]
+    two, one = [*TORCHRUN[:-1], "--nproc_per_node=2"], [*TORCHRUN[:-1], "--nproc_per_node=1"]
+    ref, out = work / "reshard-ref", work / "reshard-crash"
+    if (p := cli("reshard reference", ref, *flags, launcher=two, batch_log=work / "reshard-ref.jsonl")).returncode:
+        return {"ok": False, "why": p.stderr.strip().splitlines()[-1:]}
+    cli("reshard crash", out, *flags, launcher=two, failpoints="train.step=10", batch_log=work / "reshard.jsonl")
+    resumed = cli("reshard resume on 1", out, *AUTO, launcher=one, batch_log=work / "reshard.jsonl")
+    if resumed.returncode:
+        return {"ok": False, "why": resumed.stderr.strip().splitlines()[-1:]}
+    same_steps = batches(work / "reshard.jsonl") == batches(work / "reshard-ref.jsonl")
+    mine = json.loads((out / "checkpoint-12" / "curve.json").read_text())["loss"]
+    theirs = json.loads((ref / "checkpoint-12" / "curve.json").read_text())["loss"]
+    loss_rel = max(abs(a - b) / abs(b) for a, b in zip(mine, theirs, strict=True))
+    diff = max_diff(out / "iter_1", ref / "iter_1")
+    return {"ok": same_steps and diff <= 1e-5 and loss_rel <= 1e-3, "same_examples_per_step": same_steps,
+            "max_abs_diff_iter_1": diff, "loss_rel": loss_rel}
 
 
 def qlora(work: Path) -> dict:
@@ -182,7 +209,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=330, help="no figure is started after this many seconds")
     p.add_argument("--nproc", type=int, default=1, help="FSDP processes (more than 1 needs as many GPUs)")
     p.add_argument("--only", help="comma-separated: single_gpu,fsdp_sharded,fsdp_full,vllm_missing,vllm_half_billion,"
-                                  "qlora,figures")
+                                  "qlora,fsdp_reshard,figures")
     args = p.parse_args()
     TORCHRUN[-1] = f"--nproc_per_node={args.nproc}"
     started = time.monotonic()
@@ -203,7 +230,8 @@ def main() -> int:
 
     checks = {"single_gpu": (single_gpu, work), "fsdp_sharded": (fsdp, work, "sharded"),
               "fsdp_full": (fsdp, work, "full"), "vllm_missing": (vllm_missing, work),
-              "vllm_half_billion": (vllm_half_billion, work), "qlora": (qlora, work)}
+              "vllm_half_billion": (vllm_half_billion, work), "qlora": (qlora, work),
+              "fsdp_reshard": (fsdp_reshard, work)}
     chosen = args.only.split(",") if args.only else [*checks, "figures"]
     with ThreadPoolExecutor(max_workers=4) as pool:
         jobs = {key: pool.submit(guarded, *checks[key]) for key in chosen if key in checks}
