@@ -198,3 +198,14 @@ def test_a_conversion_of_another_checkpoint_of_that_name_is_set_aside_not_reused
     universal.convert(str(out), "checkpoint-9", 2, log=lambda _: None)
     assert len(made) == 2
     assert any(n.startswith("checkpoint-9.universal.superseded") for n in os.listdir(out))
+
+
+def test_a_trainer_that_orders_its_examples_itself_keeps_its_order():
+    from transformers import Trainer
+
+    from itertrain.training.trainer import IterTrainer, Recovering, own_sampler
+
+    assert not own_sampler(IterTrainer) and not own_sampler(type("Plain", (Recovering, type("T", (Trainer,), {})), {}))
+    # as TRL's GRPOTrainer, whose RepeatSampler repeats each prompt for its group (importing it starts a process)
+    grouped = type("Grouped", (Trainer,), {"_get_train_sampler": lambda self, dataset=None: None})
+    assert own_sampler(type("G", (Recovering, grouped), {}))

@@ -157,7 +157,8 @@ class Recovering:
 
     def _get_train_sampler(self, train_dataset=None):
         data = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "random" or data is None or not hasattr(data, "__len__"):
+        if self.args.train_sampling_strategy != "random" or data is None or not hasattr(data, "__len__") \
+                or own_sampler(type(self)):
             return super()._get_train_sampler(train_dataset)
         a = self.args
         self.order = order.GlobalOrder(len(data), a.per_device_train_batch_size * a.world_size * a.gradient_accumulation_steps,
@@ -350,6 +351,13 @@ class Recovering:
             torch.save(scheduler, os.path.join(output_dir, SCHEDULER_NAME))
 
         self._deferred.append(write)
+
+
+def own_sampler(cls) -> bool:
+    """Whether a trainer built on Recovering orders its examples itself (TRL's GRPOTrainer repeats each
+    prompt for its group): then that order is kept, not ours."""
+    after = cls.__mro__[cls.__mro__.index(Recovering) + 1:]
+    return next(c for c in after if "_get_train_sampler" in c.__dict__) is not Trainer
 
 
 def derived_seed(seed: int, rank: int, step: int) -> int:
