@@ -165,8 +165,8 @@ class Config:
     mirror: MirrorArguments = field(default_factory=MirrorArguments)
     given: dict = field(default_factory=dict)  # {flag: value as given}: command line, config file, or the record
     carried: dict = field(default_factory=dict)  # {flag: value} a resume took from the experiment's record
-    batch: elastic.Batch | None = None  # the batch trained with (the flags', or kept across a world-size change)
-    batch_note: str | None = None  # what start-up changed in the batch, and why
+    batch: elastic.Batch | None = None  # the batch trained with: the flags', or kept across a world-size change
+    batch_note: str | None = None  # what start-up changed in the batch, and why (startup.fit_batch)
 
     @property
     def output_dir(self) -> str:
@@ -288,14 +288,8 @@ def settle(cfg: Config, record: dict, given: dict, carry: dict, defaulted: set) 
         raise UsageError("--change_experiment true: only a resume of an experiment with recorded settings can "
                          "change what defines it; drop it")
     needs.check(cfg, set(given) - defaulted)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    t = cfg.train
-    batch, note = elastic.decide(*settings.batch_target(record, t.per_device_train_batch_size,
-                                                        t.gradient_accumulation_steps, world),
-                                 world, t.per_device_train_batch_size, t.gradient_accumulation_steps, t.elastic_batch)
     kept = {k: v for k, v in {**given, **carry}.items() if k not in settings.PER_RUN and k not in idle}
-    return dataclasses.replace(cfg, given=kept, carried={k: v for k, v in carry.items() if k not in idle},
-                               batch=batch, batch_note=note)
+    return dataclasses.replace(cfg, given=kept, carried={k: v for k, v in carry.items() if k not in idle})
 
 
 def own_arguments(parsed: list | None = None) -> dict:

@@ -3,6 +3,7 @@ print the plan and stop), prepare (base model, renames, settings), run the itera
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -16,7 +17,7 @@ from rich.table import Table
 from itertrain.app import mirroring, settings
 from itertrain.app.config import Config, UsageError, resolved
 from itertrain.app.loop import METRICS, metrics_rows, write_metrics
-from itertrain.core import banner, commit, failpoints, lock, manifest
+from itertrain.core import banner, commit, elastic, failpoints, lock, manifest
 from itertrain.core.names import CORRUPT, SUPERSEDED
 from itertrain.core.plan import SCRATCH
 from itertrain.phases import samples
@@ -95,6 +96,7 @@ def run_experiment(cfg: Config) -> int:
     """Start-up, as its steps, then the iterations; returns the exit code."""
     quiet_library_noise()
     task = check_inputs(cfg)
+    cfg = fit_batch(cfg)
     if cfg.mirror.mirror_to:
         dist.on_main(mirroring.open_store, cfg)
     held = None if cfg.it.dry_run else claim_directory(cfg.output_dir)  # noqa: F841 (the lock, for this run)
@@ -151,6 +153,24 @@ def check_inputs(cfg: Config):
         vllm_backend.require(cfg.it.vllm_python, cfg.it.model_name)
     engines.require(cfg.train)
     return task
+
+
+def fit_batch(cfg: Config) -> Config:
+    """The batch this run trains with: the experiment's global batch kept on this number of processes
+    (core/elastic.py), or refused in one line. Decided by rank 0 and raised on every rank together:
+    a rank that left alone while another still joined the process group failed it (gloo)."""
+    t, world = cfg.train, dist.world_size()
+
+    def decide():
+        given = {"output_dir": cfg.output_dir, "resume_from": cfg.it.resume_from,
+                 "resume_from_iteration": cfg.it.resume_from_iteration, "mirror_to": cfg.mirror.mirror_to}
+        target = settings.batch_target(settings.recorded(given), t.per_device_train_batch_size,
+                                       t.gradient_accumulation_steps, world)
+        return elastic.decide(*target, world, t.per_device_train_batch_size, t.gradient_accumulation_steps,
+                              t.elastic_batch)
+
+    batch, note = dist.on_main(decide)
+    return dataclasses.replace(cfg, batch=batch, batch_note=note)
 
 
 def _chat_tokenizer(cfg: Config):

@@ -64,11 +64,15 @@ def gsm8k(example: Example, completion: str) -> bool:
 
 
 def math(example: Example, completion: str) -> bool:
+    """math-verify's own alarms are off: a comparison slowed by a loaded machine would silently count as
+    wrong, a verdict that depends on the load. --verifier_timeout bounds each call instead (the pool's,
+    counted as a timeout)."""
     from math_verify import parse, verify
 
     answer = example.answer.strip()
-    gold = parse(answer if "$" in answer or "\\boxed" in answer else f"${answer}$")
-    return bool(gold) and verify(gold, parse(completion, extraction_mode="first_match"))
+    gold = parse(answer if "$" in answer or "\\boxed" in answer else f"${answer}$", parsing_timeout=None)
+    return bool(gold) and verify(gold, parse(completion, extraction_mode="first_match", parsing_timeout=None),
+                                 timeout_seconds=None)
 
 
 class Regex:
