@@ -85,12 +85,6 @@ def test_zero3_shards_resumed_on_another_number_of_processes_through_a_universal
     mine, theirs = curve.read(str(out / "checkpoint-12"))["loss"], curve.read(str(ref / "checkpoint-12"))["loss"]
     assert all(abs(a - b) <= 1e-3 * abs(b) for a, b in zip(mine, theirs, strict=True)), (mine, theirs)
     assert max_diff(out / "iter_1", ref / "iter_1") <= 1e-5
-    if world == 3:
-        return
-    again = ds_run(out, 3, *AUTO, "--num_iterations", "3", "--save_total_limit", "1", nproc=world)
-    assert again.returncode == 0, again.stderr[-3000:]
-    # retention deletes the pair together, once a newer checkpoint is committed
-    assert not (out / "checkpoint-9").exists() and not (out / "checkpoint-9.universal").exists()
 
 
 def test_a_kill_while_converting_leaves_checkpoint_9_as_it_was_and_the_resume_converts_again(zero3, tmp_path):
