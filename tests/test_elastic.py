@@ -217,3 +217,20 @@ def test_a_trainer_that_orders_its_examples_itself_keeps_its_order():
     # as TRL's GRPOTrainer, whose RepeatSampler repeats each prompt for its group (importing it starts a process)
     grouped = type("Grouped", (Trainer,), {"_get_train_sampler": lambda self, dataset=None: None})
     assert own_sampler(type("G", (Recovering, grouped), {}))
+
+
+def test_the_moment_check_names_the_first_tensor_that_differs(tmp_path):
+    import torch
+
+    from itertrain.core.errors import RecoveryError
+    from itertrain.runtime import universal
+
+    (tmp_path / "w").mkdir()
+    for key in ("fp32", "exp_avg", "exp_avg_sq"):
+        torch.save({"param": torch.arange(4.0)}, tmp_path / "w" / f"{key}.pt")
+    same = {"fp32": torch.arange(4.0).view(2, 2), "exp_avg": torch.arange(4.0), "exp_avg_sq": torch.arange(4.0)}
+    assert universal._compare(str(tmp_path), [("w", same)], "checkpoint-9.universal") == 3
+    with pytest.raises(RecoveryError, match=r"exp_avg_sq of w is not the checkpoint's \(max abs diff 1\)"):
+        universal._compare(str(tmp_path), [("w", {**same, "exp_avg_sq": torch.arange(4.0) + 1})], "c")
+    with pytest.raises(RecoveryError, match=r"exp_avg of w is not the checkpoint's \(missing\)"):
+        universal._compare(str(tmp_path), [("w", {**same, "exp_avg": None})], "c")

@@ -165,7 +165,7 @@ class Config:
     mirror: MirrorArguments = field(default_factory=MirrorArguments)
     given: dict = field(default_factory=dict)  # {flag: value as given}: command line, config file, or the record
     carried: dict = field(default_factory=dict)  # {flag: value} a resume took from the experiment's record
-    batch: elastic.Batch | None = None  # the batch trained with: the flags', or kept across a world-size change
+    batch: elastic.Batch | None = None  # the batch trained with, set at start-up: the flags', or the experiment's kept
     batch_note: str | None = None  # what start-up changed in the batch, and why (startup.fit_batch)
 
     @property
@@ -384,9 +384,7 @@ def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArgument
     own = own_arguments() if own is None else own
     objectives.validate(obj, train, own)
     validate_mirror(mirror := mirror or MirrorArguments())
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    b, a = train.per_device_train_batch_size, train.gradient_accumulation_steps
-    return Config(it, train, ckpt_sel, iter_sel, peft, obj, own, mirror=mirror, batch=elastic.Batch(b, a, world, b * a * world))
+    return Config(it, train, ckpt_sel, iter_sel, peft, obj, own, mirror=mirror)
 
 
 def resolved(cfg: Config) -> dict:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from itertrain.core.errors import PlanError
-from itertrain.core.names import CHECKPOINT, ITERATION, SUPERSEDED, Artifact, aside_suffix, universal_name
 from itertrain.core.elastic import processes
+from itertrain.core.names import CHECKPOINT, ITERATION, SUPERSEDED, Artifact, aside_suffix, universal_name
 from itertrain.core.selectors import AUTO, NONE, Selector
 
 SCRATCH, TRAINER, ITERATION_STRATEGY, BOTH = "scratch", "trainer", "iteration", "both"
@@ -150,7 +150,7 @@ def make_plan(
 
     plan = _strategy(ckpt, it, ckpts, req)
     state = next((a for a in inventory if a.name == plan.state_from), None)
-    if _check_world_size(state, req):
+    if _needs_conversion(state, req):
         plan.convert = state.name
         plan.warnings.append(
             f"{state.name} holds DeepSpeed ZeRO shards written by {processes(state.world_size)} and this run has "
@@ -211,7 +211,7 @@ def make_plan(
 RESHARDABLE = {"fsdp"}
 
 
-def _check_world_size(state: Artifact | None, req: Request) -> bool:
+def _needs_conversion(state: Artifact | None, req: Request) -> bool:
     """Whether the plan's checkpoint holds shards that this many processes load only once converted
     (DeepSpeed ZeRO: runtime/universal.py; what the conversion cannot do, it refuses there)."""
     if state is None or state.engine is None or state.engine in RESHARDABLE or state.world_size is None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from itertrain.core import commit, inventory
 import os
 
+from itertrain.core import commit, inventory
 from itertrain.core.names import CHECKPOINT, COMPLETE, Artifact, universal_name
 
 

@@ -37,8 +37,9 @@ def path(output_dir: str, name: str) -> str:
     return os.path.join(output_dir, universal_name(name))
 
 
-def _tag(src: str) -> str:
-    with open(os.path.join(src, "latest"), encoding="utf-8") as f:
+def _tag(directory: str, latest: str = "latest") -> str:
+    """The step folder a DeepSpeed checkpoint's `latest` (or `latest_universal`) file names."""
+    with open(os.path.join(directory, latest), encoding="utf-8") as f:
         return f.read().strip()
 
 
@@ -135,35 +136,34 @@ def load_universal(targs) -> None:
 def verify(trainer, universal_dir: str) -> None:
     """Every trainable parameter's fp32 weights and Adam moments, as the engine holds them after loading
     (gathered over the ranks: a collective), equal the converted checkpoint's files."""
-    import torch
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    zero = os.path.join(universal_dir, f"{_tag_universal(universal_dir)}", "zero")
+    zero = os.path.join(universal_dir, _tag(universal_dir, LATEST), "zero")
     model = trainer.model_wrapped.module if hasattr(trainer.model_wrapped, "module") else trainer.model_wrapped
-    checked = 0
+    held = []  # rank 0's: every rank takes part in gathering each tensor
     for pname, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        held = {"fp32": safe_get_full_fp32_param(param), "exp_avg": safe_get_full_optimizer_state(param, "exp_avg"),
-                "exp_avg_sq": safe_get_full_optimizer_state(param, "exp_avg_sq")}
-        if not dist.is_main():
-            continue
-        for key, value in held.items():
-            saved = torch.load(os.path.join(zero, pname, f"{key}.pt"), weights_only=True)
-            saved = saved["param"] if isinstance(saved, dict) else saved
-            # (ZeRO-3's conversion keeps each tensor flat)
-            if value is None or value.numel() != saved.numel() or not torch.equal(value.float().cpu().flatten(),
-                                                                                saved.float().flatten()):
-                diff = "missing" if value is None else f"{value.numel()} values, saved {saved.numel()}" \
-                    if value.numel() != saved.numel() else \
-                    f"max abs diff {(value.float().cpu().flatten() - saved.float().flatten()).abs().max().item():.3g}"
-                raise RecoveryError(f"{os.path.basename(universal_dir)}: after DeepSpeed's universal load, {key} of "
-                                    f"{pname} is not the checkpoint's ({diff}): the optimizer state would be lost")
-            checked += 1
+        if param.requires_grad:
+            values = {"fp32": safe_get_full_fp32_param(param), "exp_avg": safe_get_full_optimizer_state(param, "exp_avg"),
+                      "exp_avg_sq": safe_get_full_optimizer_state(param, "exp_avg_sq")}
+            if dist.is_main():
+                held.append((pname, values))
+    # compared on rank 0, a difference raised on every rank together (not on rank 0 alone, mid-collectives)
+    checked = dist.on_main(_compare, zero, held, os.path.basename(universal_dir))
     dist.log0(f"🔁 {os.path.basename(universal_dir)}: loaded on {processes(dist.world_size())}; fp32 weights and Adam "
               f"moments of every parameter equal the checkpoint's ({checked} tensors checked)")
 
 
-def _tag_universal(universal_dir: str) -> str:
-    with open(os.path.join(universal_dir, LATEST), encoding="utf-8") as f:
-        return f.read().strip()
+def _compare(zero: str, held: list, name: str) -> int:
+    import torch
+
+    for pname, values in held:
+        for key, value in values.items():
+            saved = torch.load(os.path.join(zero, pname, f"{key}.pt"), weights_only=True)
+            saved = (saved["param"] if isinstance(saved, dict) else saved).float().flatten()  # (ZeRO-3's: flat)
+            mine = None if value is None else value.float().cpu().flatten()
+            if mine is None or mine.numel() != saved.numel() or not torch.equal(mine, saved):
+                diff = "missing" if mine is None else f"{mine.numel()} values, saved {saved.numel()}" \
+                    if mine.numel() != saved.numel() else f"max abs diff {(mine - saved).abs().max().item():.3g}"
+                raise RecoveryError(f"{name}: after DeepSpeed's universal load, {key} of {pname} is not the "
+                                    f"checkpoint's ({diff}): the optimizer state would be lost")
+    return sum(len(values) for _, values in held)
