@@ -295,11 +295,16 @@ def events(out) -> list[str]:
 PEFT = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"]
 DPO = ["--objective", "dpo", "--sft_iterations", "1", "--dpo_gold_chosen", "true", "--pairs_per_prompt", "2",
        "--num_iterations", "3"]
+# sft in iteration 0, GRPO in 1 and 2: a generation every 3 steps, checkpoints every 2 (inside blocks), and a
+# reward plug-in beside the verifier, so that the tiny model's groups differ and GRPO trains
+GRPO = ["--objective", "grpo", "--sft_iterations", "1", "--num_iterations", "3", "--num_generations", "3",
+        "--steps_per_generation", "3", "--save_steps", "2", "--reward_funcs", "plugins:digits"]
 REFERENCES = {
     "reference": (),  # the uninterrupted 2-iteration run, a fresh optimizer each iteration
     "reference_carry": ("--carry_optimizer_state",),
     "peft_ref": tuple(PEFT),  # a LoRA adapter, its optimizer state carried inside each iteration
     "dpo_ref": (*DPO, "--report_to", "tensorboard"),  # sft in iteration 0, DPO in iterations 1 and 2
+    "grpo_ref": (*GRPO, "--report_to", "tensorboard"),
 }
 
 

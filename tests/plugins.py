@@ -50,3 +50,15 @@ def flaky(example, completion):
     if h % 29 == 1:
         raise ValueError("cannot parse")
     return gsm8k(example, completion)
+
+
+def digits(prompts, completions, **columns):
+    """A GRPO reward plug-in (TRL's signature): the share of a completion's characters that are digits,
+    so that a group's rewards differ even when the verifier rejects all of them."""
+    assert len(columns["index"]) == len(completions) and len(columns["answer"]) == len(completions)
+    return [sum(c.isdigit() for c in text) / max(len(text), 1) for text in completions]
+
+
+def hang_reward(prompts, completions, **columns):
+    """A GRPO reward plug-in that never returns."""
+    time.sleep(3600)

@@ -38,6 +38,12 @@ CASES = [
     (["--dpo_loss_type", "ipo"], ["--objective", "dpo"]),
     (["--dpo_label_smoothing", "0.1"], ["--objective", "dpo"]),
     (["--dpo_args", "{}"], ["--objective", "dpo"]),
+    *((flags, ["--objective", "grpo"]) for flags in (
+        ["--num_generations", "4"], ["--max_completion_length", "4"], ["--beta", "0.1"], ["--epsilon", "0.3"],
+        ["--epsilon_high", "0.3"], ["--loss_type", "grpo"], ["--scale_rewards", "batch"],
+        ["--steps_per_generation", "2"], ["--grpo_epochs", "2"], ["--mask_truncated_completions", "true"],
+        ["--reward_funcs", "plugins:digits"], ["--reward_weights", "1"], ["--grpo_learning_rate", "0.001"],
+        ["--grpo_args", "{}"])),
     (["--mirror_keep", "3"], ["--mirror_to", "file:///tmp/unused-needs-mirror"]),
     (["--mirror_grace", "5"], ["--mirror_to", "file:///tmp/unused-needs-mirror"]),
 ]
@@ -59,7 +65,8 @@ def test_a_flag_without_what_it_needs_is_refused_and_applied_with_it(flag, partn
         name = flag[0][2:]
         value = next(getattr(part, name) for part in (cfg.it, cfg.peft, cfg.obj, cfg.mirror, *cfg.objective_args.values(),
                                                       cfg.train) if hasattr(part, name))
-        assert str(value).lower() in (flag[1].lower(), f"['{flag[1]}']", str(float(flag[1])) if flag[1][0].isdigit() else "")
+        number = str(float(flag[1])) if flag[1][0].isdigit() else ""
+        assert str(value).lower() in (flag[1].lower(), f"['{flag[1]}']", number, f"[{number}]")
 
 
 def test_every_rule_is_tested():

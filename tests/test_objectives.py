@@ -118,7 +118,7 @@ def test_pairs_are_committed_reused_and_set_aside_when_built_from_other_samples_
      "--objective dpo runs with DDP or DeepSpeed ZeRO-1/2"),
     (["--objective", "dpo", "--pairs_per_prompt", "0"], "--pairs_per_prompt must be >= 1"),
     (["--objective", "dpo", "--sft_iterations", "-1"], "--sft_iterations must be >= 0"),
-    (["--objective", "kto"], "--objective 'kto': not an objective (use one of sft, dpo)"),
+    (["--objective", "kto"], "--objective 'kto': not an objective (use one of sft, dpo, grpo)"),
 ])
 def test_dpo_settings_that_cannot_run_are_refused_in_one_line(flags, message):
     with pytest.raises(UsageError) as e:

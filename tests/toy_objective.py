@@ -26,7 +26,7 @@ class Toy(Sft):  # Sft's trainer (HF's, with the Recovering mixin) and its empty
         self.args = args
 
     @staticmethod
-    def check(args: ToyArguments, train) -> None:
+    def check(args: ToyArguments, train, it=None) -> None:
         if args.toy_gold_limit < 1:
             raise UsageError(f"--toy_gold_limit must be >= 1, got {args.toy_gold_limit}")
 

@@ -382,7 +382,7 @@ def validate(it: IterArguments, train: IterTrainingArguments, peft: PeftArgument
     adapters.validate(peft, train, it)
     obj = obj or ObjectiveArguments()
     own = own_arguments() if own is None else own
-    objectives.validate(obj, train, own)
+    objectives.validate(obj, train, own, it)
     validate_mirror(mirror := mirror or MirrorArguments())
     return Config(it, train, ckpt_sel, iter_sel, peft, obj, own, mirror=mirror)
 

@@ -123,11 +123,14 @@ def generate(run: Run, it: Iteration) -> None:
     progress.note(True, iteration=k, phase="generate", global_step=run.at.global_step)
     failpoints.send_signal("iteration", k)
     run.at.check("generate")
+    it.objective = objectives.for_iteration(cfg, k)
+    it.model_k, source = model_before(cfg.output_dir, run.plan.models, run.base_dir, k)
+    if not it.objective.generates:  # it samples while it trains
+        return
     for j in range(k):  # earlier iterations' selections, as committed (made again only if broken)
         if cfg.it.reuse_previous and j not in run.kept:
             run.kept[j] = samples.earlier(cfg, j, *model_before(cfg.output_dir, run.plan.models, run.base_dir, j),
                                           run.task, run.tokenizer, run.load, run.at)
-    it.model_k, source = model_before(cfg.output_dir, run.plan.models, run.base_dir, k)
     it.found = samples.ensure(cfg, k, it.model_k, source, run.task, run.tokenizer, run.handoff.loader(run.load),
                               run.at, in_memory=run.handoff.path)
     run.kept[k] = it.found.kept
@@ -136,7 +139,6 @@ def generate(run: Run, it: Iteration) -> None:
 def select(run: Run, it: Iteration) -> None:
     """The iteration's objective and its training set, and the steps it trains."""
     cfg, k = run.cfg, it.k
-    it.objective = objectives.for_iteration(cfg, k)
     it.train_set = it.objective.train_set(cfg, k, run.kept, run.task, run.tokenizer)
     if cfg.train.dataloader_drop_last and it.train_set.size < cfg.batch.size:
         raise TaskError(f"iteration {k} has {it.train_set.size} training examples, less than one global batch "
@@ -208,7 +210,7 @@ def evaluate(run: Run, it: Iteration) -> None:
     if stopped:
         run.at.check("evaluate", stopped)
     accuracy, eval_problems = result
-    stats = it.found.stats
+    stats = it.found.stats if it.found is not None else it.objective.sample_stats(it.trainer)
     it.metrics = {"iteration": k, "objective": it.objective.name, "eval_accuracy": accuracy, "acceptance_rate": stats["acceptance_rate"],
                   "pass_at_k": stats["pass_at_k"], "num_generated": stats["num_generated"],
                   "num_train_samples": it.train_set.size, "train_loss": train_loss, "global_step": it.global_step,

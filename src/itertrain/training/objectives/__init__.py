@@ -8,7 +8,9 @@ an objective:
   Arguments   a dataclass of its own flags (as TRL's DPOConfig is), parsed with the others, or None
   METRICS     the metrics it logs (Metric below): per iteration (metrics.jsonl, status, trackers,
               perhaps the plot) or per step (kept with the loss curve)
-  check(args, train)                   refuse, before anything is written, what cannot run (UsageError)
+  generates   whether its iterations run the generate phase (else: sample_stats(trainer), the
+              sampling statistics of what it generated while training)
+  check(args, train, it)               refuse, before anything is written, what cannot run (UsageError)
   train_set(cfg, k, kept, task, tok)   iteration k's training data (TrainSet)
   reference(cfg, models, base, k)      what every manifest of the iteration records of it (or None)
   inputs(cfg, models, base, k)         the model directories it loads besides the one it trains (a
@@ -23,6 +25,7 @@ objective runs: a checkpoint is complete, committed and resumed the same way for
 
   sft  supervised fine-tuning on the accepted completions (and gold data): HF's Trainer
   dpo  DPO on (chosen, rejected) pairs from the verifier's verdicts: TRL's DPOTrainer
+  grpo online RL with the verifier as the reward: TRL's GRPOTrainer
 
 docs/objectives.md shows how to add one.
 """
@@ -41,7 +44,8 @@ SFT = "sft"
 REFERENCE_INITIAL, REFERENCE_PREVIOUS = "initial", "previous"
 
 # name -> "module:class" (the module is imported when the registry is read: it must stay light)
-REGISTRY = {SFT: "itertrain.training.objectives.sft:Sft", "dpo": "itertrain.training.objectives.dpo:Dpo"}
+REGISTRY = {SFT: "itertrain.training.objectives.sft:Sft", "dpo": "itertrain.training.objectives.dpo:Dpo",
+            "grpo": "itertrain.training.objectives.grpo:Grpo"}
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,9 @@ class TrainSet:
 @dataclass
 class ObjectiveArguments:
     objective: str = field(default=SFT, metadata={
-        "help": "What each iteration trains with: sft (fine-tune on the accepted completions) or dpo (TRL's DPO on "
-                "pairs of an accepted and a rejected completion of the same prompt): docs/objectives.md."})
+        "help": "What each iteration trains with: sft (fine-tune on the accepted completions), dpo (TRL's DPO on "
+                "pairs of an accepted and a rejected completion of the same prompt) or grpo (TRL's GRPO, the "
+                "verifier as the reward): docs/objectives.md."})
     sft_iterations: int = field(default=0, metadata={
         "help": "With another objective than sft: the first N iterations train with sft (a model that solves some "
                 "prompts, so that there is something to prefer); the later ones with the objective."})
@@ -102,14 +107,14 @@ def metrics(per: str = "iteration") -> list[Metric]:
     return out
 
 
-def validate(args: ObjectiveArguments, train, own: dict) -> None:
+def validate(args: ObjectiveArguments, train, own: dict, it=None) -> None:
     """Refuse (UsageError, one line) what cannot run, before anything is written. `own`: each
-    objective's parsed Arguments, by name."""
+    objective's parsed Arguments, by name; `it`: the run's IterArguments."""
     if args.objective not in REGISTRY:
         raise UsageError(f"--objective {args.objective!r}: not an objective (use one of {', '.join(REGISTRY)})")
     if args.sft_iterations < 0:
         raise UsageError("--sft_iterations must be >= 0")
-    classes()[args.objective].check(own.get(args.objective), train)
+    classes()[args.objective].check(own.get(args.objective), train, it)
 
 
 def name_for(args: ObjectiveArguments, k: int) -> str:
@@ -130,7 +135,7 @@ def check_start(cfg, plan, base_dir: str) -> None:
     k = plan.next_iteration
     objective = for_iteration(cfg, k)
     now = objective.reference(cfg, plan.models, base_dir, k)
-    if now is not None and not os.path.isdir(os.path.join(cfg.output_dir, now["reference_path"])):
+    if now is not None and now.get("reference_path") and not os.path.isdir(os.path.join(cfg.output_dir, now["reference_path"])):
         raise ObjectiveError(f"iteration {k}'s reference model {now['reference']} is not here "
                              f"({now['reference_path']}): it cannot be trained with --objective {objective.name}")
     # a checkpoint inside iteration k goes on training it; the state of a "both" start is the previous one's
@@ -161,3 +166,35 @@ def _compare(recorded: dict | None, now: dict | None, name: str) -> None:
             f"{name} was trained against the reference {recorded['reference']} ({recorded['reference_mode']}, "
             f"weights {recorded['reference_digest']}), this run's is {now['reference']} ({now['reference_mode']}, "
             f"weights {now['reference_digest']}): resume with the reference it was trained against")
+
+
+def extra_options(raw: str | None, flag: str, config_cls, refused) -> dict:
+    """A JSON object of options of TRL's `config_cls` (--dpo_args, --grpo_args), each parsed to its field's
+    type as the command line would be. `refused(key)`: why the key may not be set there (or None)."""
+    import dataclasses
+    import json
+
+    from transformers import TrainingArguments
+
+    from itertrain.training.flags import Parser, flag_words
+
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise UsageError(f"{flag}: not a JSON object ({str(e).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag}: not a JSON object ({raw!r})")
+    own = {f.name for f in dataclasses.fields(config_cls)} - {f.name for f in dataclasses.fields(TrainingArguments)}
+    for key in value:
+        if key not in own:
+            raise UsageError(f"{flag}: {key!r} is not a {config_cls.__name__} option of its own (training arguments "
+                             "are flags of their own)")
+        if why := refused(key):
+            raise UsageError(f"{flag}: {key!r} {why}")
+    try:
+        parsed = vars(Parser(config_cls).parse_args(flag_words(value)))
+    except UsageError as e:
+        raise UsageError(f"{flag}: {e}") from None
+    return {key: None if v is None else parsed[key] for key, v in value.items()}

@@ -11,14 +11,13 @@ uninterrupted run's.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 
 from itertrain.core.errors import TaskError, UsageError
 from itertrain.core.names import model_before
 from itertrain.training import adapters
-from itertrain.training.objectives import REFERENCE_INITIAL, REFERENCE_PREVIOUS, Metric, TrainSet
+from itertrain.training.objectives import REFERENCE_INITIAL, REFERENCE_PREVIOUS, Metric, TrainSet, extra_options
 
 # TRL 1.16's DPOConfig.loss_type values
 LOSS_TYPES = {"sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -63,7 +62,7 @@ F_DIVERGENCES = {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
 
-def check(args: DpoArguments, train) -> None:
+def check(args: DpoArguments, train, it=None) -> None:
     """UsageError (one line) for DPO settings that cannot run."""
     if args.pairs_per_prompt < 1:
         raise UsageError("--pairs_per_prompt must be >= 1")
@@ -98,33 +97,15 @@ def check(args: DpoArguments, train) -> None:
 
 def options(args: DpoArguments) -> dict:
     """--dpo_args as DPOConfig options, each parsed to its field's type as the command line would be."""
-    from transformers import TrainingArguments
     from trl import DPOConfig
 
-    from itertrain.training.flags import Parser, flag_words
-
-    if not args.dpo_args:
-        return {}
-    try:
-        value = json.loads(args.dpo_args)
-    except ValueError as e:
-        raise UsageError(f"--dpo_args: not a JSON object ({str(e).splitlines()[0]})") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"--dpo_args: not a JSON object ({args.dpo_args!r})")
-    own = {f.name for f in dataclasses.fields(DPOConfig)} - {f.name for f in dataclasses.fields(TrainingArguments)}
-    for key in value:
-        if key not in own:
-            raise UsageError(f"--dpo_args: {key!r} is not a DPOConfig option of its own (training arguments are "
-                             "flags of their own)")
+    def refused(key: str) -> str | None:
         if key in OWN_FLAGS:
             flag = OWN_FLAGS[key]
-            raise UsageError(f"--dpo_args: {key!r} " + (f"is set with {flag}" if flag else
-                                                        "is not supported (the reference must stay fixed)"))
-    try:
-        parsed = vars(Parser(DPOConfig).parse_args(flag_words(value)))
-    except UsageError as e:
-        raise UsageError(f"--dpo_args: {e}") from None
-    return {key: None if v is None else parsed[key] for key, v in value.items()}
+            return f"is set with {flag}" if flag else "is not supported (the reference must stay fixed)"
+        return None
+
+    return extra_options(args.dpo_args, "--dpo_args", DPOConfig, refused)
 
 
 def config(train, args: DpoArguments):
@@ -149,6 +130,7 @@ def reference_dir(cfg, args: DpoArguments, models: dict, base_dir: str, k: int) 
 class Dpo:
     name = "dpo"
     Arguments = DpoArguments
+    generates = True
     METRICS = (Metric("num_pairs", status="{} pairs"), Metric("prompts_paired", tracker=False),
                Metric("pairs_gold_chosen", tracker=False), Metric("dpo_reward_margin", status="reward margin {:.3f}"),
                Metric("dpo_reward_accuracy", status="reward accuracy {:.3f} (train)",

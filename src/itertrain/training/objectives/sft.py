@@ -9,13 +9,14 @@ from itertrain.training.objectives import TrainSet
 class Sft:
     name = "sft"
     Arguments = None  # no flags of its own: the training arguments are the HF Trainer's
+    generates = True  # trains on the generate phase's verified samples
     METRICS = ()  # the loop's own (eval_accuracy, acceptance_rate, train_loss, ...) are all it logs
 
     def __init__(self, args=None):
         self.args = args
 
     @staticmethod
-    def check(args, train) -> None:
+    def check(args, train, it=None) -> None:
         """Nothing of its own to refuse."""
 
     def train_set(self, cfg, k: int, kept: dict, task, tokenizer) -> TrainSet:

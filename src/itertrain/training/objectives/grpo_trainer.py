@@ -1,0 +1,197 @@
+"""TRL's GRPOTrainer with itertrain's recovery (trainer.Recovering), and what TRL does not save that an
+exact resume needs:
+
+- the generation block: TRL generates once per steps_per_generation x num_iterations micro-steps and
+  trains the next ones on that buffer (_buffered_inputs). A checkpoint inside a block saves the buffer
+  (each rank its own, grpo_buffer_<rank>.pt) and TRL's micro-step counter; a resume trains on the same
+  completions, rewards and advantages instead of generating again with the updated policy.
+- the prompts' order: TRL's RepeatSampler draws each epoch's permutation from a generator seeded
+  once, so a resume in a later epoch replayed epoch 0's. Each epoch's is now a function of the epoch
+  (the one TRL draws in an uninterrupted run), set from the step count.
+- the reference model: TRL loads it from the policy's config path, which for a resumed policy is the
+  checkpoint; it is loaded from the iteration's start model (the objective records it). Under a LoRA
+  adapter TRL copies the adapter it is given, at a resume the checkpoint's: the starting adapter is
+  saved with every checkpoint (grpo_reference_adapter.safetensors) and restored.
+- the sampling RNG is HF's (generate draws from torch's generator), saved per rank with every checkpoint.
+- per-step values: TRL's logged means and itertrain's rollout counts are kept with the loss curve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
+
+from itertrain.runtime import dist
+from itertrain.training.trainer import Recovering
+
+BUFFER = "grpo_buffer_{rank}.pt"
+REFERENCE_ADAPTER = "grpo_reference_adapter.safetensors"  # TRL's reference under LoRA: the starting adapter
+# A diagnostic: resume as TRL alone would (no block, no step counter restored), to show what it loses
+PLAIN_TRL = os.environ.get("ITERTRAIN_PLAIN_TRL_RESUME") == "1"
+COUNTS = ("samples/generated", "samples/accepted", "verifier/timeouts", "verifier/errors", "rewards/timeouts",
+          "rewards/errors")
+
+
+class EpochRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler whose epoch e is the permutation TRL draws at its (e+1)-th pass."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            self.generator = torch.Generator()
+            if self.seed is not None:
+                self.generator.manual_seed(self.seed)
+            for _ in range(self.epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
+        return super().__iter__()
+
+
+class PromptEpoch(TrainerCallback):
+    """Each epoch's prompt order from the step count, as HF counts epochs (its set_epoch does not
+    reach a sampler under accelerate's sharding and skipping)."""
+
+    def __init__(self, trainer: "IterGRPOTrainer"):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        sampler = self.trainer.prompt_order
+        if sampler is not None and train_dataloader is not None:
+            n, ga = len(train_dataloader), args.gradient_accumulation_steps
+            sampler.set_epoch(state.global_step // max(n // ga + int(n % ga > 0), 1))
+        return control
+
+
+@contextlib.contextmanager
+def _named(model, path: str | None):
+    """The policy's config path set to `path` while TRL builds its reference model from it."""
+    config = getattr(model, "config", None)
+    if path is None or config is None:
+        yield
+        return
+    was = config._name_or_path
+    config._name_or_path = path
+    try:
+        yield
+    finally:
+        config._name_or_path = was
+
+
+class IterGRPOTrainer(Recovering, GRPOTrainer):
+    def __init__(self, *args, model, reference_dir: str | None = None, step_keys=(), **kwargs):
+        self._taken: dict[str, int] = {}  # TRL's values already read, by key
+        self.step_keys = tuple(step_keys)
+        self.prompt_order: EpochRepeatSampler | None = None
+        with _named(model, reference_dir):
+            super().__init__(*args, model=model, **kwargs)
+        self.add_callback(PromptEpoch(self))
+
+    def _get_train_sampler(self, dataset=None):
+        dataset = self.train_dataset if dataset is None else dataset
+        self.prompt_order = EpochRepeatSampler(
+            data_source=dataset, mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation, shuffle=self.shuffle_dataset,
+            seed=self.args.seed)
+        return self.prompt_order
+
+    # --- the generation block, saved and restored with each checkpoint (every rank its own) ---
+
+    def _save_rng_state(self, output_dir):
+        super()._save_rng_state(output_dir)
+        block = self.args.steps_per_generation * self.num_iterations
+        inside = self._step % block != 0 and self._buffered_inputs is not None
+        torch.save({"iteration": self.iteration, "local_step": self.state.global_step, "micro_step": self._step,
+                    "buffer": self._buffered_inputs if inside else None},
+                   os.path.join(output_dir, BUFFER.format(rank=self.args.process_index)))
+        if (model := self._reference_adapter()) is not None and self.args.should_save:
+            from peft.utils import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            state = get_peft_model_state_dict(model, adapter_name="ref")
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                      os.path.join(output_dir, REFERENCE_ADAPTER))
+
+    def _saved(self, checkpoint) -> dict | None:
+        """This rank's block file in `checkpoint`, if it was written inside this iteration (not a view of
+        another iteration's checkpoint, whose state an iteration with carried optimizer state starts from)."""
+        path = None if checkpoint is None else os.path.join(checkpoint, BUFFER.format(rank=self.args.process_index))
+        if path is None or not os.path.isfile(path) or PLAIN_TRL:
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved if saved["iteration"] == self.iteration else None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # TRL's reference under a LoRA adapter is a copy ("ref") of the adapter it was given: at a resume, the
+        # checkpoint's. The iteration's starting adapter is the one saved with the checkpoint.
+        path = os.path.join(resume_from_checkpoint, REFERENCE_ADAPTER)
+        if self._reference_adapter() is not None and os.path.isfile(path) and self._saved(resume_from_checkpoint):
+            from peft.utils import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(self._reference_adapter(), load_file(path), adapter_name="ref")
+
+    def _reference_adapter(self):
+        """The PEFT model whose "ref" adapter is TRL's reference, or None."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model if "ref" in getattr(model, "peft_config", {}) else None
+
+    def _load_rng_state(self, checkpoint):
+        super()._load_rng_state(checkpoint)
+        saved = self._saved(checkpoint)
+        if saved is None or saved["local_step"] != self.state.global_step:
+            return  # not a checkpoint of this iteration's GRPO: it starts its own blocks
+        self._step = saved["micro_step"]
+        device = self.accelerator.device
+        self._buffered_inputs = None if saved["buffer"] is None else [
+            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in part.items()} for part in saved["buffer"]]
+
+    # --- per-step values ---
+
+    def step_metrics(self) -> dict[str, float]:
+        """TRL's values for the step (the mean of its micro-batches', each already gathered over ranks;
+        a step that did not generate takes its block's reward values), and the rollout counts summed
+        over ranks."""
+        out = {}
+        logged = self._metrics["train"]
+        keys = [*self.step_keys, *(k for k in [*self.step_curves, *logged] if k.startswith("rewards/") and k.endswith("/mean"))]
+        for key in dict.fromkeys(keys):
+            values = logged.get(key, [])
+            new = values[self._taken.get(key, 0):]
+            self._taken[key] = len(values)
+            if new:
+                out[key] = sum(new) / len(new)
+            elif self.step_curves.get(key):
+                out[key] = self.step_curves[key][-1]
+        taken = [f.take() for f in self.reward_funcs if hasattr(f, "take")]
+        local = {key: sum(t.get(key, 0) for t in taken) for key in COUNTS}
+        local["seen"] = [s for t in taken for s in t.get("seen", [])]
+        ranks = dist.gather(local)
+        for key in COUNTS:
+            out[key] = float(sum(r[key] for r in ranks))
+        solved: dict[int, bool] = {}
+        for i, accepted in (s for r in ranks for s in r["seen"]):
+            solved[i] = solved.get(i, False) or bool(accepted)
+        out["samples/prompts"], out["samples/solved"] = float(len(solved)), float(sum(solved.values()))
+        return out
+
+    def log(self, logs, start_time=None):
+        super().log(logs, start_time)
+        self._taken = {}  # TRL cleared its values
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            for f in self.reward_funcs:
+                if hasattr(f, "close"):
+                    f.close()
