@@ -89,6 +89,10 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --random 40 --objective dpo --jobs 2 --json chaos-random-dpo.json
 	$(BIN)/python tests/chaos_harness.py --random 10 --objective dpo --ranks 2 --jobs 1 --json chaos-random-dpo-2ranks.json
 	$(BIN)/python tests/chaos_harness.py --random 20 --objective dpo --signal SIGTERM --jobs 2 --json chaos-sigterm-dpo.json
+	$(BIN)/python tests/chaos_harness.py --events all --grpo --jobs 2 --json chaos-kill-grpo.json
+	$(BIN)/python tests/chaos_harness.py --random 40 --grpo --jobs 2 --json chaos-random-grpo.json
+	$(BIN)/python tests/chaos_harness.py --random 10 --grpo --ranks 2 --jobs 1 --json chaos-random-grpo-2ranks.json
+	$(BIN)/python tests/chaos_harness.py --random 20 --grpo --signal SIGTERM --jobs 2 --json chaos-sigterm-grpo.json
 	$(BIN)/python tests/chaos_harness.py --events all --trackers --jobs 2 --json chaos-kill-trackers.json
 	$(BIN)/python tests/chaos_harness.py --random 40 --trackers --jobs 2 --json chaos-random-trackers.json
 	$(BIN)/python tests/chaos_harness.py --random 20 --trackers --signal SIGTERM --jobs 2 --json chaos-sigterm-trackers.json

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 import e2e  # noqa: E402
 import mirror_bench  # noqa: E402
 import elastic_bench  # noqa: E402
+import grpo_bench  # noqa: E402
 import peft_bench  # noqa: E402
 import profile_runs  # noqa: E402
 from generation_bench import generation_markdown, redo_fraction, vllm_vs_hf  # noqa: E402
@@ -369,13 +370,14 @@ TARGETS = {"train_throughput_ratio": (">=", 0.98), "checkpoint_stall_ratio": ("<
            "peft_resume_ratio": ("<=", 1.0), "iteration_ratio": ("<=", 0.95), "weight_reads_per_iteration": ("<=", 0),
            "overhead_share": ("<=", 0.03), "overhead_growth": ("<=", 1.2), "peak_rss_ratio": ("<=", 1.5),
            "mirror_train_ratio": ("<=", 1.05), "fresh_resume_ratio": ("<=", 1.10), "fresh_resume_bytes": ("<=", 1.01),
-           "elastic_resume_ratio": ("<=", 1.1), "elastic_loss_rel": ("<=", 1e-3)}
+           "elastic_resume_ratio": ("<=", 1.1), "elastic_loss_rel": ("<=", 1e-3),
+           "grpo_step_ratio": (">=", 0.97), "grpo_resume_ratio": ("<=", 1.05)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer pairs and steps (a smoke run, not for the docs)")
-    p.add_argument("--only", choices=["generation", "peft", "e2e", "rss", "mirror", "elastic"], help="measure only these figures and update them in "
+    p.add_argument("--only", choices=["generation", "peft", "e2e", "rss", "mirror", "elastic", "grpo"], help="measure only these figures and update them in "
                    "bench/results.json (each says when it was measured)")
     p.add_argument("--render", action="store_true", help="measure nothing: write BENCHMARKS.md again from "
                    "bench/results.json and the profiles (after bench/profile_runs.py alone)")
@@ -395,6 +397,8 @@ def main() -> int:
     if args.only == "elastic":
         return update_only("elastic" + " --quick" * args.quick,
                            lambda w: elastic_bench.figures(w, args.quick, sys.modules[__name__]))
+    if args.only == "grpo":
+        return update_only("grpo" + " --quick" * args.quick, lambda w: grpo_bench.figures(w, args.quick))
     if args.only == "e2e":
         return update_only("e2e" + " --quick" * args.quick, lambda w: e2e.figures(w, args.quick))
     if args.only:
@@ -419,6 +423,7 @@ def main() -> int:
     results.update(e2e.figures(work, args.quick))
     results.update(mirror_bench.figures(work, args.quick, sys.modules[__name__]))
     results.update(elastic_bench.figures(work, args.quick, sys.modules[__name__]))
+    results.update(grpo_bench.figures(work, args.quick))
     recorded = {"vllm_vs_hf": vllm_vs_hf(work)}
     for key, r in results.items():
         op, target = TARGETS[key]
@@ -496,7 +501,7 @@ def write_markdown(meta: dict, results: dict, recorded: dict) -> None:
                        **generation_markdown(results, recorded), "{{PEFT}}": peft_bench.markdown(results),
                        "{{E2E}}": e2e_markdown(results), "{{RUN_PROFILE}}": profile_runs.markdown(),
                        "{{MIRROR}}": mirror_bench.markdown(results),
-                       "{{ELASTIC}}": elastic_bench.markdown(results)}.items():
+                       "{{ELASTIC}}": elastic_bench.markdown(results), "{{GRPO}}": grpo_bench.markdown(results)}.items():
         text = text.replace(key, value)
     (REPO / "BENCHMARKS.md").write_text(text)
 

@@ -41,11 +41,11 @@ With --elastic (random kills) every resume after a kill runs on 1, 2 or 3 proces
 uninterrupted run's examples in every optimizer step (ITERTRAIN_BATCH_LOG), its samples and metrics
 (train_loss within 1e-3 relative) and weights within ELASTIC_TOL; the largest difference is reported.
 Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--generate] [--example]
-                                     [--peft continue|merge] [--objective dpo] [--mirror]
+                                     [--peft continue|merge] [--objective dpo|grpo] [--grpo] [--mirror]
                                      [--jobs 2] [--json out]
        python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--generate] [--vllm] [--example]
                                      [--elastic]
-                                     [--peft continue|merge] [--objective dpo]
+                                     [--peft continue|merge] [--objective dpo|grpo] [--grpo]
                                      [--jobs 2] [--json out]
 """
 
@@ -86,6 +86,10 @@ TASK: list[str] = []  # --example: the GSM8K example (chat template, gsm8k verif
 PEFT: list[str] = []  # --peft MODE: the runs train a LoRA adapter (adapters.py) in that --peft_iteration mode
 OBJECTIVE: list[str] = []  # --objective dpo: iteration 1 trains with DPO (TRL) on pairs from iteration 0's model
 DPO = ["--objective", "dpo", "--sft_iterations", "1", "--dpo_gold_chosen", "true", "--pairs_per_prompt", "2"]
+# --grpo: iteration 1 trains with GRPO (TRL), a generation every 3 steps and checkpoints every 2 (inside its
+# blocks), a reward plug-in beside the verifier (tests/plugins.py) so that the tiny model's groups differ
+GRPO = ["--objective", "grpo", "--sft_iterations", "1", "--num_generations", "3", "--steps_per_generation", "3",
+        "--save_steps", "2", "--reward_funcs", "plugins:digits"]
 ELASTIC: list[int] = []  # --elastic: each resume after a kill runs on a number of processes drawn from these
 ELASTIC_TOL = 1e-4  # --elastic: largest weight difference a PASS allows (another number of processes sums in another order)
 MIRROR: dict = {}  # --mirror: {"server": an s3_server.S3Server}; every run mirrors to a bucket of its own
@@ -143,6 +147,8 @@ def _env(out: Path, env_extra: dict | None = None) -> dict:
     if TRACKERS:
         env.update({"WANDB_MODE": "offline", "WANDB_CONFIG_DIR": f"{out}.wandb-home",
                     "WANDB_CACHE_DIR": f"{out}.wandb-home", "MLFLOW_TRACKING_URI": _mlflow_uri(out)})
+    if "--reward_funcs" in OBJECTIVE:  # its plug-in lives beside this file
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "tests"), env.get("PYTHONPATH")) if p)
     env.update(env_extra or {})
     return env
 
@@ -575,11 +581,13 @@ def main() -> int:
                         "from the mirror alone (the directory deleted)")
     p.add_argument("--elastic", action="store_true",
                    help="with --random: every resume after a kill runs on 1, 2 or 3 processes, drawn at random")
-    p.add_argument("--objective", choices=["sft", "dpo"], default="sft",
-                   help="dpo: iteration 1 trains with DPO on pairs (--objective dpo --sft_iterations 1)")
+    p.add_argument("--objective", choices=["sft", "dpo", "grpo"], default="sft",
+                   help="dpo: iteration 1 trains with DPO on pairs (--objective dpo --sft_iterations 1); grpo: with "
+                        "GRPO, the verifier and a plug-in as the rewards")
+    p.add_argument("--grpo", action="store_const", const="grpo", dest="objective", help="--objective grpo")
     args = p.parse_args()
-    if args.objective == "dpo":
-        OBJECTIVE.extend(DPO)
+    if args.objective in ("dpo", "grpo"):
+        OBJECTIVE.extend(DPO if args.objective == "dpo" else GRPO)
     if args.trackers:
         TRACKERS.extend(TRACKER_FLAGS)
     if args.peft:

@@ -101,6 +101,12 @@ def test_a_grpo_run_trains_on_its_rollouts_records_them_and_reports_trls_values(
     steps = json.loads((out / "iter_1" / "curve.json").read_text())["steps"]
     assert len(steps["reward"]) == len(steps["entropy"]) == 6 and sum(steps["samples/generated"]) == 36
     assert steps["reward"][0] == steps["reward"][1] == steps["reward"][2]  # one block's rollouts
+    from test_users import scalars
+
+    tb = scalars(out / "tensorboard")
+    assert [s for s, _ in tb["iteration/grpo_reward"]] == [12, 18]
+    assert [s for s, _ in tb["train/reward"]] == list(range(7, 19)) and "train/rewards/digits/mean" in tb
+    assert [v for _, v in tb["train/reward"][:6]] == pytest.approx(steps["reward"])
     assert cli.main(["status", str(out)]) == 0
     assert "grpo: iteration 1: reward " in capsys.readouterr().out
     assert cli.main(["plot", str(out), "--output", str(out.parent / "p.png")]) == 0

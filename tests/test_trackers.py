@@ -189,7 +189,7 @@ def test_a_tracker_that_fails_mid_run_is_dropped_with_one_line(capsys):
         kind = "wandb"
         seen: list = []
 
-        def steps(self, first, losses, lrs):
+        def steps(self, first, losses, lrs, extra=None):
             self.seen.append(first)
 
         def close(self, outcome):

@@ -3,6 +3,7 @@ print the plan and stop), prepare (base model, renames, settings), run the itera
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import json
@@ -24,7 +25,7 @@ from itertrain.phases import samples
 from itertrain.runtime import dist, engines, stop
 from itertrain.runtime.restore import RecoveryError, apply, check_generator, resolve
 from itertrain.tasks import load_task, tinymodel
-from itertrain.training import adapters
+from itertrain.training import adapters, objectives
 from itertrain.training.flags import flag_words
 
 BASE = "base"  # the built-in base model's directory under --output_dir
@@ -166,8 +167,13 @@ def fit_batch(cfg: Config) -> Config:
                  "resume_from_iteration": cfg.it.resume_from_iteration, "mirror_to": cfg.mirror.mirror_to}
         target = settings.batch_target(settings.recorded(given), t.per_device_train_batch_size,
                                        t.gradient_accumulation_steps, world)
-        return elastic.decide(*target, world, t.per_device_train_batch_size, t.gradient_accumulation_steps,
-                              t.elastic_batch)
+        batch, note = elastic.decide(*target, world, t.per_device_train_batch_size, t.gradient_accumulation_steps,
+                                     t.elastic_batch)
+        if (batch.per_device, batch.accumulation) != (t.per_device_train_batch_size, t.gradient_accumulation_steps):
+            fitted = copy.copy(t)  # what the objective checked at parse time, again with the batch kept
+            fitted.per_device_train_batch_size, fitted.gradient_accumulation_steps = batch.per_device, batch.accumulation
+            objectives.validate(cfg.obj, fitted, cfg.objective_args, cfg.it)
+        return batch, note
 
     batch, note = dist.on_main(decide)
     return dataclasses.replace(cfg, batch=batch, batch_note=note)

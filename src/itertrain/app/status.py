@@ -229,6 +229,8 @@ def iteration_rows(output_dir: str, artifacts: list[Artifact], num_iterations: i
                        verifier_errors=metrics.get("verifier_errors"),
                        objective=metrics.get("objective") or extra.get("objective", {}).get("objective", objectives.SFT),
                        **{m.key: metrics.get(m.key) for m in objectives.metrics() if m.status and m.key in metrics})
+            if not samples:  # an objective that samples while it trains (grpo): its rollouts' statistics
+                row.update(acceptance_rate=metrics.get("acceptance_rate"), num_generated=metrics.get("num_generated"))
         elif of_k:
             c = of_k[-1]
             row.update(state=f"interrupted at step {c.local_step}/{c.iteration_steps}", artifact=c.name,
@@ -304,7 +306,8 @@ def show(r: dict, console=None) -> None:
         its.add_column(col, justify="left" if col in ("state", "finished") else "right", no_wrap=col != "state",
                        min_width=12 if col == "state" else None)
     for row in r["iterations"]:
-        samples = "" if row["num_generated"] is None else f"{row['num_kept']}/{row['num_generated']}"
+        samples = "" if row["num_generated"] is None else f"{row['num_kept'] if row['num_kept'] is not None else '-'}" \
+            f"/{row['num_generated']}"  # (- : trained on every rollout, grpo)
         its.add_row(str(row["iteration"]), row["state"], _fmt(row["eval_accuracy"]), _fmt(row["acceptance_rate"]),
                     samples, _fmt(row["global_step"]), _fmt(row["train_loss"], ".4f"), _fmt(row["seconds"], ".0f"),
                     _finished(row["finished"]))

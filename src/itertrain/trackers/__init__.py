@@ -58,8 +58,10 @@ class Trackers:
                 dist.log0(f"⚠️  {t.kind}: {what} failed ({type(e).__name__}: {_first_line(e)}); "
                           "not logging to it for the rest of this run: the next start catches it up")
 
-    def steps(self, first_step: int, losses: list[float], lrs: list[float]) -> None:
-        self._each("steps", first_step, losses, lrs)
+    def steps(self, first_step: int, losses: list[float], lrs: list[float], extra: dict | None = None) -> None:
+        """Steps first_step, first_step + 1, ...: their loss, learning rate and the objective's own values
+        ({TRL's name: a value per step})."""
+        self._each("steps", first_step, losses, lrs, extra)
 
     def iteration(self, metrics: dict) -> None:
         self._each("iteration", metrics)

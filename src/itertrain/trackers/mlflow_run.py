@@ -15,7 +15,7 @@ import secrets
 import time
 
 from itertrain.core.errors import TrackerError
-from itertrain.trackers.values import iteration_values, replay, step_values
+from itertrain.trackers.values import each_step, iteration_values, replay, step_values
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call (100 for parameters)
 
@@ -111,8 +111,8 @@ class Tracker:
         for m in metrics:
             self.done[m.key] = max(self.done.get(m.key, 0), m.step)
 
-    def steps(self, first_step: int, losses: list[float], lrs: list[float]) -> None:
-        self._log([(first_step + i, step_values(loss, lr)) for i, (loss, lr) in enumerate(zip(losses, lrs, strict=True))])
+    def steps(self, first_step: int, losses: list[float], lrs: list[float], extra: dict | None = None) -> None:
+        self._log([(first_step + i, step_values(loss, lr, own)) for i, loss, lr, own in each_step(losses, lrs, extra)])
 
     def iteration(self, metrics: dict) -> None:
         self._log([(metrics["global_step"], iteration_values(metrics))])

@@ -15,7 +15,7 @@ import os
 import shutil
 
 from itertrain.core import commit
-from itertrain.trackers.values import iteration_values, replay, step_values
+from itertrain.trackers.values import each_step, iteration_values, replay, step_values
 
 DIR = "tensorboard"
 
@@ -26,9 +26,9 @@ class Writer:
 
         self.writer = SummaryWriter(logdir, filename_suffix=suffix, flush_secs=10)
 
-    def steps(self, first_step: int, losses: list[float], lrs: list[float]) -> None:
-        for i, (loss, lr) in enumerate(zip(losses, lrs, strict=True)):
-            for key, value in step_values(loss, lr).items():
+    def steps(self, first_step: int, losses: list[float], lrs: list[float], extra: dict | None = None) -> None:
+        for i, loss, lr, own in each_step(losses, lrs, extra):
+            for key, value in step_values(loss, lr, own).items():
                 self.writer.add_scalar(key, value, first_step + i)
         self.writer.flush()
 
@@ -70,8 +70,8 @@ class Tracker:
     def describe(self) -> str:
         return f"📈 tensorboard: {os.path.join(self.output_dir, DIR)} rewritten from the committed history"
 
-    def steps(self, first_step: int, losses: list[float], lrs: list[float]) -> None:
-        self.live.steps(first_step, losses, lrs)
+    def steps(self, first_step: int, losses: list[float], lrs: list[float], extra: dict | None = None) -> None:
+        self.live.steps(first_step, losses, lrs, extra)
 
     def iteration(self, metrics: dict) -> None:
         self.live.iteration(metrics)

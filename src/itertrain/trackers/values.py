@@ -17,8 +17,15 @@ def iteration_values(metrics: dict) -> dict[str, float]:
     return {f"iteration/{k}": metrics[k] for k in iteration_scalars() if metrics.get(k) is not None}
 
 
-def step_values(loss: float, lr: float) -> dict[str, float]:
-    return {"train/loss": loss, "train/learning_rate": lr}
+def step_values(loss: float, lr: float, extra: dict[str, float] | None = None) -> dict[str, float]:
+    """A step's scalars: its loss and learning rate, and the objective's own values (TRL's names under train/)."""
+    return {"train/loss": loss, "train/learning_rate": lr, **{f"train/{k}": v for k, v in (extra or {}).items()}}
+
+
+def each_step(losses: list[float], lrs: list[float], extra: dict[str, list] | None):
+    """(i, loss, lr, the objective's values of step i) for the steps given."""
+    for i, (loss, lr) in enumerate(zip(losses, lrs, strict=True)):
+        yield i, loss, lr, {k: v[i] for k, v in (extra or {}).items() if i < len(v)}
 
 
 def replay(tracker, history: list[tuple[int, dict | None, dict | None]]) -> None:
@@ -26,6 +33,6 @@ def replay(tracker, history: list[tuple[int, dict | None, dict | None]]) -> None
     that skips what it already holds."""
     for offset, curve, metrics in history:
         if curve:
-            tracker.steps(offset + 1, curve["loss"], curve["lr"])
+            tracker.steps(offset + 1, curve["loss"], curve["lr"], curve.get("steps"))
         if metrics:
             tracker.iteration(metrics)

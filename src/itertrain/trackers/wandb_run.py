@@ -20,7 +20,7 @@ import secrets
 import struct
 import zlib
 
-from itertrain.trackers.values import iteration_values, replay, step_values
+from itertrain.trackers.values import each_step, iteration_values, replay, step_values
 
 BLOCK, HEADER = 32768, 7  # W&B's transaction log: LevelDB's log format after a 7-byte ":W&B" header
 
@@ -110,14 +110,14 @@ class Tracker:
         self.run.log(values, step=step)
         self.done = step
 
-    def steps(self, first_step: int, losses: list[float], lrs: list[float]) -> None:
-        for i, (loss, lr) in enumerate(zip(losses, lrs, strict=True)):
+    def steps(self, first_step: int, losses: list[float], lrs: list[float], extra: dict | None = None) -> None:
+        for i, loss, lr, own in each_step(losses, lrs, extra):
             step = first_step + i
             if step <= self.done:
                 continue
             if self.pending is not None:
                 self._emit()
-            self.pending = (step, step_values(loss, lr))
+            self.pending = (step, step_values(loss, lr, own))
 
     def iteration(self, metrics: dict) -> None:
         step = metrics["global_step"]

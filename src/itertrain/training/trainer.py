@@ -215,7 +215,8 @@ class Recovering:
         self.lr_curve += self._lrs
         self._lrs = []
         if self.trackers is not None and dist.is_main():
-            self.trackers.steps(self.step_offset + first + 1, new, self.lr_curve[first:])
+            self.trackers.steps(self.step_offset + first + 1, new, self.lr_curve[first:],
+                                {k: v[first:] for k, v in self.step_curves.items()})
         return {"loss": list(self.loss_curve), "lr": list(self.lr_curve),
                 "steps": {k: list(v) for k, v in self.step_curves.items()}}
 
