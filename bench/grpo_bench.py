@@ -18,13 +18,13 @@ itertrain trains on the saved block.
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from elastic_bench import _run  # a subprocess timed, with a failpoint, its exit status checked
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -37,19 +37,6 @@ def flags(steps: int) -> list[str]:
             "--num_prompts", "128", "--num_eval", "16", "--num_samples", "2", "--per_device_train_batch_size", "16",
             "--generation_batch_size", "64", "--disable_tqdm", "true", "--objective", "grpo", "--sft_iterations",
             "1", "--num_generations", "4", "--steps_per_generation", "4", "--async_save", "false"]
-
-
-def _run(cmd: list[str], failpoint: str | None = None, expect=(0,)) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("ITERTRAIN_FAILPOINTS", None)
-    if failpoint:
-        env["ITERTRAIN_FAILPOINTS"] = failpoint
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - t0
-    if proc.returncode not in expect:
-        raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr[-2000:]}")
-    return seconds
 
 
 def _trainers(work: Path, steps: int):
