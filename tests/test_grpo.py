@@ -156,3 +156,15 @@ def test_grpo_on_two_ranks_crashed_inside_a_block_resumes_bit_identically(tmp_pa
     assert {p.name for p in (out / "checkpoint-8").glob("grpo_buffer_*")} == {"grpo_buffer_0.pt", "grpo_buffer_1.pt"}
     resume_until_done(out, *flags, launcher=TORCHRUN, timeout=600)
     same_run(out, ref, "iter_1")
+
+
+@pytest.mark.e2e
+def test_grpo_with_carried_optimizer_state_resumes_bit_identically(tmp_path):
+    """Iteration 2 starts from iteration 1's last checkpoint (its optimizer state, not its generation
+    block or step counter); killed after its first step, it resumes from that start."""
+    flags = [*GRPO, "--carry_optimizer_state", "true"]
+    ref, out = tmp_path / "ref", tmp_path / "exp"
+    assert run_cli(ref, *flags).returncode == 0
+    killed_by(run_cli(out, *flags, failpoints="train.step=13"), "train.step=13")
+    resume_until_done(out, *flags)
+    same_run(out, ref)
