@@ -177,7 +177,7 @@ class Grpo:
                Metric("grpo_kl", status="KL {:.4f}"), Metric("grpo_entropy", status="entropy {:.3f}"),
                Metric("grpo_clip_ratio", status="clipped {:.3f}"),
                Metric("grpo_completion_length", status="length {:.1f}"), Metric("grpo_clipped_ratio", tracker=False),
-               Metric("grpo_frac_reward_zero_std", tracker=False), Metric("reward_timeouts", tracker=False),
+               Metric("grpo_frac_reward_zero_std", plot="GRPO groups without a signal (one reward for all)"), Metric("reward_timeouts", tracker=False),
                Metric("reward_errors", tracker=False),
                *(Metric(key, per="step") for key in (*STEP_KEYS, *COUNT_KEYS)))
     check = staticmethod(check)
