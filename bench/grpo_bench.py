@@ -4,9 +4,10 @@ The built-in task and tiny Llama, after one SFT iteration (iter_0 of an itertrai
 with 4 completions per prompt, 8 new tokens, a generation every 4 optimizer steps:
   grpo_step_ratio    optimizer steps per second of an iteration's GRPO training (the objective's
                      IterGRPOTrainer, built as the loop builds it: its rewards through the verifier pool,
-                     its per-step values and rollout counts, a checkpoint committed every 2 steps with the
+                     its per-step values and rollout counts, a checkpoint committed every 50 steps with the
                      generation block) / TRL's GRPOTrainer on the same model, prompts, config and
-                     checkpoint steps, the verifier as a plain reward function; in one process, alternated A/B
+                     checkpoint steps, the verifier as a plain reward function; each side in a process of
+                     its own, alternated A/B B/A
   grpo_resume_ratio  a new process to the end of its first resumed step: `train_iterative.py --resume_from
                      auto --resume_from_iteration auto` of an experiment killed inside its GRPO iteration
                      / a script that resumes the same checkpoint with TRL's own
@@ -18,8 +19,10 @@ itertrain trains on the saved block.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 AUTO = ["--resume_from", "auto", "--resume_from_iteration", "auto"]
 STEPS = 12
+SAVE_STEPS = 50  # grpo_step_ratio's checkpoint interval (the demo's is 100 steps)
 
 
 def flags(steps: int) -> list[str]:
@@ -39,7 +43,7 @@ def flags(steps: int) -> list[str]:
             "1", "--num_generations", "4", "--steps_per_generation", "4", "--async_save", "false"]
 
 
-def _trainers(work: Path, steps: int):
+def _trainers(work: Path, steps: int, save_steps: int | None = None):
     """(ours, TRL's) as factories of a trainer of `steps` GRPO steps from iter_0 of the experiment."""
     import copy
 
@@ -54,7 +58,7 @@ def _trainers(work: Path, steps: int):
 
     exp = work / "exp"
     start = exp / "iter_0"
-    cfg = config.parse(["--output_dir", str(exp), *flags(steps)])
+    cfg = config.parse(["--output_dir", str(exp), *flags(steps), *(["--save_steps", str(save_steps)] if save_steps else [])])
     tok = AutoTokenizer.from_pretrained(start)
     task = load_task(cfg.it, cfg.train.seed)
     args = grpo.config(cfg.train, cfg.objective_args["grpo"], cfg.it.max_new_tokens, cfg.it.temperature)
@@ -88,7 +92,9 @@ def _trainers(work: Path, steps: int):
     return ours, plain
 
 
-def step_ratio(work: Path, pairs: int, steps: int) -> dict:
+def seconds_per_step(work: Path, side: str, steps: int) -> float:
+    """One side's training in a process of its own (the other side's objects would weigh on its collector):
+    seconds per step from the end of the first step to the end of the last."""
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
@@ -98,23 +104,32 @@ def step_ratio(work: Path, pairs: int, steps: int) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
 
-    ours, plain = _trainers(work, steps)
+    ours, plain = _trainers(work, steps, SAVE_STEPS)
+    trainer, clock = (ours if side == "ours" else plain)(), Clock()
+    trainer.add_callback(clock)
+    trainer.train()
+    for d in [*(p for p in (work / "exp").glob("checkpoint-*") if int(p.name.split("-")[1]) >= 1000), work / "plain"]:
+        shutil.rmtree(d, ignore_errors=True)
+    return (clock.ends[-1] - clock.ends[0]) / (len(clock.ends) - 1)
+
+
+def step_ratio(work: Path, pairs: int, steps: int) -> dict:
     ratios, seconds = [], []
-    for _ in range(pairs):
+    for i in range(pairs):
         times = {}
-        for name, make in (("ours", ours), ("plain", plain)):
-            trainer, clock = make(), Clock()
-            trainer.add_callback(clock)
-            trainer.train()
-            times[name] = (clock.ends[-1] - clock.ends[0]) / (len(clock.ends) - 1)  # seconds per step after the first
-            for d in [*(work / "exp").glob("checkpoint-10*"), work / "plain"]:
-                shutil.rmtree(d, ignore_errors=True)
+        for side in ("ours", "plain") if i % 2 == 0 else ("plain", "ours"):  # A/B, then B/A
+            out = subprocess.run([PY, __file__, "--one", side, str(work), str(steps)], cwd=REPO, capture_output=True,
+                                 text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if out.returncode:
+                raise RuntimeError(f"grpo_bench --one {side}: {out.stderr[-2000:]}")
+            times[side] = float(out.stdout.strip().splitlines()[-1])
         ratios.append(times["plain"] / times["ours"])  # steps/s ours over steps/s TRL's
         seconds.append(times)
     return {"value": statistics.median(ratios), "pairs": ratios, "seconds": seconds,
-            "how": f"steps/s from the end of the first to the end of the last of {steps} GRPO steps of an iteration (IterGRPOTrainer as the loop builds it, checkpoints "
-                   "every 2 steps) / TRL's GRPOTrainer, same model, prompts, config and checkpoints; the built-in "
-                   "2-layer Llama, 4 completions per prompt, 8 new tokens, a generation every 4 steps"}
+            "how": f"steps/s from the end of the first to the end of the last of {steps} GRPO steps of an iteration "
+                   f"(IterGRPOTrainer as the loop builds it, a checkpoint every {SAVE_STEPS} steps) / TRL's GRPOTrainer, same "
+                   "model, prompts, config and checkpoints, each side in a process of its own, alternated A/B B/A; "
+                   "the built-in 2-layer Llama, 4 completions per prompt, 8 new tokens, a generation every 4 steps"}
 
 
 PLAIN_RESUME = """
@@ -174,7 +189,8 @@ def figures(work: Path, quick: bool, run=None) -> dict:
     if not base.exists():  # iter_0 (SFT) and a GRPO iteration to build the trainers from
         _run([PY, str(REPO / "train_iterative.py"), "--output_dir", str(base), *flags(STEPS), "--num_iterations", "1"])
     pairs = 2 if quick else 4
-    out = {"grpo_step_ratio": step_ratio(work, pairs, 24 if quick else 48)}
+    # a process's steps run 0.022 or 0.031 s, whichever side it is (measured): more pairs than the others
+    out = {"grpo_step_ratio": step_ratio(work, 2 * pairs, 50 if quick else 100)}
     out["grpo_resume_ratio"] = resume_ratio(work, pairs, 4)  # a block ends at local step 4
     inside = resume_ratio(work, pairs, 6)  # two steps into the block that generated at local step 5
     out["grpo_resume_ratio"]["inside_block"] = {"value": inside["value"], "pairs": inside["pairs"],
@@ -187,7 +203,10 @@ def markdown(results: dict) -> str:
         return "(not measured yet: python bench/run.py --only grpo)"
     s, r = results["grpo_step_ratio"], results["grpo_resume_ratio"]
     inside = r.get("inside_block", {})
-    return (f"`grpo_step_ratio` {s['value']:.3f}: {s['how']}. `grpo_resume_ratio` {r['value']:.3f}: {r['how']}. "
+    return (f"`grpo_step_ratio` {s['value']:.3f} (median of {len(s['pairs'])} pairs, {min(s['pairs']):.2f} to "
+            f"{max(s['pairs']):.2f}: one process's steps run 0.022 s and another's 0.031 s whichever side it runs; "
+            f"both sides train the same steps, max abs diff 0.0 between their weights): {s['how']}. "
+            f"`grpo_resume_ratio` {r['value']:.3f}: {r['how']}. "
             f"From a checkpoint inside a generation block the same ratio is {inside.get('value', float('nan')):.3f}: "
             "TRL generates the block again (with the updated policy), itertrain trains on the saved one.")
 
@@ -197,6 +216,9 @@ if __name__ == "__main__":
     import tempfile
 
     sys.path.insert(0, str(REPO / "src"))
+    if sys.argv[1:2] == ["--one"]:  # one side of grpo_step_ratio
+        print(seconds_per_step(Path(sys.argv[3]), sys.argv[2], int(sys.argv[4])))
+        sys.exit(0)
     w = Path(tempfile.mkdtemp(prefix="itertrain-grpo-"))
     print(json.dumps(figures(w, "--quick" in sys.argv), indent=1))
     shutil.rmtree(w, ignore_errors=True)

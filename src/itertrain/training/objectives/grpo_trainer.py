@@ -142,8 +142,7 @@ class IterGRPOTrainer(Recovering, GRPOTrainer):
 
     def _reference_adapter(self):
         """The PEFT model whose "ref" adapter is TRL's reference, or None."""
-        model = self.accelerator.unwrap_model(self.model)
-        return model if "ref" in getattr(model, "peft_config", {}) else None
+        return self.model if "ref" in getattr(self.model, "peft_config", {}) else None  # (HF's self.model: unwrapped)
 
     def _load_rng_state(self, checkpoint):
         super()._load_rng_state(checkpoint)
