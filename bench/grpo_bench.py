@@ -205,7 +205,7 @@ def markdown(results: dict) -> str:
     inside = r.get("inside_block", {})
     return (f"`grpo_step_ratio` {s['value']:.3f} (median of {len(s['pairs'])} pairs, {min(s['pairs']):.2f} to "
             f"{max(s['pairs']):.2f}: one process's steps run 0.022 s and another's 0.031 s whichever side it runs; "
-            f"both sides train the same steps, max abs diff 0.0 between their weights): {s['how']}. "
+            f"both sides train the same steps: after 20 the weights differ by 0.0): {s['how']}. "
             f"`grpo_resume_ratio` {r['value']:.3f}: {r['how']}. "
             f"From a checkpoint inside a generation block the same ratio is {inside.get('value', float('nan')):.3f}: "
             "TRL generates the block again (with the updated policy), itertrain trains on the saved one.")
