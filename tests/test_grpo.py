@@ -168,3 +168,15 @@ def test_grpo_with_carried_optimizer_state_resumes_bit_identically(tmp_path):
     killed_by(run_cli(out, *flags, failpoints="train.step=13"), "train.step=13")
     resume_until_done(out, *flags)
     same_run(out, ref)
+
+
+@pytest.mark.dist
+def test_grpo_killed_inside_a_block_on_two_ranks_resumes_on_one(tmp_path):
+    """Another number of processes cannot take the ranks' blocks: every rank starts the block again, in step."""
+    flags = [*GRPO, "--num_iterations", "2"]
+    out = tmp_path / "exp"
+    killed_by(run_cli(out, *flags, launcher=TORCHRUN, timeout=600, failpoints="train.step=9"), "train.step=9")
+    proc = resume_until_done(out, *flags)
+    assert "the block's rest is trained on completions generated again" in proc.stdout + proc.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["objective"] for r in rows] == ["sft", "grpo"] and rows[1]["num_generated"] > 0

@@ -110,7 +110,7 @@ class IterGRPOTrainer(Recovering, GRPOTrainer):
         block = self.args.steps_per_generation * self.num_iterations
         inside = self._step % block != 0 and self._buffered_inputs is not None
         torch.save({"iteration": self.iteration, "local_step": self.state.global_step, "micro_step": self._step,
-                    "buffer": self._buffered_inputs if inside else None},
+                    "world_size": self.args.world_size, "buffer": self._buffered_inputs if inside else None},
                    os.path.join(output_dir, BUFFER.format(rank=self.args.process_index)))
         if (model := self._reference_adapter()) is not None and self.args.should_save:
             from peft.utils import get_peft_model_state_dict
@@ -122,12 +122,23 @@ class IterGRPOTrainer(Recovering, GRPOTrainer):
 
     def _saved(self, checkpoint) -> dict | None:
         """This rank's block file in `checkpoint`, if it was written inside this iteration (not a view of
-        another iteration's checkpoint, whose state an iteration with carried optimizer state starts from)."""
-        path = None if checkpoint is None else os.path.join(checkpoint, BUFFER.format(rank=self.args.process_index))
-        if path is None or not os.path.isfile(path) or PLAIN_TRL:
+        another iteration's checkpoint, whose state an iteration with carried optimizer state starts from).
+        Written by another number of processes, the ranks' blocks do not fit this run's: every rank takes
+        rank 0's record without a block, and the block is generated again."""
+        if checkpoint is None or PLAIN_TRL:
             return None
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        return saved if saved["iteration"] == self.iteration else None
+        first = os.path.join(checkpoint, BUFFER.format(rank=0))
+        if not os.path.isfile(first):
+            return None
+        head = torch.load(first, map_location="cpu", weights_only=True)
+        if head["iteration"] != self.iteration:
+            return None
+        if head.get("world_size", 1) != self.args.world_size:
+            # the position in micro-steps of this run's accumulation; TRL generates when it has no block
+            return {**head, "buffer": None, "micro_step": head["local_step"] * self.args.gradient_accumulation_steps,
+                    "regenerate": True}
+        own = os.path.join(checkpoint, BUFFER.format(rank=self.args.process_index))
+        return head if own == first else torch.load(own, map_location="cpu", weights_only=True)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -150,6 +161,9 @@ class IterGRPOTrainer(Recovering, GRPOTrainer):
         if saved is None or saved["local_step"] != self.state.global_step:
             return  # not a checkpoint of this iteration's GRPO: it starts its own blocks
         self._step = saved["micro_step"]
+        if saved.get("regenerate") and self._step % (self.args.steps_per_generation * self.num_iterations):
+            dist.log0(f"🎲 {checkpoint} was written by {saved['world_size']} processes inside a generation block, and "
+                      f"this run has {self.args.world_size}: the block's rest is trained on completions generated again")
         device = self.accelerator.device
         self._buffered_inputs = None if saved["buffer"] is None else [
             {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in part.items()} for part in saved["buffer"]]
