@@ -313,15 +313,15 @@ def _remove(out: Path) -> None:
 
 
 def committed_rows(out: Path) -> dict[int, dict[str, float]]:
-    """What every tracker must hold: each committed step's loss and learning rate, and each
-    iteration's metrics at its last step."""
+    """What every tracker must hold: each committed step's loss, learning rate and the objective's own
+    values (--grpo: TRL's), and each iteration's metrics at its last step."""
     from itertrain.core import curve
     from itertrain.trackers import values
 
     rows: dict[int, dict] = {}
     for it in curve.committed(str(out), 6):
-        for i, (loss, lr) in enumerate(zip(it["curve"]["loss"], it["curve"]["lr"], strict=True)):
-            rows[it["offset"] + 1 + i] = values.step_values(loss, lr)
+        for i, loss, lr, own in values.each_step(it["curve"]["loss"], it["curve"]["lr"], it["curve"].get("steps")):
+            rows[it["offset"] + 1 + i] = values.step_values(loss, lr, own)
         rows[it["end"]].update(values.iteration_values(it["metrics"]))
     return rows
 
