@@ -44,11 +44,16 @@ CASES = [
         ["--steps_per_generation", "2"], ["--grpo_epochs", "2"], ["--mask_truncated_completions", "true"],
         ["--reward_funcs", "plugins:digits"], ["--reward_weights", "1"], ["--grpo_learning_rate", "0.001"],
         ["--grpo_args", "{}"])),
+    *((flags, ["--objective", "grpo", "--sft_iterations", "1"]) for flags in (
+        ["--num_samples", "3"], ["--max_per_prompt", "2"], ["--generation_batch_size", "4"],
+        ["--generation_shard_size", "512"], ["--reuse_previous", "true"])),
     (["--mirror_keep", "3"], ["--mirror_to", "file:///tmp/unused-needs-mirror"]),
     (["--mirror_grace", "5"], ["--mirror_to", "file:///tmp/unused-needs-mirror"]),
 ]
 # what the refusal is tried with, where the defaults would give the flag its meaning
-WITHOUT = {"--num_gold": FILES, "--num_prompts": FILES, "--num_eval": FILES, "--gold_iterations": FILES}
+WITHOUT = {"--num_gold": FILES, "--num_prompts": FILES, "--num_eval": FILES, "--gold_iterations": FILES,
+           **dict.fromkeys(("--num_samples", "--max_per_prompt", "--generation_batch_size", "--generation_shard_size",
+                            "--reuse_previous"), ["--objective", "grpo"])}
 
 
 def parse(*flags):
