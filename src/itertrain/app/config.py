@@ -105,7 +105,7 @@ class IterArguments:
         "help": "Mix gold data into the first N iterations' training (-1: every iteration, 0: never)."})
     train_from: str = field(default="previous", metadata={
         "help": "Fine-tune each iteration from the previous iteration's model (previous) or from the base (base)."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the generate phase."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the generate phase and of --objective grpo's rollouts."})
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "Longest completion generated or evaluated. Default: 8 for the built-in task, else 512."})
     generation_batch_size: int = field(default=256, metadata={"help": "Prompts per generate call."})

@@ -117,7 +117,8 @@ def run_iterations(cfg: Config, plan: Plan, base_dir: str, tokenizer_dir: str, t
 
 
 def generate(run: Run, it: Iteration) -> None:
-    """Samples of model_K (the base for K=0, else iter_{K-1}), verified: committed, or made now."""
+    """Samples of model_K (the base for K=0, else iter_{K-1}), verified: committed, or made now (none
+    for an objective that samples while it trains)."""
     cfg, k = run.cfg, it.k
     run.at.iteration, run.at.global_step = k, it.start.step_offset + it.start.done_steps
     progress.note(True, iteration=k, phase="generate", global_step=run.at.global_step)

@@ -70,15 +70,16 @@ class StopAtStep(TrainerCallback):
 
 
 class EpochOrder(TrainerCallback):
-    """Each epoch's order from the step count: HF's set_epoch does not reach a sampler under
-    accelerate's sharding and skipping (a resume in a later epoch would replay epoch 0's order)."""
+    """Each epoch's order from the step count, as HF counts epochs: its set_epoch does not reach a
+    sampler under accelerate's sharding and skipping (a resume in a later epoch would replay epoch 0's)."""
 
     def __init__(self, trainer: "Recovering"):
         self.trainer = trainer
 
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        if (o := self.trainer.order) is not None:
-            o.set_epoch(state.global_step // max(len(o) // o.global_batch, 1))
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if (o := self.trainer.order) is not None and train_dataloader is not None:
+            n, ga = len(train_dataloader), args.gradient_accumulation_steps
+            o.set_epoch(state.global_step // max(n // ga + int(n % ga > 0), 1))
         return control
 
 
@@ -140,7 +141,7 @@ class Recovering:
         self.stop_reason: str | None = None  # set when a stop request ended training
         self._fetched: list[list[int]] | None = [] if order.log_path() else None  # ITERTRAIN_BATCH_LOG
         self._step_ids: list[int] = []
-        self.order: order.GlobalOrder | None = None  # the training examples' order (_get_train_sampler)
+        self.order = None  # the training examples' order, a sampler with set_epoch (_get_train_sampler)
         self.add_callback(EpochOrder(self))
         self.add_callback(SaveAtLastStep())
         self.add_callback(StopAtStep(self))

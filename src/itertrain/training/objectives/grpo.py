@@ -96,9 +96,10 @@ def check(args: GrpoArguments, train, it=None) -> None:
                          f"{', '.join(sorted(LOSS_TYPES))})")
     if args.scale_rewards not in SCALE_REWARDS:
         raise UsageError(f"--scale_rewards {args.scale_rewards!r}: use one of {', '.join(sorted(SCALE_REWARDS))}")
-    for flag, value, low in (("beta", args.beta, 0.0), ("epsilon", args.epsilon, None)):
-        if not (value >= low if low is not None else value > 0):
-            raise UsageError(f"--{flag} must be {'>= 0' if low is not None else '> 0'}, got {value}")
+    if not args.beta >= 0:
+        raise UsageError(f"--beta must be >= 0, got {args.beta}")
+    if not args.epsilon > 0:
+        raise UsageError(f"--epsilon must be > 0, got {args.epsilon}")
     if args.epsilon_high is not None and not args.epsilon_high >= args.epsilon:
         raise UsageError(f"--epsilon_high ({args.epsilon_high}) must be >= --epsilon ({args.epsilon})")
     if args.grpo_epochs < 1 or (args.steps_per_generation is not None and args.steps_per_generation < 1):
@@ -177,8 +178,8 @@ class Grpo:
                Metric("grpo_kl", status="KL {:.4f}"), Metric("grpo_entropy", status="entropy {:.3f}"),
                Metric("grpo_clip_ratio", status="clipped {:.3f}"),
                Metric("grpo_completion_length", status="length {:.1f}"), Metric("grpo_clipped_ratio", tracker=False),
-               Metric("grpo_frac_reward_zero_std", plot="GRPO groups without a signal (one reward for all)"), Metric("reward_timeouts", tracker=False),
-               Metric("reward_errors", tracker=False),
+               Metric("grpo_frac_reward_zero_std", plot="GRPO groups without a signal (one reward for all)"),
+               Metric("reward_timeouts", tracker=False), Metric("reward_errors", tracker=False),
                *(Metric(key, per="step") for key in (*STEP_KEYS, *COUNT_KEYS)))
     check = staticmethod(check)
 
@@ -220,10 +221,11 @@ class Grpo:
         cfg, task = self.run
         path = reference["reference_path"]
         ref = None if path is None else path if os.path.isabs(path) else os.path.join(recovery.experiment_dir, path)
-        funcs = [rewards.Verified(cfg, task), *(rewards.Plugin(s, cfg.it.verifier_timeout) for s in self.args.reward_funcs)]
+        ref = None if adapters.is_peft(model) else ref  # TRL copies the starting adapter instead
+        funcs = [rewards.Verified(cfg, task),
+                 *(rewards.Plugin(s, cfg.it.verifier_timeout) for s in self.args.reward_funcs)]
         made = config(args, self.args, cfg.it.max_new_tokens, cfg.it.temperature)
         # TRL sets the tokenizer's padding side for generation: its own copy, not the run's
-        ref = None if adapters.is_peft(model) else ref  # TRL copies the starting adapter instead
         return IterGRPOTrainer(model=model, reward_funcs=funcs, args=made, train_dataset=train_set.data,
                                processing_class=copy.deepcopy(tokenizer), reference_dir=ref,
                                step_keys=tuple(STEP_KEYS), recovery=recovery)

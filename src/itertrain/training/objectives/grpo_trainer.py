@@ -22,19 +22,17 @@ import contextlib
 import os
 
 import torch
-from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from itertrain.runtime import dist
+from itertrain.training.objectives.trl_values import TrlStepValues
 from itertrain.training.trainer import Recovering
 
 BUFFER = "grpo_buffer_{rank}.pt"
 REFERENCE_ADAPTER = "grpo_reference_adapter.safetensors"  # TRL's reference under LoRA: the starting adapter
 # A diagnostic: resume as TRL alone would (no block, no step counter restored), to show what it loses
 PLAIN_TRL = os.environ.get("ITERTRAIN_PLAIN_TRL_RESUME") == "1"
-COUNTS = ("samples/generated", "samples/accepted", "verifier/timeouts", "verifier/errors", "rewards/timeouts",
-          "rewards/errors")
 
 
 class EpochRepeatSampler(RepeatSampler):
@@ -55,21 +53,6 @@ class EpochRepeatSampler(RepeatSampler):
         return super().__iter__()
 
 
-class PromptEpoch(TrainerCallback):
-    """Each epoch's prompt order from the step count, as HF counts epochs (its set_epoch does not
-    reach a sampler under accelerate's sharding and skipping)."""
-
-    def __init__(self, trainer: "IterGRPOTrainer"):
-        self.trainer = trainer
-
-    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        sampler = self.trainer.prompt_order
-        if sampler is not None and train_dataloader is not None:
-            n, ga = len(train_dataloader), args.gradient_accumulation_steps
-            sampler.set_epoch(state.global_step // max(n // ga + int(n % ga > 0), 1))
-        return control
-
-
 @contextlib.contextmanager
 def _named(model, path: str | None):
     """The policy's config path set to `path` while TRL builds its reference model from it."""
@@ -85,23 +68,20 @@ def _named(model, path: str | None):
         config._name_or_path = was
 
 
-class IterGRPOTrainer(Recovering, GRPOTrainer):
+class IterGRPOTrainer(Recovering, TrlStepValues, GRPOTrainer):
     def __init__(self, *args, model, reference_dir: str | None = None, step_keys=(), **kwargs):
-        self._taken: dict[str, int] = {}  # TRL's values already read, by key
         self.step_keys = tuple(step_keys)
-        self.prompt_order: EpochRepeatSampler | None = None
         with _named(model, reference_dir):
             super().__init__(*args, model=model, **kwargs)
-        self.add_callback(PromptEpoch(self))
 
     def _get_train_sampler(self, dataset=None):
         dataset = self.train_dataset if dataset is None else dataset
-        self.prompt_order = EpochRepeatSampler(
+        self.order = EpochRepeatSampler(  # its epoch set by Recovering's EpochOrder
             data_source=dataset, mini_repeat_count=self.num_generations,
             batch_size=self.args.generation_batch_size // self.num_generations,
             repeat_count=self.num_iterations * self.args.steps_per_generation, shuffle=self.shuffle_dataset,
             seed=self.args.seed)
-        return self.prompt_order
+        return self.order
 
     # --- the generation block, saved and restored with each checkpoint (every rank its own) ---
 
@@ -162,11 +142,13 @@ class IterGRPOTrainer(Recovering, GRPOTrainer):
             return  # not a checkpoint of this iteration's GRPO: it starts its own blocks
         self._step = saved["micro_step"]
         if saved.get("regenerate") and self._step % (self.args.steps_per_generation * self.num_iterations):
-            dist.log0(f"🎲 {checkpoint} was written by {saved['world_size']} processes inside a generation block, and "
-                      f"this run has {self.args.world_size}: the block's rest is trained on completions generated again")
+            dist.log0(f"🎲 {checkpoint} was written by {saved['world_size']} processes inside a generation block, "
+                      f"and this run has {self.args.world_size}: the block's rest is trained on completions "
+                      "generated again")
         device = self.accelerator.device
         self._buffered_inputs = None if saved["buffer"] is None else [
-            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in part.items()} for part in saved["buffer"]]
+            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in part.items()}
+            for part in saved["buffer"]]
 
     # --- per-step values ---
 
@@ -174,32 +156,22 @@ class IterGRPOTrainer(Recovering, GRPOTrainer):
         """TRL's values for the step (the mean of its micro-batches', each already gathered over ranks;
         a step that did not generate takes its block's reward values), and the rollout counts summed
         over ranks."""
-        out = {}
-        logged = self._metrics["train"]
-        keys = [*self.step_keys, *(k for k in [*self.step_curves, *logged] if k.startswith("rewards/") and k.endswith("/mean"))]
-        for key in dict.fromkeys(keys):
-            values = logged.get(key, [])
-            new = values[self._taken.get(key, 0):]
-            self._taken[key] = len(values)
-            if new:
-                out[key] = sum(new) / len(new)
-            elif self.step_curves.get(key):
-                out[key] = self.step_curves[key][-1]
+        per_function = (k for k in [*self.step_curves, *self._metrics["train"]] if k.startswith("rewards/")
+                        and k.endswith("/mean"))
+        keys = list(dict.fromkeys([*self.step_keys, *per_function]))
+        out = self.fresh_means(keys)
+        out.update({k: self.step_curves[k][-1] for k in keys if k not in out and self.step_curves.get(k)})
         taken = [f.take() for f in self.reward_funcs if hasattr(f, "take")]
-        local = {key: sum(t.get(key, 0) for t in taken) for key in COUNTS}
-        local["seen"] = [s for t in taken for s in t.get("seen", [])]
-        ranks = dist.gather(local)
-        for key in COUNTS:
-            out[key] = float(sum(r[key] for r in ranks))
+        seen = [s for t in taken for s in t.pop("seen", [])]
+        ranks = dist.gather({"counts": taken, "seen": seen})
+        for counts in (c for r in ranks for c in r["counts"]):
+            for key, n in counts.items():
+                out[key] = out.get(key, 0.0) + float(n)
         solved: dict[int, bool] = {}
-        for i, accepted in (s for r in ranks for s in r["seen"]):
+        for i, accepted in (s for r in ranks for s in r["seen"]):  # pass@k: a prompt's group spans ranks
             solved[i] = solved.get(i, False) or bool(accepted)
         out["samples/prompts"], out["samples/solved"] = float(len(solved)), float(sum(solved.values()))
         return out
-
-    def log(self, logs, start_time=None):
-        super().log(logs, start_time)
-        self._taken = {}  # TRL cleared its values
 
     def train(self, *args, **kwargs):
         try:

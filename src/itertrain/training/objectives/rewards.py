@@ -96,7 +96,8 @@ class Plugin:
         except CallTimeout:
             kind, what = "rewards/timeouts", f"took more than {self.timeout:g} s"
         except Exception as e:  # noqa: BLE001 - the plug-in's own failure: counted
-            kind, what = "rewards/errors", f"raised {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            text = str(e).strip()
+            kind, what = "rewards/errors", f"raised {type(e).__name__}: {text.splitlines()[0] if text else ''}"
         self.counts[kind] += 1
         if not self.told:
             self.told = True
