@@ -46,14 +46,17 @@ CASES = [
         ["--grpo_args", "{}"])),
     *((flags, ["--objective", "grpo", "--sft_iterations", "1"]) for flags in (
         ["--num_samples", "3"], ["--max_per_prompt", "2"], ["--generation_batch_size", "4"],
-        ["--generation_shard_size", "512"], ["--reuse_previous", "true"])),
+        ["--generation_shard_size", "512"], ["--reuse_previous", "true"], ["--generation_order", "file"])),
+    *((flags, ["--objective", "grpo", "--sft_iterations", "1", "--max_steps", "1"]) for flags in (
+        ["--padding_free", "false"], ["--max_tokens_per_batch", "64"])),
     (["--mirror_keep", "3"], ["--mirror_to", "file:///tmp/unused-needs-mirror"]),
     (["--mirror_grace", "5"], ["--mirror_to", "file:///tmp/unused-needs-mirror"]),
 ]
 # what the refusal is tried with, where the defaults would give the flag its meaning
 WITHOUT = {"--num_gold": FILES, "--num_prompts": FILES, "--num_eval": FILES, "--gold_iterations": FILES,
            **dict.fromkeys(("--num_samples", "--max_per_prompt", "--generation_batch_size", "--generation_shard_size",
-                            "--reuse_previous"), ["--objective", "grpo"])}
+                            "--reuse_previous", "--generation_order"), ["--objective", "grpo"]),
+           **dict.fromkeys(("--padding_free", "--max_tokens_per_batch"), ["--objective", "grpo", "--max_steps", "1"])}
 
 
 def parse(*flags):

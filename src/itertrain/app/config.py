@@ -109,6 +109,9 @@ class IterArguments:
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "Longest completion generated or evaluated. Default: 8 for the built-in task, else 512."})
     generation_batch_size: int = field(default=256, metadata={"help": "Prompts per generate call."})
+    generation_order: str = field(default="length", metadata={"choices": ["length", "file"], "help": (
+        "The order prompts are batched in for generation: length (longest first, by tokens: a batch pads little "
+        "and its samples end at similar times) or file. The samples are kept in file order either way.")})
     generation_backend: str = field(default="hf", metadata={
         "choices": ["hf", "vllm"],
         "help": "Who samples the generate phase: hf (batched HF generate, in the training process) or vllm "

@@ -33,7 +33,8 @@ RULES = [
     ((*LORA_FLAGS, "peft_iteration"), lambda c: c.peft.use_peft, "--use_peft true (or --peft_config)"),
     (("bnb_4bit_quant_type", "use_bnb_nested_quant"), lambda c: c.peft.load_in_4bit, "--load_in_4bit true"),
     (("sft_iterations",), lambda c: c.obj.objective != objectives.SFT, "an --objective other than sft"),
-    (("num_samples", "max_per_prompt", "generation_batch_size", "generation_shard_size", "reuse_previous"),
+    (("num_samples", "max_per_prompt", "generation_batch_size", "generation_order", "generation_shard_size",
+      "reuse_previous"),
      lambda c: objectives.classes()[c.obj.objective].generates or c.obj.sft_iterations > 0,
      "an iteration with a generate phase (--objective grpo samples while it trains: give --sft_iterations N)"),
     (("mirror_keep", "mirror_grace"), lambda c: bool(c.mirror.mirror_to), "--mirror_to (the mirror they govern)"),
@@ -48,7 +49,8 @@ def rules() -> list[tuple[tuple[str, ...], object, str]]:
 
 
 def _objective_is(name: str):
-    return lambda c: c.obj.objective == name
+    """Some iteration trains with it (sft: also the --sft_iterations of another objective)."""
+    return lambda c: c.obj.objective == name or (name == objectives.SFT and c.obj.sft_iterations > 0)
 
 
 def unused(cfg, given) -> dict[str, str]:

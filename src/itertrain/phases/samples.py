@@ -8,6 +8,7 @@ pure functions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -136,6 +137,8 @@ def settings_of(cfg, task: Task) -> dict:
         settings["backend"] = it.generation_backend
     if it.vllm_enforce_eager:  # (absent when off: samples committed before the flag still match)
         settings["vllm_enforce_eager"] = True
+    if it.generation_order != "file":  # (absent for file order: samples committed before the flag still match)
+        settings["order"] = it.generation_order
     if not builtin_task(it):  # the built-in prompts follow from --seed and the sizes above; others may
         # change with the data or the chat template, and samples of other prompts must not be reused
         prompts = "\x00".join(e.prompt for e in task.train_prompts)
@@ -151,6 +154,8 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
     being verified, after every shard). `in_memory`: the directory whose model `load_model` gives
     from memory."""
     settings = settings_of(cfg, task)
+    order = generation_order(cfg, task, tokenizer)
+    task = dataclasses.replace(task, train_prompts=[task.train_prompts[i] for i in order])
     digest = dist.on_main(manifest.weights_digest, model_dir)
     if (found := load(cfg.output_dir, k, digest, settings)) is not None:
         dist.on_main(shards.remove, cfg.output_dir, k)  # left by a run that stopped just after the commit
@@ -169,11 +174,23 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
                                          if done else ""))
     if todo:
         _generate(cfg, k, model_dir, source, task, tokenizer, load_model, at, todo, have, digest, settings)
-    kept, stats = dist.on_main(_assemble, cfg.output_dir, k, spans, source, digest, settings, cfg.it.max_per_prompt)
+    kept, stats = dist.on_main(_assemble, cfg.output_dir, k, spans, source, digest, settings, cfg.it.max_per_prompt,
+                               order)
     if at is not None:
         at.committed = samples_name(k)
         at.check("verify")
     return Samples(kept, stats)
+
+
+def generation_order(cfg, task: Task, tokenizer) -> list[int]:
+    """The file indices of the train prompts in the order they are generated for: longest first by
+    tokens (ties in file order) for --generation_order length. A function of the prompts alone, so
+    batches, their seeds and the samples are the same for any number of processes or shard size."""
+    n = len(task.train_prompts)
+    if cfg.it.generation_order == "file" or n == 0:
+        return list(range(n))
+    ids = tokenizer([e.prompt for e in task.train_prompts], add_special_tokens=False)["input_ids"]
+    return sorted(range(n), key=lambda i: (-len(ids[i]), i))
 
 
 def _generate(cfg, k, model_dir, source, task, tokenizer, load_model, at, todo, have, digest, settings) -> None:
@@ -238,9 +255,11 @@ def _verify_and_commit(output_dir, k, made, task, check: Checker, source, digest
     return names, None
 
 
-def _assemble(output_dir, k, spans, source, digest, settings, max_per_prompt) -> tuple[list[Example], dict]:
-    """samples_k from its shards (rank 0), then the shards are removed."""
-    rows = [r for sp in spans for r in shards.read(output_dir, k, sp)]
+def _assemble(output_dir, k, spans, source, digest, settings, max_per_prompt, order) -> tuple[list[Example], dict]:
+    """samples_k from its shards (rank 0), in file order, then the shards are removed. (A shard's rows
+    number its prompts in generation order: `order[i]` is the file index of the i-th.)"""
+    rows = [{**r, "i": order[r["i"]]} for sp in spans for r in shards.read(output_dir, k, sp)]
+    rows.sort(key=lambda r: (r["i"], r["s"]))
     kept, stats = keep(rows, max_per_prompt)
     stats.update(shards.problems(output_dir, k, spans, (TIMEOUTS, ERRORS)))
     save(output_dir, k, rows, kept, stats, source, digest, settings)

@@ -39,6 +39,7 @@ from itertrain.core.names import CHECKPOINT, checkpoint_name
 from itertrain.runtime import dist, stop, universal
 from itertrain.runtime.async_save import Saver
 from itertrain.training import adapters, order
+from itertrain.training.batches import TokenBudget
 
 
 class SaveAtLastStep(TrainerCallback):
@@ -392,5 +393,5 @@ def _write_then_commit(writes: list, commit_it, name: str, step: int, saver: Sav
         commit_it()
 
 
-class IterTrainer(Recovering, Trainer):
+class IterTrainer(Recovering, TokenBudget, Trainer):
     """HF's Trainer with itertrain's recovery: the supervised (sft) objective's trainer."""

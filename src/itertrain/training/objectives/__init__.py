@@ -115,6 +115,8 @@ def validate(args: ObjectiveArguments, train, own: dict, it=None) -> None:
     if args.sft_iterations < 0:
         raise UsageError("--sft_iterations must be >= 0")
     classes()[args.objective].check(own.get(args.objective), train, it)
+    if args.objective != SFT and args.sft_iterations > 0:
+        classes()[SFT].check(own.get(SFT), train, it)
 
 
 def name_for(args: ObjectiveArguments, k: int) -> str:

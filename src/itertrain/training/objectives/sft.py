@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
-from itertrain.core.errors import TaskError
+from dataclasses import dataclass, field
+
+from itertrain.core.errors import TaskError, UsageError
 from itertrain.training.objectives import TrainSet
+
+
+@dataclass
+class SftArguments:
+    padding_free: bool | None = field(default=None, metadata={
+        "help": "Train on batches without padding (TRL's SFTConfig.padding_free; transformers' "
+                "DataCollatorWithFlattening: a batch's examples end to end, positions restarting at each). "
+                "Default: on where the model's attention keeps packed examples apart (checked on the model), "
+                "else padded batches, said once. true: refused where the model cannot; false: padded."})
+    max_tokens_per_batch: int | None = field(default=None, metadata={
+        "help": "The most real tokens one forward/backward pass of a device holds: a per-device batch with more "
+                "is trained in several passes of whole examples, gradients accumulated. The global batch stays a "
+                "count of examples (--per_device_train_batch_size x processes x --gradient_accumulation_steps), so "
+                "the steps, the schedule and the examples' order are the same as without it (and after a restart "
+                "on another number of processes): it bounds memory, not what a step trains on. Not with "
+                "DeepSpeed or FSDP (they count micro-steps themselves)."})
 
 
 class Sft:
     name = "sft"
-    Arguments = None  # no flags of its own: the training arguments are the HF Trainer's
+    Arguments = SftArguments  # besides the HF Trainer's training arguments
     generates = True  # trains on the generate phase's verified samples
     METRICS = ()  # the loop's own (eval_accuracy, acceptance_rate, train_loss, ...) are all it logs
 
     def __init__(self, args=None):
-        self.args = args
+        self.args = args or SftArguments()
 
     @staticmethod
     def check(args, train, it=None) -> None:
-        """Nothing of its own to refuse."""
+        if args is None or args.max_tokens_per_batch is None:
+            return
+        if args.max_tokens_per_batch < 1:
+            raise UsageError(f"--max_tokens_per_batch must be >= 1, got {args.max_tokens_per_batch}")
+        if train.deepspeed or train.fsdp:
+            raise UsageError("--max_tokens_per_batch splits a batch into passes under DDP or one process: DeepSpeed "
+                             "and FSDP count micro-steps themselves (use --per_device_train_batch_size there)")
 
     def train_set(self, cfg, k: int, kept: dict, task, tokenizer) -> TrainSet:
         """Its own kept samples, earlier iterations' (--reuse_previous) and gold (--gold_iterations)."""
@@ -41,11 +65,14 @@ class Sft:
         return []
 
     def trainer(self, *, model, args, tokenizer, train_set: TrainSet, reference, load, recovery):
-        from itertrain.training.data import Collator
+        from itertrain.training import batches
         from itertrain.training.trainer import IterTrainer
 
-        return IterTrainer(model=model, args=args, train_dataset=train_set.data,
-                           data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer, recovery=recovery)
+        collate = batches.collator(model, tokenizer.pad_token_id, self.args.padding_free, args.use_cache)
+        trainer = IterTrainer(model=model, args=args, train_dataset=train_set.data, data_collator=collate,
+                              processing_class=tokenizer, recovery=recovery)
+        trainer.max_tokens_per_batch = self.args.max_tokens_per_batch
+        return trainer
 
     def iteration_metrics(self, trainer) -> dict:
         return {}
