@@ -82,6 +82,8 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_harness.py --random 10 --generate --ranks 2 --jobs 1 --json chaos-random-generate-2ranks.json
 	$(BIN)/python tests/chaos_harness.py --events all --example --jobs 2 --json chaos-kill-example.json
 	$(BIN)/python tests/chaos_harness.py --random 20 --example --jobs 2 --json chaos-random-example.json
+	$(BIN)/python tests/chaos_harness.py --events all --example --packed --jobs 2 --json chaos-kill-example-packed.json
+	$(BIN)/python tests/chaos_harness.py --random 20 --example --packed --jobs 2 --json chaos-random-example-packed.json
 	$(BIN)/python tests/chaos_harness.py --events all --peft continue --jobs 2 --json chaos-kill-peft.json
 	$(BIN)/python tests/chaos_harness.py --random 40 --peft merge --jobs 2 --json chaos-random-peft-merge.json
 	$(BIN)/python tests/chaos_harness.py --random 10 --peft continue --ranks 2 --jobs 1 --json chaos-random-peft-2ranks.json
@@ -108,6 +110,7 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/profile_phases.py
 	$(BIN)/python bench/profile_runs.py
+	$(BIN)/python bench/profile_runs.py --task real
 	$(BIN)/python bench/run.py
 
 clean:

@@ -8,7 +8,12 @@ every earlier iteration's kept too, plus the gold examples), 300 optimizer steps
 held-out prompts, save_pretrained. No recovery, no manifests, no fsync: the model stays in memory
 from one iteration to the next, as the plainest script would have it.
 
+With --task_dir D --model M: the same loop on a task of files (D/train.jsonl and D/eval.jsonl of
+{"question", "answer"}, GSM8K's format; the questions through M's chat template, train.jsonl also the
+gold examples, the gsm8k verifier), as bench/real_task.py runs it: batches in file order, padded.
+
 Usage: python bench/plain_loop.py OUTPUT_DIR [--num_iterations 5] [--max_steps 300]
+           [--task_dir D --model M --save_steps N --batch B --generation_batch G --num_samples S --max_new_tokens T]
 """
 
 from __future__ import annotations
@@ -58,32 +63,48 @@ def collate(pad_id):
     return fn
 
 
-def generate_and_select(model, tok, task, k, kept):
-    """4 samples per prompt, the correct ones kept in `kept` (one per prompt, deduplicated)."""
+def generate_and_select(model, tok, task, k, kept, batch=256, n=4, new=8):
+    """n samples per prompt, the correct ones kept in `kept` (one per prompt, deduplicated)."""
     model.eval()
     prompts = [e.prompt for e in task.train_prompts]
     accepted, solved = 0, 0
-    for i in range(0, len(prompts), 256):
-        torch.manual_seed(SEED * 1000 + k * 100 + i // 256)
-        texts = complete(model, tok, prompts[i:i + 256], do_sample=True, temperature=1.0, top_k=None,
-                         top_p=None, num_return_sequences=4, max_new_tokens=8)
-        for j, ex in enumerate(task.train_prompts[i:i + 256]):
-            good = [t for t in dict.fromkeys(texts[j * 4:(j + 1) * 4]) if task.verify(ex, t)]
-            accepted += sum(task.verify(ex, t) for t in texts[j * 4:(j + 1) * 4])
+    for i in range(0, len(prompts), batch):
+        torch.manual_seed(SEED * 1000 + k * 100 + i // batch)
+        texts = complete(model, tok, prompts[i:i + batch], do_sample=True, temperature=1.0, top_k=None,
+                         top_p=None, num_return_sequences=n, max_new_tokens=new)
+        for j, ex in enumerate(task.train_prompts[i:i + batch]):
+            good = [t for t in dict.fromkeys(texts[j * n:(j + 1) * n]) if task.verify(ex, t)]
+            accepted += sum(task.verify(ex, t) for t in texts[j * n:(j + 1) * n])
             solved += bool(good)
             kept += [(ex.prompt, t) for t in good[:1]]
     return accepted, solved
 
 
-def evaluate(model, tok, task) -> int:
+def evaluate(model, tok, task, batch=256, new=8) -> int:
     """Greedy completions of the held-out prompts: how many are correct."""
     model.eval()
     correct = 0
-    for i in range(0, len(task.eval_prompts), 256):
-        chunk = task.eval_prompts[i:i + 256]
-        texts = complete(model, tok, [e.prompt for e in chunk], do_sample=False, max_new_tokens=8)
+    for i in range(0, len(task.eval_prompts), batch):
+        chunk = task.eval_prompts[i:i + batch]
+        texts = complete(model, tok, [e.prompt for e in chunk], do_sample=False, max_new_tokens=new)
         correct += sum(task.verify(e, t) for e, t in zip(chunk, texts))
     return correct
+
+
+def file_task(directory: str, tok):
+    """The task of --task_dir: questions through the chat template, the gsm8k verifier."""
+    from types import SimpleNamespace
+
+    from itertrain.tasks import Example
+    from itertrain.tasks.verifiers import gsm8k
+
+    def read(name):
+        rows = [json.loads(line) for line in open(os.path.join(directory, name), encoding="utf-8")]
+        return [Example(tok.apply_chat_template([{"role": "user", "content": r["question"]}], tokenize=False,
+                                                add_generation_prompt=True), r["answer"]) for r in rows]
+
+    train = read("train.jsonl")
+    return SimpleNamespace(train_prompts=train, eval_prompts=read("eval.jsonl"), gold=train, verify=gsm8k)
 
 
 def main() -> None:
@@ -91,38 +112,47 @@ def main() -> None:
     p.add_argument("output_dir")
     p.add_argument("--num_iterations", type=int, default=5)
     p.add_argument("--max_steps", type=int, default=300)
+    p.add_argument("--task_dir")
+    p.add_argument("--model")
+    p.add_argument("--save_steps", type=int, default=100)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--generation_batch", type=int, default=256)
+    p.add_argument("--num_samples", type=int, default=4)
+    p.add_argument("--max_new_tokens", type=int, default=8)
     args = p.parse_args()
     began = time.monotonic()
-    base = os.path.join(args.output_dir, "base")
-    tinymodel.write_base(base, SEED)
+    base = args.model or os.path.join(args.output_dir, "base")
+    if not args.model:
+        tinymodel.write_base(base, SEED)
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
-    task = make_task(SEED)
+    task = file_task(args.task_dir, tok) if args.task_dir else make_task(SEED)
     gold = [(e.prompt, e.answer) for e in task.gold]
     kept: list[tuple[str, str]] = []
     for k in range(args.num_iterations):
         t0 = time.monotonic()
         # generate and filter
-        accepted, solved = generate_and_select(model, tok, task, k, kept)
+        accepted, solved = generate_and_select(model, tok, task, k, kept, args.generation_batch, args.num_samples,
+                                               args.max_new_tokens)
         train = list(dict.fromkeys(gold + kept))
         t1 = time.monotonic()
         # train
         targs = TrainingArguments(output_dir=os.path.join(args.output_dir, f"trainer_{k}"), max_steps=args.max_steps,
-                                  per_device_train_batch_size=64, learning_rate=3e-3, warmup_steps=5,
-                                  save_steps=100, logging_steps=50, seed=SEED, report_to=[], use_cpu=True,
+                                  per_device_train_batch_size=args.batch, learning_rate=3e-3,
+                                  warmup_steps=5, save_steps=args.save_steps, logging_steps=50, seed=SEED, report_to=[], use_cpu=True,
                                   disable_tqdm=True, optim="adamw_torch_fused")
         model.train()
         trainer = Trainer(model=model, args=targs, train_dataset=features(train, tok), data_collator=collate(tok.pad_token_id))
         result = trainer.train()
         t2 = time.monotonic()
         # evaluate
-        correct = evaluate(model, tok, task)
+        correct = evaluate(model, tok, task, args.generation_batch, args.max_new_tokens)
         t3 = time.monotonic()
         # save
         model.save_pretrained(os.path.join(args.output_dir, f"iter_{k}"))
         tok.save_pretrained(os.path.join(args.output_dir, f"iter_{k}"))
         print(json.dumps({"iteration": k, "eval_accuracy": correct / len(task.eval_prompts),
-                          "acceptance_rate": accepted / (4 * len(task.train_prompts)),
+                          "acceptance_rate": accepted / (args.num_samples * len(task.train_prompts)),
                           "pass_at_k": solved / len(task.train_prompts),
                           "num_train_samples": len(train), "train_loss": result.training_loss,
                           "seconds": round(time.monotonic() - began, 3), "iteration_seconds": time.monotonic() - t0,

@@ -5,7 +5,10 @@ so that its samples add up to the wall time from start-up to exit), and under a 
 counts the full collections and their time. Writes bench/run_profile.json; bench/run.py puts its
 tables into BENCHMARKS.md.
 
-Usage: python bench/profile_runs.py [--num_iterations 5] [--rate 100]
+With --task real: the variable-length task of bench/real_task.py (GSM8K-format problems through a chat
+template, a 4-layer 512-wide Llama), 3 iterations at its sizes, written to bench/run_profile_real.json.
+
+Usage: python bench/profile_runs.py [--task builtin|real] [--num_iterations N] [--rate 100]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "run_profile.json"
+OUT_REAL = REPO / "bench" / "run_profile_real.json"
 # A sample belongs to the first phase one of whose frames is on its stack (from the outermost frame in).
 PHASES = [
     ("imports", ("_find_and_load",)),
@@ -114,23 +118,34 @@ def main() -> int:
         child()
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num_iterations", type=int, default=5)
+    p.add_argument("--task", choices=["builtin", "real"], default="builtin")
+    p.add_argument("--num_iterations", type=int, default=None, help="default: 5 (builtin), 3 (real)")
     p.add_argument("--rate", type=int, default=100, help="samples per second")
     args = p.parse_args()
-    n = str(args.num_iterations)
+    n = args.num_iterations or (3 if args.task == "real" else 5)
     with tempfile.TemporaryDirectory(prefix="itertrain-profile-") as tmp:
         work = Path(tmp)
+        if args.task == "real":
+            import real_task
+
+            model, task = real_task.write_model(work / "model"), real_task.write_task(
+                work / "task", real_task.SIZES["problems"], real_task.SIZES["eval"])
+            ours_flags, plain_flags = real_task.flags(model, task, iterations=n), real_task.plain_flags(model, task, iterations=n)
+        else:
+            ours_flags, plain_flags = ["--num_iterations", str(n), "--disable_tqdm", "true"], ["--num_iterations", str(n)]
         result = {
-            "ours": profile([str(REPO / "train_iterative.py"), "--output_dir", str(work / "ours"), "--num_iterations",
-                             n, "--disable_tqdm", "true"], work, args.rate),
-            "plain": profile([str(REPO / "bench" / "plain_loop.py"), str(work / "plain"), "--num_iterations", n],
-                             work, args.rate)}
-    result["how"] = (f"`python bench/profile_runs.py` ({args.num_iterations} iterations on the defaults, each side once "
-                     f"in a fresh process, py-spy at {args.rate} Hz (not pausing the process) on the main thread with idle time, so the rows add "
-                     "up to the wall time from start-up to exit; a sample goes to the first row whose frame is on its "
-                     "stack, in the order of the rows).")
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
-    print(markdown())
+            "ours": profile([str(REPO / "train_iterative.py"), "--output_dir", str(work / "ours"), *ours_flags],
+                            work, args.rate),
+            "plain": profile([str(REPO / "bench" / "plain_loop.py"), str(work / "plain"), *plain_flags], work, args.rate)}
+    what = (f"{n} iterations of bench/real_task.py's variable-length task at its sizes" if args.task == "real"
+            else f"{n} iterations on the defaults")
+    result["how"] = (f"`python bench/profile_runs.py{' --task real' if args.task == 'real' else ''}` ({what}, each side "
+                     f"once in a fresh process, py-spy at {args.rate} Hz (not pausing the process) on the main thread "
+                     "with idle time, so the rows add up to the wall time from start-up to exit; a sample goes to the "
+                     "first row whose frame is on its stack, in the order of the rows).")
+    out = OUT_REAL if args.task == "real" else OUT
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(markdown(out))
     return 0
 
 

@@ -32,6 +32,7 @@ import elastic_bench  # noqa: E402
 import grpo_bench  # noqa: E402
 import peft_bench  # noqa: E402
 import profile_runs  # noqa: E402
+import real_task  # noqa: E402
 from generation_bench import generation_markdown, redo_fraction, vllm_vs_hf  # noqa: E402
 from plain_loop import complete  # noqa: E402  (HF's own generate call, as a user makes it: the baselines)
 from stop_bench import agreement_cost, stop_latency, stop_markdown  # noqa: E402
@@ -371,13 +372,14 @@ TARGETS = {"train_throughput_ratio": (">=", 0.98), "checkpoint_stall_ratio": ("<
            "overhead_share": ("<=", 0.03), "overhead_growth": ("<=", 1.2), "peak_rss_ratio": ("<=", 1.5),
            "mirror_train_ratio": ("<=", 1.05), "fresh_resume_ratio": ("<=", 1.10), "fresh_resume_bytes": ("<=", 1.01),
            "elastic_resume_ratio": ("<=", 1.1), "elastic_loss_rel": ("<=", 1e-3),
-           "grpo_step_ratio": (">=", 0.97), "grpo_resume_ratio": ("<=", 1.05)}
+           "grpo_step_ratio": (">=", 0.97), "grpo_resume_ratio": ("<=", 1.05),
+           "real_iteration_ratio": ("<=", 0.70), "sft_tokens_ratio": (">=", 1.0), "generate_real_ratio": (">=", 1.3)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer pairs and steps (a smoke run, not for the docs)")
-    p.add_argument("--only", choices=["generation", "peft", "e2e", "rss", "mirror", "elastic", "grpo"], help="measure only these figures and update them in "
+    p.add_argument("--only", choices=["generation", "peft", "e2e", "rss", "mirror", "elastic", "grpo", "real"], help="measure only these figures and update them in "
                    "bench/results.json (each says when it was measured)")
     p.add_argument("--render", action="store_true", help="measure nothing: write BENCHMARKS.md again from "
                    "bench/results.json and the profiles (after bench/profile_runs.py alone)")
@@ -399,6 +401,8 @@ def main() -> int:
                            lambda w: elastic_bench.figures(w, args.quick, sys.modules[__name__]))
     if args.only == "grpo":
         return update_only("grpo" + " --quick" * args.quick, lambda w: grpo_bench.figures(w, args.quick))
+    if args.only == "real":
+        return update_only("real" + " --quick" * args.quick, lambda w: real_task.figures(w, args.quick))
     if args.only == "e2e":
         return update_only("e2e" + " --quick" * args.quick, lambda w: e2e.figures(w, args.quick))
     if args.only:
@@ -424,6 +428,7 @@ def main() -> int:
     results.update(mirror_bench.figures(work, args.quick, sys.modules[__name__]))
     results.update(elastic_bench.figures(work, args.quick, sys.modules[__name__]))
     results.update(grpo_bench.figures(work, args.quick))
+    results.update(real_task.figures(work, args.quick))
     recorded = {"vllm_vs_hf": vllm_vs_hf(work)}
     for key, r in results.items():
         op, target = TARGETS[key]
@@ -500,8 +505,10 @@ def write_markdown(meta: dict, results: dict, recorded: dict) -> None:
                        "{{CHECKS}}": checks, "{{PROFILE}}": profile_markdown(), **stop_markdown(results),
                        **generation_markdown(results, recorded), "{{PEFT}}": peft_bench.markdown(results),
                        "{{E2E}}": e2e_markdown(results), "{{RUN_PROFILE}}": profile_runs.markdown(),
+                       "{{RUN_PROFILE_REAL}}": profile_runs.markdown(profile_runs.OUT_REAL),
                        "{{MIRROR}}": mirror_bench.markdown(results),
-                       "{{ELASTIC}}": elastic_bench.markdown(results), "{{GRPO}}": grpo_bench.markdown(results)}.items():
+                       "{{ELASTIC}}": elastic_bench.markdown(results), "{{GRPO}}": grpo_bench.markdown(results),
+                       "{{REAL}}": real_task.markdown(results)}.items():
         text = text.replace(key, value)
     (REPO / "BENCHMARKS.md").write_text(text)
 

@@ -29,7 +29,8 @@ With --generate the crash points are the generate phase's own: its file events (
 samples_K assembled, shards removed), or random moments while it runs; a resume that does not keep
 every shard committed before the crash is LOST_WORK. Runs generate in shards of 8 prompts (3 per
 iteration); with --vllm they sample with real vLLM (.venv-vllm); with --example they run examples/gsm8k
-(chat template, gsm8k verifier in a pool of processes) on a tiny instruct-shaped model.
+(chat template, gsm8k verifier in a pool of processes) on a tiny instruct-shaped model; with --packed
+they train padding-free, each per-device batch in passes of at most 200 tokens.
 With --mirror every run mirrors to a real S3 server on loopback (moto's, tests/s3_server.py), a
 bucket per run: the crash points are the mirror's own writes (mirror.event=N: an upload's files,
 its manifest, a copy, a delete; or random moments among them with --random), and after each crash
@@ -41,10 +42,10 @@ With --elastic (random kills) every resume after a kill runs on 1, 2 or 3 proces
 uninterrupted run's examples in every optimizer step (ITERTRAIN_BATCH_LOG), its samples and metrics
 (train_loss within 1e-3 relative) and weights within ELASTIC_TOL; the largest difference is reported.
 Usage: python tests/chaos_harness.py [--events all|sample:K|N,M,...] [--torn] [--ranks 2|--adopt] [--generate] [--example]
-                                     [--peft continue|merge] [--objective dpo|grpo] [--grpo] [--mirror]
+                                     [--packed] [--peft continue|merge] [--objective dpo|grpo] [--grpo] [--mirror]
                                      [--jobs 2] [--json out]
        python tests/chaos_harness.py --random 200 [--ranks 2|--adopt] [--signal SIGTERM] [--generate] [--vllm] [--example]
-                                     [--elastic]
+                                     [--elastic] [--packed]
                                      [--peft continue|merge] [--objective dpo|grpo] [--grpo]
                                      [--jobs 2] [--json out]
 """
@@ -81,6 +82,8 @@ def sized(small: list[str], flags) -> list[str]:
 VLLM: list[str] = []  # --vllm: the runs sample with real vLLM (.venv-vllm)
 EXAMPLE = REPO / "examples" / "gsm8k"
 TASK: list[str] = []  # --example: the GSM8K example (chat template, gsm8k verifier in its process pool)
+# --packed: padding-free batches, each per-device batch trained in passes of at most 200 tokens
+PACKED: list[str] = []
 
 
 PEFT: list[str] = []  # --peft MODE: the runs train a LoRA adapter (adapters.py) in that --peft_iteration mode
@@ -136,7 +139,7 @@ def _cmd(out: Path, ranks: int, *extra: str, short: bool = False) -> list[str]:
         extra = (*extra, "--mirror_to", mirror_url(out))
     if short:
         return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *extra]
-    flags = [*VLLM, *TASK, *PEFT, *OBJECTIVE, *TRACKERS, *extra]
+    flags = [*VLLM, *TASK, *PACKED, *PEFT, *OBJECTIVE, *TRACKERS, *extra]
     return [*launcher, str(REPO / "train_iterative.py"), "--output_dir", str(out), *sized(SMALL, flags), *flags]
 
 
@@ -572,6 +575,8 @@ def main() -> int:
     p.add_argument("--vllm", action="store_true", help="sample with real vLLM (.venv-vllm, make vllm)")
     p.add_argument("--example", action="store_true",
                    help="run examples/gsm8k (chat template, gsm8k verifier in a pool of processes)")
+    p.add_argument("--packed", action="store_true",
+                   help="train padding-free (--padding_free true), each batch in passes of at most 200 tokens")
     p.add_argument("--peft", choices=["continue", "merge"], default=None,
                    help="train a LoRA adapter (--use_peft) in this --peft_iteration mode; adapters compared too")
     p.add_argument("--trackers", action="store_true",
@@ -590,6 +595,8 @@ def main() -> int:
         OBJECTIVE.extend(DPO if args.objective == "dpo" else GRPO)
     if args.trackers:
         TRACKERS.extend(TRACKER_FLAGS)
+    if args.packed:
+        PACKED.extend(["--padding_free", "true", "--max_tokens_per_batch", "200"])
     if args.peft:
         PEFT.extend(["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear",
                      "--peft_iteration", args.peft])

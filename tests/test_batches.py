@@ -36,7 +36,8 @@ def test_a_batch_is_split_into_runs_of_whole_examples_within_the_budget(flat, bu
     batch = collate(FEATURES)
     parts = batches.split(batch, budget)
     lengths = [batches.tokens(p) for p in parts]
-    assert [n for run in lengths for n in run] == [5, 9, 2, 7, 3]  # every example once, in order
+    every = [n for run in lengths for n in run]  # every example once: in order packed, shortest first padded
+    assert every == ([5, 9, 2, 7, 3] if flat or len(parts) == 1 else [2, 3, 5, 7, 9])
     assert all(sum(run) <= budget or len(run) == 1 for run in lengths)
     assert all(sum(a) + b[0] > budget for a, b in zip(lengths, lengths[1:], strict=False))  # runs are filled
     labels = sum(int((p["labels"][..., 1:] != IGNORE).sum()) for p in parts)
@@ -46,11 +47,20 @@ def test_a_batch_is_split_into_runs_of_whole_examples_within_the_budget(flat, bu
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_a_model_that_keeps_packed_examples_apart_trains_padding_free(attention):
+def test_a_model_that_keeps_packed_examples_apart_trains_padding_free_where_asked_or_with_flash_attention(
+        attention, monkeypatch):
+    said = []
+    monkeypatch.setattr(batches, "_said", set())
+    monkeypatch.setattr(batches.dist, "log0", said.append)
     model = tiny("llama", attn_implementation=attention)
     assert batches.leaks(model) is None
-    assert isinstance(batches.collator(model, 0, None), transformers.DataCollatorWithFlattening)
+    assert isinstance(batches.collator(model, 0, True), transformers.DataCollatorWithFlattening)
     assert isinstance(batches.collator(model, 0, False), Collator)
+    # by default only where the attention takes packed examples one by one (flash attention's kernels)
+    assert isinstance(batches.collator(model, 0, None), Collator) and len(said) == 1
+    assert f"{attention} attention attends over a padding-free batch as one sequence" in said[0]
+    monkeypatch.setattr(batches, "attention_of", lambda m: "flash_attention_2")
+    assert isinstance(batches.collator(model, 0, None), transformers.DataCollatorWithFlattening)
 
 
 def test_a_model_whose_packed_examples_see_each_other_pads_or_refuses(monkeypatch):
@@ -124,7 +134,7 @@ def test_padding_free_and_token_budgets_train_what_padded_batches_train(tmp_path
     reduction order allows, and identically by iteration (the samples of iteration 1 are the same)."""
     flags = example(example_model)
     runs = {name: tmp_path / name for name in ("free", "padded", "budget")}
-    for name, extra in (("free", []), ("padded", ["--padding_free", "false"]),
+    for name, extra in (("free", ["--padding_free", "true"]), ("padded", []),
                         ("budget", ["--max_tokens_per_batch", "400"])):
         proc = run_cli(runs[name], *flags, *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -139,7 +149,7 @@ def test_padding_free_and_token_budgets_train_what_padded_batches_train(tmp_path
 
 @pytest.mark.e2e
 def test_split_batches_killed_in_training_resume_bit_identically(tmp_path, example_model):
-    flags = [*example(example_model), "--max_tokens_per_batch", "400"]
+    flags = [*example(example_model), "--padding_free", "true", "--max_tokens_per_batch", "400"]
     ref = tmp_path / "ref"
     assert run_cli(ref, *flags).returncode == 0
     out = tmp_path / "run"

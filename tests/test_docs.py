@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-PAGES = ["README.md", "docs/quickstart.md", "docs/scenarios.md", "docs/clusters.md", "docs/status.md"]
+PAGES = ["README.md", "docs/quickstart.md", "docs/scenarios.md", "docs/clusters.md", "docs/status.md",
+         "docs/batches.md"]
 LINKED = ["train_iterative.py", "Makefile", "pyproject.toml", "constraints.txt", "src", "examples", "docs", ".venv"]
 SKIPPABLE = ("Slurm",)
 

@@ -49,3 +49,37 @@ def test_only_decoder_only_hf_models_generating_with_a_cache_are_prefilled_once(
     model.register_forward_pre_hook(lambda m, args, kw: rows.append(kw["input_ids"].shape), with_kwargs=True)
     complete(model, TOK, ["12+34="], num_return_sequences=4, **SAMPLING)
     assert rows[0] == (4, 6)  # every prompt once per sample
+
+
+def test_finished_sequences_leave_the_batch_and_greedy_completions_are_hf_generates(monkeypatch):
+    """Rounds of 4 tokens: a row that produced the EOS leaves the batch (and its cache) after its round;
+    greedy, what every row gets is what HF's one generate call gives it."""
+    import copy
+
+    from transformers import LlamaForCausalLM
+
+    from itertrain.tasks.tinymodel import make_config
+
+    config = make_config(len(TOK))
+    config.tie_word_embeddings = False  # (tied, the tiny model's greedy rows all repeat one token)
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(config).eval()
+    prompts = [e.prompt for e in make_task(seed=1, num_gold=1, num_prompts=32, num_eval=1).train_prompts]
+    greedy = dict(do_sample=False, max_new_tokens=24)
+    tok = copy.deepcopy(TOK)
+    outs = hf_generate(model, prompts, 1, **greedy)
+    assert len(set(outs)) > 8
+    # an end token some rows produce early and others late or never: the commonest 4th character
+    fourth = [o[3] for o in outs if len(o) > 3]
+    tok.eos_token = max(set(fourth), key=fourth.count)
+    TOK.padding_side = "left"
+    enc = TOK(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **greedy)
+    want = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    monkeypatch.setattr(generate, "ROUND", 4)
+    rows = []
+    model.register_forward_pre_hook(lambda m, args, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    assert complete(model, tok, prompts, **greedy) == want
+    assert rows[0] == len(prompts) and rows[-1] < len(prompts)  # finished rows left
+    assert rows == sorted(rows, reverse=True)

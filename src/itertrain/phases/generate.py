@@ -1,9 +1,10 @@
-"""The generate phase: sample completions with HF `generate` (batched, KV cache).
+"""The generate phase: sample completions with HF `generate` (batched, KV cache, each prompt prefilled
+once, finished sequences leaving the batch every few tokens).
 
-Prompts are cut into batches by their global index, and batch b is sampled under a seed derived
-from (--seed, iteration, b). Under torchrun each rank makes whole shards of the phase (samples.py),
-batch after batch, so the samples are the same with one process or several, shard by shard or all
-at once, and again after a resume.
+Prompts are cut into batches by their index in generation order (samples.generation_order), and
+batch b is sampled under a seed derived from (--seed, iteration, b). Under torchrun each rank makes
+whole shards of the phase (samples.py), batch after batch, so the samples are the same with one
+process or several, shard by shard or all at once, and again after a resume.
 """
 
 from __future__ import annotations
@@ -25,19 +26,52 @@ def batch_seed(seed: int, iteration: int, batch: int) -> int:
 
 @torch.no_grad()
 def complete(model, tokenizer, prompts: list[str], **generate_kwargs) -> list[str]:
-    """One batched `generate` call (left padding, KV cache); the decoded completions, in order
+    """Batched `generate` (left padding, KV cache); the decoded completions, in order
     (num_return_sequences of them per prompt)."""
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     width, n = enc["input_ids"].shape[1], generate_kwargs.pop("num_return_sequences", 1)
-    if n > 1 and width > 1 and _prefills_once(model, generate_kwargs.get("use_cache")):
-        enc, n = prefill_once(model, enc, n), 1
     # synced_gpus=False: every rank's model is whole and ranks run different batches (HF would turn
     # it on by itself under DeepSpeed ZeRO-3 and wait for the other ranks at every token)
-    out = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         synced_gpus=False, num_return_sequences=n, **generate_kwargs)
+    kw = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, synced_gpus=False,
+              **generate_kwargs)
+    if width > 1 and _prefills_once(model, generate_kwargs.get("use_cache")):
+        enc = prefill_once(model, enc, n)
+        return tokenizer.batch_decode(_finished_leave(model, enc, width, tokenizer.eos_token_id, kw),
+                                      skip_special_tokens=True)
+    out = model.generate(**enc, num_return_sequences=n, **kw)
     return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
+ROUND = 16  # new tokens between the moments finished sequences leave a batch
+
+
+def _finished_leave(model, enc: dict, width: int, eos, kw: dict) -> list[list[int]]:
+    """`generate` in rounds of ROUND tokens over the prompts' cache (prefill_once); after a round, the
+    sequences that ended leave the batch (their rows of the cache too), so they stop costing compute:
+    HF's generate runs every row until the last one ends. Each row's new tokens, in order."""
+    budget, done = kw.pop("max_new_tokens"), {}
+    ids, mask, cache = enc["input_ids"], enc["attention_mask"], enc["cache"]
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    ends = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=ids.device)
+    while True:
+        left = budget - (ids.shape[1] - width)
+        out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=min(ROUND, left),
+                             return_dict_in_generate=True, **kw)
+        seqs, cache = out.sequences, out.cache
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], seqs.shape[1] - mask.shape[1])], dim=1)
+        ended = torch.isin(seqs[:, width:], ends).any(-1) if len(ends) else torch.zeros_like(rows, dtype=torch.bool)
+        if seqs.shape[1] - width >= budget or bool(ended.all()) or seqs.shape[1] == ids.shape[1]:
+            done.update({int(r): seqs[i, width:] for i, r in enumerate(rows)})
+            break
+        done.update({int(rows[i]): seqs[i, width:] for i in ended.nonzero().flatten().tolist()})
+        keep = (~ended).nonzero().flatten()
+        if len(keep) < len(rows):
+            cache.batch_select_indices(keep)
+            rows, seqs, mask = rows[keep], seqs[keep], mask[keep]
+        ids = seqs
+    return [done[i].tolist() for i in range(len(done))]
 
 
 def prefill_once(model, enc, n: int) -> dict:

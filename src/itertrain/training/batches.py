@@ -5,7 +5,9 @@ position ids restarting at each example and the first token of each left out of 
 prompt token, never a target, as in a padded batch). The model's attention has to keep the examples
 apart (transformers does it from the position ids for its models built on create_causal_mask, with
 SDPA, eager, flex or flash attention). That is checked once per model class and attention on the
-model itself: the logits of an example packed after another must equal its own.
+model itself: the logits of an example packed after another must equal its own. It is the default
+only with flash attention, whose variable-length kernels attend within each example: SDPA and eager
+attend over the packed row whole under a mask, which costs more than the padding saved.
 
 --max_tokens_per_batch: a per-device batch holding more real tokens than that is trained as several
 forward/backward passes over consecutive runs of whole examples (gradients accumulated, synchronised
@@ -36,9 +38,12 @@ def collator(model, pad_id: int, padding_free: bool | None, use_cache: bool = Fa
         return Collator(pad_id)
     why = "--use_cache true keeps a cache while training, and transformers then masks no packed examples apart" \
         if use_cache else leaks(model)
-    if why is None:
+    if why is None and padding_free is None and not varlen(model):
+        why = (f"{attention_of(model)} attention attends over a padding-free batch as one sequence of all its tokens "
+               "(flash attention takes its examples one by one); --padding_free true packs anyway")
+    elif why is None:
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
-    if padding_free:
+    elif padding_free:
         raise UsageError(f"--padding_free true: {why}; drop the flag to train on padded batches")
     if why not in _said:
         _said.add(why)
@@ -46,10 +51,22 @@ def collator(model, pad_id: int, padding_free: bool | None, use_cache: bool = Fa
     return Collator(pad_id)
 
 
+def attention_of(model) -> str:
+    base = getattr(model, "get_base_model", lambda: model)()
+    return str(getattr(base.config, "_attn_implementation", None))
+
+
+def varlen(model) -> bool:
+    """Whether the model's attention runs packed examples each on its own (flash attention's variable-length
+    kernels), so that a padding-free batch costs what its examples do. SDPA, eager and flex attention take
+    the packed row whole, with a mask: a batch of B examples of length L costs B^2 L^2 in attention."""
+    return "flash" in attention_of(model)
+
+
 def leaks(model) -> str | None:
     """Why the model's attention cannot train on packed examples, or None if it can."""
     base = getattr(model, "get_base_model", lambda: model)()
-    attention = str(getattr(base.config, "_attn_implementation", None))
+    attention = attention_of(model)
     key = (type(base).__name__, attention)
     if key not in _verdicts:
         _verdicts[key] = _probe(model, f"{type(base).__name__} with {attention} attention")
@@ -92,24 +109,22 @@ def tokens(inputs: dict) -> list[int]:
 
 
 def split(inputs: dict, budget: int) -> list[dict]:
-    """The batch as consecutive runs of whole examples of at most `budget` real tokens each (an example
-    longer than that alone), each padded only to its own longest example."""
+    """The batch as runs of whole examples of at most `budget` real tokens each (an example longer than
+    that alone). A padded batch's runs take its examples shortest first, each run padded only to its own
+    longest; a padding-free batch's runs are consecutive."""
     lengths, runs, run, held = tokens(inputs), [], [], 0
-    for i, n in enumerate(lengths):
-        if run and held + n > budget:
+    padded = "attention_mask" in inputs
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__) if padded else range(len(lengths)):
+        if run and held + lengths[i] > budget:
             runs.append(run)
             run, held = [], 0
         run.append(i)
-        held += n
+        held += lengths[i]
     runs.append(run)
     if len(runs) == 1:
         return [inputs]
-    if "attention_mask" in inputs:
-        out = []
-        for r in runs:
-            width = max(lengths[i] for i in r)
-            out.append({k: v[r[0]:r[-1] + 1, :width] for k, v in inputs.items()})
-        return out
+    if padded:
+        return [{k: v[torch.tensor(r), :max(lengths[i] for i in r)] for k, v in inputs.items()} for r in runs]
     bounds = [0]
     for n in lengths:
         bounds.append(bounds[-1] + n)

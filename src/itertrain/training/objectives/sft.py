@@ -13,8 +13,10 @@ class SftArguments:
     padding_free: bool | None = field(default=None, metadata={
         "help": "Train on batches without padding (TRL's SFTConfig.padding_free; transformers' "
                 "DataCollatorWithFlattening: a batch's examples end to end, positions restarting at each). "
-                "Default: on where the model's attention keeps packed examples apart (checked on the model), "
-                "else padded batches, said once. true: refused where the model cannot; false: padded."})
+                "Default: on with flash attention (its kernels take packed examples one by one) where the model "
+                "keeps packed examples apart (checked on the model); else padded batches, said once (SDPA and eager "
+                "attention attend over a packed batch whole, which costs more than the padding saved). true: packed "
+                "wherever the model keeps them apart, refused where it cannot; false: padded."})
     max_tokens_per_batch: int | None = field(default=None, metadata={
         "help": "The most real tokens one forward/backward pass of a device holds: a per-device batch with more "
                 "is trained in several passes of whole examples, gradients accumulated. The global batch stays a "
