@@ -264,6 +264,13 @@ def markdown(results: dict) -> str:
         r = results[k]
         rows.append(f"- `{k}` {r['value']:.3f} (pairs: {', '.join(f'{x:.3f}' for x in r['pairs'])}; target "
                     f"{r['target']}): {r['how']}.")
+    if rep := results["real_iteration_ratio"].get("repeat"):
+        pooled = sorted([*results["real_iteration_ratio"]["pairs"], *rep["pairs"]])
+        rows.append(f"- Measured again: `real_iteration_ratio` {rep['value']:.3f} (pairs: "
+                    f"{', '.join(f'{x:.3f}' for x in rep['pairs'])}; ours {rep['seconds_ours']:.0f} s, plain "
+                    f"{rep['seconds_plain']:.0f} s), {rep['how']}. The four pairs together: median "
+                    f"{statistics.median(pooled):.3f}, from {pooled[0]:.3f} to {pooled[-1]:.3f}: on this shared 2-core "
+                    "machine a whole run's wall time moves by a fifth from one run to the next.")
     t = results["sft_tokens_ratio"]
     rows.append(f"- Real tokens per second in that training: ours {t['tokens_per_second_ours']:.0f}, TRL's "
                 f"padding-free {t['tokens_per_second_trl']:.0f}, TRL's with padded batches "
