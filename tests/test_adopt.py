@@ -94,7 +94,7 @@ def test_adopted_layout_ends_exactly_as_the_uninterrupted_run(tmp_path, start, r
             assert (out / f"samples_{k}" / f).read_bytes() == (ref / f"samples_{k}" / f).read_bytes()
     assert f"generating 2 samples for each of 24 prompts with {generator}" in proc.stdout
     if layout == "ours+iter_1+checkpoint":
-        assert "iteration 2: training on 64 examples from iter_1, resuming checkpoint-15, global steps 16-18" in proc.stdout
+        assert "iteration 2: training on 65 examples from iter_1, resuming checkpoint-15, global steps 16-18" in proc.stdout
     # nothing adopted changed but the config.json the plan announced
     for name, before in adopted.items():
         after = files(out / name)
@@ -147,7 +147,7 @@ def test_plain_hf_trainer_output_directory(tmp_path, start):
     proc = run_cli(out, *args, "--resume_from", "auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "iteration 0: training on 64 examples from base, resuming checkpoint-4, global steps 5-8" in proc.stdout
-    assert "iteration 1: training on 64 examples from iter_0, global steps 9-16" in proc.stdout
+    assert "iteration 1: training on 65 examples from iter_0, global steps 9-16" in proc.stdout
     assert files(out / "checkpoint-4") == before
     assert [r["global_step"] for r in rows(out)] == [8, 16]
     proc = run_cli(out, *args, "--num_iterations", "3", *AUTO)  # checkpoint-4 is not protected now

@@ -185,7 +185,7 @@ def same_run(out, ref, last="iter_2"):
 @pytest.mark.e2e
 def test_a_dpo_run_commits_pairs_records_its_reference_and_logs_trls_rewards(dpo_ref):
     out, stdout = dpo_ref
-    assert "▶️  iteration 1: training on 46 pairs (dpo) from iter_0, global steps 7-12" in stdout
+    assert "▶️  iteration 1: training on 45 pairs (dpo) from iter_0, global steps 7-12" in stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "num_pairs" not in rows[0] and rows[1]["num_pairs"] == rows[1]["num_train_samples"] > 0
     assert 0.0 <= rows[2]["dpo_reward_accuracy"] <= 1.0 and isinstance(rows[2]["dpo_reward_margin"], float)
@@ -211,9 +211,9 @@ def test_dpo_metrics_reach_status_plot_and_tensorboard(dpo_ref, capsys):
     assert [s for s, _ in tb["iteration/dpo_reward_margin"]] == [12, 18]
     assert cli.main(["status", str(out), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["iterations"]
-    assert [r["objective"] for r in rows] == ["sft", "dpo", "dpo"] and rows[1]["num_pairs"] == 46
+    assert [r["objective"] for r in rows] == ["sft", "dpo", "dpo"] and rows[1]["num_pairs"] == 45
     assert cli.main(["status", str(out)]) == 0
-    assert "dpo: iteration 1: 46 pairs, reward margin" in capsys.readouterr().out
+    assert "dpo: iteration 1: 45 pairs, reward margin" in capsys.readouterr().out
     assert cli.main(["plot", str(out), "--output", str(out.parent / "p.png")]) == 0 and (out.parent / "p.png").stat().st_size
 
 
@@ -226,7 +226,7 @@ def test_dpo_crash_or_stop_anywhere_resumes_bit_identically(dpo_ref, tmp_path, p
     proc = resume_until_done(out, *DPO)
     same_run(out, dpo_ref[0])
     if point == "train.step=9":
-        assert "♻️  iteration 1: reusing committed pairs_1 (46 pairs)" in proc.stdout
+        assert "♻️  iteration 1: reusing committed pairs_1 (45 pairs)" in proc.stdout
 
 
 @pytest.mark.e2e

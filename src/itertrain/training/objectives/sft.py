@@ -70,10 +70,12 @@ class Sft:
         from itertrain.training import batches
         from itertrain.training.trainer import IterTrainer
 
-        collate = batches.collator(model, tokenizer.pad_token_id, self.args.padding_free, args.use_cache)
+        # (an objective built on this one, with flags of its own, trains its batches as sft's defaults)
+        own = self.args if isinstance(self.args, SftArguments) else SftArguments()
+        collate = batches.collator(model, tokenizer.pad_token_id, own.padding_free, args.use_cache)
         trainer = IterTrainer(model=model, args=args, train_dataset=train_set.data, data_collator=collate,
                               processing_class=tokenizer, recovery=recovery)
-        trainer.max_tokens_per_batch = self.args.max_tokens_per_batch
+        trainer.max_tokens_per_batch = own.max_tokens_per_batch
         return trainer
 
     def iteration_metrics(self, trainer) -> dict:
