@@ -1,5 +1,6 @@
 """HF's continuous batching (`generate_batch`, where a finished sequence stops costing compute) against
-one padded `generate` call, on the GSM8K example's 32 prompts and tiny instruct model, sampled.
+the generate phase's own call (`complete`: one batch, prompts prefilled once, finished sequences
+leaving every 16 tokens), on the GSM8K example's 32 prompts and tiny instruct model, sampled.
 
     .venv/bin/python bench/continuous_batching.py
 

@@ -215,7 +215,7 @@ def generate_ratio(model_dir: Path, task: Path, n: int) -> dict:
 
     def ours() -> float:
         t0 = time.perf_counter()
-        order = generation_order(_Cfg(), _Task(prompts), tok)
+        order = generation_order(prompts, tok, "length")
         sample(model, tok, [prompts[i] for i in order], num_samples=s["num_samples"], seed=0, iteration=0,
                batch_size=s["generation_batch"], max_new_tokens=s["max_new_tokens"], temperature=1.0)
         return len(prompts) * s["num_samples"] / (time.perf_counter() - t0)
@@ -241,18 +241,6 @@ def pairs_rate(n: int, a, b) -> list[float]:
         ra, rb = (a(), b()) if i % 2 == 0 else tuple(reversed((b(), a())))
         out.append(ra / rb)
     return out
-
-
-class _Cfg:
-    class it:  # noqa: N801 - the shape of cfg.it that generation_order reads
-        generation_order = "length"
-
-
-class _Task:
-    def __init__(self, prompts):
-        from itertrain.tasks import Example
-
-        self.train_prompts = [Example(p, "") for p in prompts]
 
 
 def markdown(results: dict) -> str:

@@ -2,7 +2,6 @@
 phases/samples.generation_order)."""
 
 import json
-import types
 
 import pytest
 import torch
@@ -56,9 +55,12 @@ def test_a_model_that_keeps_packed_examples_apart_trains_padding_free_where_aske
     assert batches.leaks(model) is None
     assert isinstance(batches.collator(model, 0, True), transformers.DataCollatorWithFlattening)
     assert isinstance(batches.collator(model, 0, False), Collator)
-    # by default only where the attention takes packed examples one by one (flash attention's kernels)
+    # by default only where the attention takes packed examples one by one (flash attention's kernels),
+    # and elsewhere without running the model to check it
+    monkeypatch.setattr(batches, "leaks", lambda m: pytest.fail("the model was run for a default that pads"))
     assert isinstance(batches.collator(model, 0, None), Collator) and len(said) == 1
     assert f"{attention} attention attends over a padding-free batch as one sequence" in said[0]
+    monkeypatch.setattr(batches, "leaks", lambda m: None)
     monkeypatch.setattr(batches, "attention_of", lambda m: "flash_attention_2")
     assert isinstance(batches.collator(model, 0, None), transformers.DataCollatorWithFlattening)
 
@@ -104,12 +106,9 @@ class _Chars:
 
 
 def test_generation_order_is_longest_first_by_tokens_and_a_function_of_the_prompts():
-    prompts = [Example(p, "") for p in ("aa", "a", "aaaa", "aaa", "aa", "")]
-    task = types.SimpleNamespace(train_prompts=prompts)
-    cfg = types.SimpleNamespace(it=types.SimpleNamespace(generation_order="length"))
-    assert samples.generation_order(cfg, task, _Tokens()) == [2, 3, 0, 4, 1, 5]
-    cfg.it.generation_order = "file"
-    assert samples.generation_order(cfg, task, _Tokens()) == list(range(6))
+    prompts = ["aa", "a", "aaaa", "aaa", "aa", ""]
+    assert samples.generation_order(prompts, _Tokens(), "length") == [2, 3, 0, 4, 1, 5]
+    assert samples.generation_order(prompts, _Tokens(), "file") == list(range(6))
 
 
 class _Tokens:

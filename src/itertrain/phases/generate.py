@@ -63,9 +63,9 @@ def _finished_leave(model, enc: dict, width: int, eos, kw: dict) -> list[list[in
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], seqs.shape[1] - mask.shape[1])], dim=1)
         ended = torch.isin(seqs[:, width:], ends).any(-1) if len(ends) else torch.zeros_like(rows, dtype=torch.bool)
         if seqs.shape[1] - width >= budget or bool(ended.all()) or seqs.shape[1] == ids.shape[1]:
-            done.update({int(r): seqs[i, width:] for i, r in enumerate(rows)})
+            done.update(zip(rows.tolist(), seqs[:, width:], strict=True))
             break
-        done.update({int(rows[i]): seqs[i, width:] for i in ended.nonzero().flatten().tolist()})
+        done.update(zip(rows[ended].tolist(), seqs[ended, width:], strict=True))
         keep = (~ended).nonzero().flatten()
         if len(keep) < len(rows):
             cache.batch_select_indices(keep)

@@ -154,7 +154,7 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
     being verified, after every shard). `in_memory`: the directory whose model `load_model` gives
     from memory."""
     settings = settings_of(cfg, task)
-    order = generation_order(cfg, task, tokenizer)
+    order = generation_order([e.prompt for e in task.train_prompts], tokenizer, cfg.it.generation_order)
     task = dataclasses.replace(task, train_prompts=[task.train_prompts[i] for i in order])
     digest = dist.on_main(manifest.weights_digest, model_dir)
     if (found := load(cfg.output_dir, k, digest, settings)) is not None:
@@ -182,15 +182,14 @@ def ensure(cfg, k: int, model_dir: str, source: str, task: Task, tokenizer, load
     return Samples(kept, stats)
 
 
-def generation_order(cfg, task: Task, tokenizer) -> list[int]:
-    """The file indices of the train prompts in the order they are generated for: longest first by
-    tokens (ties in file order) for --generation_order length. A function of the prompts alone, so
-    batches, their seeds and the samples are the same for any number of processes or shard size."""
-    n = len(task.train_prompts)
-    if cfg.it.generation_order == "file" or n == 0:
-        return list(range(n))
-    ids = tokenizer([e.prompt for e in task.train_prompts], add_special_tokens=False)["input_ids"]
-    return sorted(range(n), key=lambda i: (-len(ids[i]), i))
+def generation_order(prompts: list[str], tokenizer, mode: str) -> list[int]:
+    """The file indices of the prompts in the order they are generated for: longest first by tokens
+    (ties in file order) for --generation_order length. A function of the prompts alone, so batches,
+    their seeds and the samples are the same for any number of processes or shard size."""
+    if mode == "file" or not prompts:
+        return list(range(len(prompts)))
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    return sorted(range(len(prompts)), key=lambda i: (-len(ids[i]), i))
 
 
 def _generate(cfg, k, model_dir, source, task, tokenizer, load_model, at, todo, have, digest, settings) -> None:

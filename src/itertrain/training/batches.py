@@ -36,14 +36,14 @@ def collator(model, pad_id: int, padding_free: bool | None, use_cache: bool = Fa
 
     if padding_free is False:
         return Collator(pad_id)
-    why = "--use_cache true keeps a cache while training, and transformers then masks no packed examples apart" \
-        if use_cache else leaks(model)
-    if why is None and padding_free is None and not varlen(model):
+    if use_cache:
+        why = "--use_cache true keeps a cache while training, and transformers then masks no packed examples apart"
+    elif padding_free is None and not varlen(model):  # (no need to check the model: it would not pack)
         why = (f"{attention_of(model)} attention attends over a padding-free batch as one sequence of all its tokens "
                "(flash attention takes its examples one by one); --padding_free true packs anyway")
-    elif why is None:
+    elif (why := leaks(model)) is None:
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
-    elif padding_free:
+    if padding_free:
         raise UsageError(f"--padding_free true: {why}; drop the flag to train on padded batches")
     if why not in _said:
         _said.add(why)
