@@ -45,6 +45,34 @@ def test_a_batch_is_split_into_runs_of_whole_examples_within_the_budget(flat, bu
         assert all(p["input_ids"].shape[1] == max(run) for p, run in zip(parts, lengths, strict=True))
 
 
+def test_a_split_step_of_a_model_without_loss_kwargs_trains_what_the_whole_batch_trains(tmp_path):
+    """A model that takes no loss kwargs gets no answer-token count from HF: each pass's mean loss is
+    then weighted by its share of the batch's answer tokens, so the step is the whole batch's mean."""
+    class Budgeted(batches.TokenBudget, transformers.Trainer):
+        pass
+
+    ids = [[(7 * i + 3 * j) % 31 + 1 for j in range(len(f["input_ids"]))] for i, f in enumerate(FEATURES)]
+    varied = [{"input_ids": x, "labels": [t if y != IGNORE else IGNORE for t, y in zip(x, f["labels"], strict=True)]}
+              for x, f in zip(ids, FEATURES, strict=True)]  # distinct tokens: passes of one mean loss hide a bad weight
+
+    def one_step(budget):
+        model = tiny("llama")
+        model.accepts_loss_kwargs = False
+        args = transformers.TrainingArguments(str(tmp_path / str(budget)), max_steps=1, per_device_train_batch_size=5,
+                                              learning_rate=0.1, optim="sgd", max_grad_norm=0, report_to=[],
+                                              save_strategy="no", use_cpu=True, disable_tqdm=True)
+        t = Budgeted(model=model, args=args, train_dataset=varied, data_collator=Collator(0))
+        t.max_tokens_per_batch = budget
+        assert t.model_accepts_loss_kwargs is False
+        t.train()
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    whole, split = one_step(None), one_step(6)  # 6 tokens: the 5 examples in 4 passes
+    assert len(batches.split(Collator(0)(FEATURES), 6)) == 4
+    assert max((whole[k] - split[k]).abs().max().item() for k in whole) < 1e-6
+    assert max((whole[k] - tiny("llama").state_dict()[k]).abs().max().item() for k in whole) > 1e-3  # it trained
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_a_model_that_keeps_packed_examples_apart_trains_padding_free_where_asked_or_with_flash_attention(
         attention, monkeypatch):
