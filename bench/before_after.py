@@ -26,6 +26,7 @@ FIGURES = {  # name: (one pair of the bench call in a revision's bench/, our sec
     "stall": (lambda run, stop_bench, w: run.checkpoint_stall(w, 1, *run.MAIN_SIZE, every=10),
               "seconds_blocked_ours", "seconds_blocked_hf"),
     "resume": (lambda run, stop_bench, w: run.resume(w, 1), None, "seconds_hf_resume"),
+    "throughput": (lambda run, stop_bench, w: run.train_throughput(w, 1, 200), None, None),
     "stop": (lambda run, stop_bench, w: stop_bench.stop_latency(w, 1, run.MAIN_SIZE), "seconds_to_stop",
              "seconds_hf_save"),
 }
@@ -43,7 +44,7 @@ def child(tree: str, figure: str) -> None:
     r = FIGURES[figure][0](run, stop_bench, work)
     shutil.rmtree(work, ignore_errors=True)
     print("RESULT " + json.dumps({"value": r["value"], "ours_s": r.get(FIGURES[figure][1] or "", None),
-                                  "base_s": r.get(FIGURES[figure][2]), "package": itertrain.__file__}))
+                                  "base_s": r.get(FIGURES[figure][2] or ""), "package": itertrain.__file__}))
 
 
 def measure(tree: Path, figure: str) -> dict:
