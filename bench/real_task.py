@@ -198,18 +198,24 @@ def tokens_ratio(work: Path, model_dir: Path, task: Path, n: int) -> dict:
                    f"in one process after one warm run of each"}
 
 
+def _sampling(model_dir: Path, task: Path):
+    """The model in eval mode, its tokenizer and the task's train prompts through its chat template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    fmt = formatter(tok)
+    prompts = [fmt(json.loads(line)["question"]) for line in (task / "train.jsonl").read_text().splitlines()]
+    return AutoModelForCausalLM.from_pretrained(model_dir).eval(), tok, prompts
+
+
 def generate_ratio(model_dir: Path, task: Path, n: int) -> dict:
     """The generate phase's own sampling against one HF generate per batch in file order."""
     from plain_loop import complete
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from itertrain.phases.generate import sample
     from itertrain.phases.samples import generation_order
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    fmt = formatter(tok)
-    prompts = [fmt(json.loads(line)["question"]) for line in (task / "train.jsonl").read_text().splitlines()]
+    model, tok, prompts = _sampling(model_dir, task)
     s = SIZES
     kw = dict(do_sample=True, temperature=1.0, top_k=None, top_p=None, max_new_tokens=s["max_new_tokens"])
 
@@ -238,15 +244,10 @@ def generate_ratio(model_dir: Path, task: Path, n: int) -> dict:
 def rounds_ratio(model_dir: Path, task: Path, n: int) -> dict:
     """What finished sequences leaving the batch gains alone: the generate phase's sampling with rounds
     of generate.ROUND tokens / the same with one round of max_new_tokens (finished rows stay to the end)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from itertrain.phases import generate
     from itertrain.phases.samples import generation_order
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    fmt = formatter(tok)
-    prompts = [fmt(json.loads(line)["question"]) for line in (task / "train.jsonl").read_text().splitlines()]
+    model, tok, prompts = _sampling(model_dir, task)
     prompts = [prompts[i] for i in generation_order(prompts, tok, "length")]
     s, every = SIZES, generate.ROUND
     seconds: dict[int, list[float]] = {every: [], s["max_new_tokens"]: []}
@@ -288,13 +289,6 @@ def markdown(results: dict) -> str:
         r = results[k]
         rows.append(f"- `{k}` {r['value']:.3f} (pairs: {', '.join(f'{x:.3f}' for x in r['pairs'])}; target "
                     f"{r['target']}): {r['how']}.")
-    if rep := results["real_iteration_ratio"].get("repeat"):
-        pooled = sorted([*results["real_iteration_ratio"]["pairs"], *rep["pairs"]])
-        rows.append(f"- Measured again: `real_iteration_ratio` {rep['value']:.3f} (pairs: "
-                    f"{', '.join(f'{x:.3f}' for x in rep['pairs'])}; ours {rep['seconds_ours']:.0f} s, plain "
-                    f"{rep['seconds_plain']:.0f} s), {rep['how']}. The four pairs together: median "
-                    f"{statistics.median(pooled):.3f}, from {pooled[0]:.3f} to {pooled[-1]:.3f}: on this shared 2-core "
-                    "machine a whole run's wall time moves by a fifth from one run to the next.")
     t = results["sft_tokens_ratio"]
     rows.append(f"- Real tokens per second in that training: ours {t['tokens_per_second_ours']:.0f}, TRL's "
                 f"padding-free {t['tokens_per_second_trl']:.0f}, TRL's with padded batches "
