@@ -69,6 +69,12 @@ def main() -> int:
     p.add_argument("--figures", nargs="+", choices=sorted(FIGURES), default=sorted(FIGURES))
     p.add_argument("--rounds", type=int, default=2, help="measurements of each revision per figure")
     args = p.parse_args()
+    for rev in (args.before, args.after):
+        if subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"],
+                          capture_output=True).returncode:
+            raise SystemExit(f"before_after.py: {rev!r} is not a revision of this repository")
+    if args.before == args.after:
+        raise SystemExit("before_after.py: BEFORE and AFTER are the same revision")
     base = Path(tempfile.mkdtemp(prefix="before-after-trees-"))
     trees = {}
     for rev in (args.before, args.after):
